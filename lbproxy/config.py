@@ -1,0 +1,185 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The configuration model: frozen values built once from the command line.
+
+Everything below L{lbproxy.tap} takes a L{Config}; nothing else reads
+command-line options.  Parsing helpers are pure functions that raise
+L{ConfigError} with one readable line naming the bad value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "PoolConfig",
+    "ServerConfig",
+    "parse_duration",
+    "parse_server",
+    "parse_server_list",
+]
+
+
+class ConfigError(ValueError):
+    """
+    A configuration value is wrong; the message is one line naming it.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """
+    One upstream (app) server.
+
+    @ivar host: a host name or IP address (IPv6 without brackets).
+    @ivar port: the TCP port.
+    @ivar scheme: C{"http"} (C{"https"} arrives with upstream TLS).
+    @ivar weight: relative share of requests, as nginx's C{weight=}.
+    @ivar backup: only used while every primary server is down.
+    """
+
+    host: str
+    port: int
+    scheme: str = "http"
+    weight: int = 1
+    backup: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigError("upstream server has an empty host name")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"upstream port {self.port} is not in 1-65535")
+        if self.scheme != "http":
+            raise ConfigError(
+                f"upstream scheme {self.scheme!r} is not supported (use http)"
+            )
+        if self.weight < 1:
+            raise ConfigError(f"upstream weight {self.weight} must be at least 1")
+
+    @property
+    def address(self) -> str:
+        """
+        C{host:port}, with brackets around an IPv6 literal, as logs show it.
+        """
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """
+    A named group of servers that share one balancer (nginx's C{upstream}).
+    """
+
+    name: str
+    servers: tuple[ServerConfig, ...]
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            raise ConfigError(f"upstream pool {self.name!r} has no servers")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """
+    The whole configuration of one lbproxy process.
+
+    Defaults follow nginx where nginx has the setting; each is documented
+    beside its command-line option in L{lbproxy.tap.Options}.
+    """
+
+    pools: tuple[PoolConfig, ...]
+    listen: tuple[str, ...] = ("tcp:8080",)
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    client_timeout: float = 60.0
+    upstream_keepalive: int = 32
+    upstream_idle_timeout: float = 4.0
+    access_log: bool = True
+    demo: bool = field(default=False)
+
+    def __post_init__(self) -> None:
+        if not self.pools:
+            raise ConfigError("no upstream servers: give --upstream HOST:PORT")
+        if not self.listen:
+            raise ConfigError("nothing to listen on: give --listen ENDPOINT")
+        if self.upstream_keepalive < 0:
+            raise ConfigError(
+                f"upstream keepalive {self.upstream_keepalive} must be 0 or more"
+            )
+
+
+def parse_server(text: str) -> ServerConfig:
+    """
+    Parse one upstream address.
+
+    Accepts C{host:port}, C{http://host:port}, C{[::1]:3000} and
+    C{http://[::1]:3000}.  A trailing C{/} is allowed; any other path is not
+    (lbproxy forwards the client's path unchanged, as nginx's C{proxy_pass}
+    without a URI does).
+
+    @param text: the address as the user wrote it.
+    @return: the server.
+    @raise ConfigError: if C{text} is not such an address.
+    """
+    raw = text.strip()
+    if not raw:
+        raise ConfigError("empty upstream address")
+    candidate = raw if "://" in raw else "http://" + raw
+    try:
+        parts = urlsplit(candidate)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"bad upstream address {text!r}: {e}") from None
+    if parts.scheme != "http":
+        raise ConfigError(
+            f"bad upstream address {text!r}: scheme {parts.scheme!r} is not supported"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(
+            f"bad upstream address {text!r}: give HOST:PORT without a path"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"bad upstream address {text!r}: no user info allowed")
+    host = parts.hostname
+    if not host:
+        raise ConfigError(f"bad upstream address {text!r}: no host name")
+    if port is None:
+        raise ConfigError(f"bad upstream address {text!r}: expected HOST:PORT")
+    return ServerConfig(host=host, port=port, scheme=parts.scheme)
+
+
+def parse_server_list(text: str) -> tuple[ServerConfig, ...]:
+    """
+    Parse a comma-separated list of upstream addresses.
+
+    @param text: e.g. C{"localhost:3000,localhost:3001"}.
+    @return: the servers in the order given.
+    @raise ConfigError: if any address is bad or the list is empty.
+    """
+    items = [item for item in text.split(",") if item.strip()]
+    if not items:
+        raise ConfigError(f"bad upstream list {text!r}: no addresses")
+    return tuple(parse_server(item) for item in items)
+
+
+def parse_duration(text: str, name: str) -> float:
+    """
+    Parse a positive number of seconds (fractions allowed).
+
+    @param text: e.g. C{"5"} or C{"0.5"}.
+    @param name: the option's name, for the error message.
+    @return: the seconds.
+    @raise ConfigError: if C{text} is not a positive finite number.
+    """
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} {text!r} is not a number of seconds") from None
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{name} {text!r} must be a positive number of seconds")
+    return seconds

@@ -1,0 +1,309 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The proxy resource: picks a server for each request and relays the answer.
+
+L{BalancingProxyResource} is a L{ReverseProxyResource} (as our user asked)
+whose C{render} hands each request to a L{ProxyExchange}.  The exchange is
+the L{IResponseSink} for the upstream client: it copies status, reason,
+headers and body to the client as they arrive, registers the upstream
+connection as the client's producer (so a slow client pauses the upstream),
+and decides what happens when an attempt fails:
+
+  - nothing reached the server (connection refused, connect timeout): try
+    the next server of the pool, for every method (nginx's
+    C{proxy_next_upstream error timeout});
+  - a reused keep-alive connection closed before any byte of the answer: an
+    idempotent request is sent again on a fresh connection; a
+    non-idempotent one gets 502, as in nginx, since the server may have
+    seen it (lbproxy's idle timeout, below Node's, makes this rare);
+  - anything else before the answer started: 502, or 504 for the read
+    timeout;
+  - anything after the answer started: the client connection is aborted,
+    so a truncated body never looks complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.http import datetimeToString
+from twisted.web.http_headers import Headers
+from twisted.web.proxy import ReverseProxyResource
+from twisted.web.server import NOT_DONE_YET
+
+from lbproxy.headers import end_to_end, upstream_request_headers
+from lbproxy.pool import Pool, Server
+from lbproxy.upstream import (
+    ConnectFailed,
+    StaleConnection,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamRequest,
+    serialize_request_head,
+)
+
+if TYPE_CHECKING:
+    from lbproxy.site import ProxyRequest
+
+__all__ = ["BalancingProxyResource", "ProxyExchange"]
+
+Header = tuple[bytes, bytes]
+
+#: RFC 9110 section 9.2.2.
+IDEMPOTENT_METHODS = frozenset(
+    {b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"}
+)
+
+#: Methods whose requests carry a body by definition: they get a
+#: Content-Length even when it is 0, as many app servers require one.
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+#: Request bodies up to this size are read into memory for sending; larger
+#: ones are streamed from the file twisted.web spooled them to.
+_BODY_IN_MEMORY = 1024 * 1024
+
+
+class BalancingProxyResource(ReverseProxyResource):
+    """
+    A reverse proxy over a L{Pool}: every request, whatever its path, goes
+    to the server the pool's balancer picks.
+
+    It subclasses L{ReverseProxyResource} for its place in C{twisted.web}
+    but replaces its one-connection-per-request HTTP/1.0 client with
+    L{UpstreamClient}.
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, pool: Pool, client: UpstreamClient) -> None:
+        """
+        @param pool: the servers to balance over.
+        @param client: the pooled upstream client.
+        """
+        first = pool.servers[0].config
+        super().__init__(first.host, first.port, b"")
+        self.pool = pool
+        self.client = client
+        self.max_tries = len(pool.servers)
+
+    def getChild(self, path: bytes, request: object) -> BalancingProxyResource:
+        """
+        Every path is ours: the whole target is forwarded as it came.
+        """
+        return self
+
+    def render(self, request: ProxyRequest) -> int:  # type: ignore[override]
+        """
+        Start proxying C{request}; the answer is written as it arrives.
+        """
+        ProxyExchange(self, request).start()
+        return NOT_DONE_YET
+
+
+def _origin_form(target: bytes) -> bytes:
+    """
+    The request target to send upstream: unchanged, except that an
+    absolute-form target (C{http://host/path}) becomes its path and query
+    (RFC 9112 section 3.2.2; servers need only accept absolute-form from
+    proxies).
+    """
+    if target[:1] == b"/":
+        return target
+    lower = target[:8].lower()
+    if lower.startswith(b"http://") or lower.startswith(b"https://"):
+        slash = target.find(b"/", target.find(b"//") + 2)
+        return target[slash:] if slash != -1 else b"/"
+    return target
+
+
+class ProxyExchange:
+    """
+    One client request's way through the proxy: attempts, relay, failure.
+
+    It implements L{lbproxy.upstream.IResponseSink}.
+    """
+
+    __slots__ = (
+        "_resource",
+        "_request",
+        "_upstream_request",
+        "_tried",
+        "_server",
+        "_abandon",
+        "_started",
+        "_finished",
+        "_retried_stale",
+    )
+    _log = Logger()
+
+    def __init__(self, resource: BalancingProxyResource, request: ProxyRequest) -> None:
+        self._resource = resource
+        self._request = request
+        self._upstream_request = _build_upstream_request(request)
+        self._tried: list[Server] = []
+        self._server: Server | None = None
+        self._abandon: Callable[[], None] | None = None
+        self._started = False
+        self._finished = False
+        self._retried_stale = False
+
+    def start(self) -> None:
+        """
+        Send the request to the first server the pool picks.
+        """
+        self._request.exchange = self
+        self._attempt()
+
+    def _attempt(self) -> None:
+        resource = self._resource
+        if len(self._tried) >= resource.max_tries:
+            self._respond_error(502, b"Bad Gateway", b"no upstream server could be reached")
+            return
+        server = resource.pool.pick(self._tried)
+        if server is None:
+            if self._tried:
+                self._respond_error(502, b"Bad Gateway", b"no upstream server could be reached")
+            else:
+                self._respond_error(503, b"Service Unavailable", b"no healthy upstream")
+            return
+        self._tried.append(server)
+        self._server = server
+        self._abandon = resource.client.send(server, self._upstream_request, self)
+
+    def client_gone(self) -> None:
+        """
+        The client disconnected: abandon the upstream exchange.
+        """
+        if not self._finished:
+            self._finished = True
+            if self._abandon is not None:
+                self._abandon()
+
+    # IResponseSink
+
+    def response_headers(
+        self, status: int, reason: bytes, headers: list[Header], producer: IPushProducer
+    ) -> None:
+        """
+        Copy the status line and end-to-end headers to the client.
+        """
+        if self._finished:
+            return
+        self._started = True
+        request = self._request
+        request.setResponseCode(status, reason)
+        response_headers = Headers()
+        add = response_headers.addRawHeader
+        for name, value in end_to_end(headers):
+            add(name, value)
+        request.responseHeaders = response_headers
+        request.registerProducer(producer, True)
+        if getattr(request.channel, "_waitingForTransport", False):
+            # The client's buffer is already full (an earlier answer on this
+            # connection): start paused, as the channel will not tell us.
+            producer.pauseProducing()
+
+    def response_body(self, data: bytes) -> None:
+        """
+        Relay a piece of the body.
+        """
+        if not self._finished:
+            self._request.write(data)
+
+    def response_done(self) -> None:
+        """
+        The answer is complete: finish the client's response.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        request = self._request
+        request.unregisterProducer()
+        request.finish()
+
+    def response_failed(self, error: UpstreamError) -> None:
+        """
+        Retry, answer 502/503/504, or abort the client, as the module
+        docstring describes.
+        """
+        if self._finished:
+            return
+        request = self._request
+        server = self._server
+        assert server is not None
+        self._log.warn(
+            "upstream {server} failed: {reason} ({method} {target})",
+            server=server.address,
+            reason=str(error),
+            method=request.method.decode("latin-1"),
+            target=request.uri.decode("latin-1"),
+        )
+        if self._started:
+            self._finished = True
+            request.unregisterProducer()
+            request.transport.abortConnection()
+            return
+        if isinstance(error, ConnectFailed):
+            self._attempt()
+        elif (
+            isinstance(error, StaleConnection)
+            and not self._retried_stale
+            and request.method in IDEMPOTENT_METHODS
+        ):
+            self._retried_stale = True
+            self._abandon = self._resource.client.send_fresh(
+                server, self._upstream_request, self
+            )
+        elif error.status == 504:
+            self._respond_error(504, b"Gateway Timeout", b"upstream timed out")
+        else:
+            self._respond_error(502, b"Bad Gateway", b"bad answer from upstream")
+
+    def _respond_error(self, status: int, reason: bytes, text: bytes) -> None:
+        self._finished = True
+        request = self._request
+        body = b"%d %s: %s\n" % (status, reason, text)
+        request.setResponseCode(status, reason)
+        headers = request.responseHeaders = Headers()
+        headers.addRawHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        headers.addRawHeader(b"Content-Length", b"%d" % len(body))
+        headers.addRawHeader(b"Date", datetimeToString())
+        request.write(body)
+        request.finish()
+
+
+def _build_upstream_request(request: ProxyRequest) -> UpstreamRequest:
+    """
+    Serialise the client's request for the app server, once per request
+    (retries reuse it).
+    """
+    method = request.method
+    raw = [
+        (name, value)
+        for name, values in request.requestHeaders.getAllRawHeaders()
+        for value in values
+    ]
+    headers = upstream_request_headers(
+        raw,
+        client_address=request.client_host(),
+        scheme=b"https" if request.isSecure() else b"http",
+        default_host=request.default_host(),
+    )
+    length = request.body_length
+    content = request.content
+    body: bytes | object
+    if length or method in _BODY_METHODS or request.had_body_framing():
+        headers.append((b"Content-Length", b"%d" % length))
+    if not length:
+        body = b""
+    elif length <= _BODY_IN_MEMORY:
+        content.seek(0)
+        body = content.read()
+    else:
+        body = content
+    head = serialize_request_head(method, _origin_form(request.uri), headers)
+    return UpstreamRequest(method, head, body)  # type: ignore[arg-type]

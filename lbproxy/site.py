@@ -1,0 +1,129 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The client-facing side: a C{twisted.web} L{Site} and L{Request} tuned for
+proxying.
+
+L{ProxyRequest} skips what a proxy never needs on its hot path: parsing the
+query string and form bodies into C{args} (the body is forwarded, not
+read) and walking the resource tree (the resource is a leaf that takes
+every path).  It tells its L{lbproxy.resource.ProxyExchange} when the client
+goes away, so the upstream exchange is abandoned at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.python.failure import Failure
+from twisted.web import server
+
+if TYPE_CHECKING:
+    from lbproxy.resource import ProxyExchange
+
+__all__ = ["ProxyRequest", "ProxySite"]
+
+
+class ProxyRequest(server.Request):
+    """
+    A request whose body and target are forwarded, never interpreted.
+
+    @ivar exchange: the exchange proxying this request, once it started.
+    @ivar body_length: the number of body bytes received.
+    """
+
+    exchange: ProxyExchange | None = None
+    body_length = 0
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        The whole request is here: record it and proxy it.
+
+        Unlike C{twisted.web.http.Request.requestReceived} this does not
+        parse the query or a form body into C{args}: lbproxy forwards them
+        untouched, and parsing a large form upload would cost memory and time.
+        """
+        self.body_length = self.content.tell()
+        self.content.seek(0, 0)
+        self.args = {}
+        self.method = command
+        self.uri = path
+        self.clientproto = version
+        self.path = path.split(b"?", 1)[0]
+        self.process()
+
+    def process(self) -> None:
+        """
+        Render the site's (leaf) resource without walking the tree.
+        """
+        self.site = self.channel.site
+        self.prepath = []
+        self.postpath = []
+        try:
+            self.render(self.site.resource)
+        except BaseException:
+            self.processingFailed(Failure())
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The client went away: abandon the upstream exchange too.
+        """
+        super().connectionLost(reason)
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.client_gone()
+
+    def client_host(self) -> bytes:
+        """
+        The client's IP address for C{X-Forwarded-For}; C{b"unix:"} on a
+        UNIX socket, as nginx's C{$remote_addr}.
+        """
+        address = self.getClientAddress()
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            return address.host.encode("ascii")
+        return b"unix:"
+
+    def default_host(self) -> bytes:
+        """
+        A C{Host} for clients that sent none (HTTP/1.0): this listener's
+        own address, as C{Request.getRequestHostname} would give.
+        """
+        return self.getRequestHostname()
+
+    def had_body_framing(self) -> bool:
+        """
+        Whether the client framed a body (C{Content-Length} or
+        C{Transfer-Encoding}), even an empty one.
+        """
+        headers = self.requestHeaders
+        return headers.hasHeader(b"content-length") or headers.hasHeader(
+            b"transfer-encoding"
+        )
+
+
+class ProxySite(server.Site):
+    """
+    The Site lbproxy listens with: L{ProxyRequest}s, an idle timeout for
+    keep-alive clients, and an access log line per request in combined log
+    format (Twisted's default), written to the twistd log unless turned off.
+    """
+
+    requestFactory = ProxyRequest
+    displayTracebacks = False
+
+    def __init__(self, resource: object, client_timeout: float, access_log: bool = True) -> None:
+        """
+        @param resource: the proxy resource.
+        @param client_timeout: seconds an idle client connection is kept
+            open (nginx's C{keepalive_timeout} is 75 s).
+        @param access_log: whether to write access lines.
+        """
+        super().__init__(resource, timeout=client_timeout)
+        self._access_log = access_log
+
+    def log(self, request: object) -> None:
+        """
+        Write the access line, if access logging is on.
+        """
+        if self._access_log:
+            super().log(request)

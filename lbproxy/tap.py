@@ -1,0 +1,270 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd lbproxy}: command-line options and the service tree they build.
+
+This is the only module that knows about command-line options: it turns
+them into a L{Config} and L{make_proxy_service} turns a config into
+services (listeners, the upstream client's housekeeping).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.internet import TimerService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python import usage
+
+from lbproxy import __version__
+from lbproxy.balance import RoundRobin
+from lbproxy.config import (
+    Config,
+    ConfigError,
+    PoolConfig,
+    ServerConfig,
+    parse_duration,
+    parse_server_list,
+)
+from lbproxy.demo import listen_demo_apps
+from lbproxy.pool import Pool
+from lbproxy.resource import BalancingProxyResource
+from lbproxy.site import ProxySite
+from lbproxy.upstream import UpstreamClient
+
+__all__ = ["Options", "makeService", "make_proxy_service"]
+
+_log = Logger()
+
+
+def _seconds(name: str) -> Any:
+    def coerce(text: str) -> float:
+        try:
+            return parse_duration(text, name)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+
+    coerce.coerceDoc = "Seconds; fractions allowed."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text!r} must be 0 or more")
+    return value
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd lbproxy}; every default is shown by C{--help}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Reverse proxy and load balancer: each request goes to the next "
+        "--upstream server in turn (round robin, like nginx's upstream block)."
+    )
+
+    optFlags = [
+        [
+            "demo",
+            None,
+            "Start two small demo app servers on loopback (answering "
+            "'PORT 3000' and 'PORT 3001') and proxy to them.",
+        ],
+        ["no-access-log", None, "Do not write an access line per request."],
+    ]
+
+    optParameters = [
+        [
+            "connect-timeout",
+            None,
+            5.0,
+            "Seconds to wait for a connection to an upstream server "
+            "(nginx: proxy_connect_timeout 60s; 5 s fails over sooner).",
+            _seconds("--connect-timeout"),
+        ],
+        [
+            "read-timeout",
+            None,
+            60.0,
+            "Seconds an upstream server may stay silent before 504 "
+            "(nginx: proxy_read_timeout 60s).",
+            _seconds("--read-timeout"),
+        ],
+        [
+            "client-timeout",
+            None,
+            60.0,
+            "Seconds an idle client keep-alive connection is kept open "
+            "(nginx: keepalive_timeout 75s).",
+            _seconds("--client-timeout"),
+        ],
+        [
+            "upstream-keepalive",
+            None,
+            32,
+            "Idle connections kept open per upstream server "
+            "(nginx: keepalive 32); 0 closes each after use.",
+            _count,
+        ],
+        [
+            "upstream-idle-timeout",
+            None,
+            4.0,
+            "Seconds an idle upstream connection may be reused; keep it "
+            "below the app servers' own (Node closes after 5 s).",
+            _seconds("--upstream-idle-timeout"),
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["upstream"] = []
+        self["listen"] = []
+
+    def opt_upstream(self, value: str) -> None:
+        """Upstream servers HOST:PORT[,HOST:PORT...] (or http://HOST:PORT, [::1]:PORT); repeatable; they form the pool "default". [required, or --demo]"""
+        try:
+            self["upstream"].extend(parse_server_list(value))
+        except ConfigError as e:
+            raise usage.UsageError(f"--upstream: {e}") from None
+
+    def opt_listen(self, value: str) -> None:
+        """A Twisted endpoint to listen on (tcp:8080, tcp:8080:interface=127.0.0.1, unix:/run/lb.sock); repeatable. [default: tcp:8080]"""
+        try:
+            # Parsing builds the endpoint without listening, so a typo is
+            # reported here, in one line, rather than as a traceback later.
+            serverFromString(_reactor(), value)
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(f"--listen {value!r}: {e}") from None
+        self["listen"].append(value)
+
+    def opt_version(self) -> None:
+        """
+        Print lbproxy's version and exit.
+        """
+        print(f"lbproxy {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        """
+        Check the options together and build the L{Config}.
+        """
+        if self["demo"] and self["upstream"]:
+            raise usage.UsageError("--demo and --upstream cannot be combined")
+        if not self["demo"] and not self["upstream"]:
+            raise usage.UsageError(
+                "no upstream servers: give --upstream HOST:PORT[,HOST:PORT...] "
+                "(or --demo to try lbproxy)"
+            )
+        # With --demo the pool is filled when the demo apps listen.
+        servers = tuple(self["upstream"]) or (ServerConfig("127.0.0.1", 3000),)
+        try:
+            self.config = Config(
+                pools=(PoolConfig("default", servers),),
+                listen=tuple(self["listen"]) or ("tcp:8080",),
+                connect_timeout=self["connect-timeout"],
+                read_timeout=self["read-timeout"],
+                client_timeout=self["client-timeout"],
+                upstream_keepalive=self["upstream-keepalive"],
+                upstream_idle_timeout=self["upstream-idle-timeout"],
+                access_log=not self["no-access-log"],
+                demo=self["demo"],
+            )
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class _ListeningPortsService(Service):
+    """
+    Owns already-listening ports (the demo apps) and closes them on stop.
+    """
+
+    def __init__(self, ports: list[IListeningPort]) -> None:
+        self._ports = ports
+
+    def stopService(self) -> Any:
+        super().stopService()
+        from twisted.internet.defer import gatherResults
+
+        return gatherResults([port.stopListening() for port in self._ports])
+
+
+class _UpstreamClientService(TimerService):
+    """
+    Sweeps expired idle upstream connections now and then, and closes the
+    idle ones on stop.
+    """
+
+    def __init__(self, client: UpstreamClient) -> None:
+        super().__init__(max(client.idle_timeout / 2, 0.5), client.sweep_idle)
+        self._client = client
+
+    def stopService(self) -> Any:
+        result = super().stopService()
+        self._client.close_idle()
+        return result
+
+
+def make_proxy_service(config: Config, reactor: Any) -> tuple[MultiService, ProxySite]:
+    """
+    Build lbproxy's services from a configuration.
+
+    @param config: the configuration.
+    @param reactor: the reactor to connect, listen and time with.
+    @return: the parent service (start it to serve) and the site, which
+        tests use to reach the resource and client.
+    """
+    parent = MultiService()
+    if config.demo:
+        ports = listen_demo_apps(reactor)
+        _ListeningPortsService(ports).setServiceParent(parent)
+        servers = tuple(
+            ServerConfig("127.0.0.1", port.getHost().port) for port in ports
+        )
+        config = replace(config, pools=(PoolConfig("default", servers),))
+        _log.info(
+            "demo app servers listening on {addresses}",
+            addresses=", ".join(s.address for s in servers),
+        )
+    client = UpstreamClient(
+        reactor,
+        reactor,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        keepalive=config.upstream_keepalive,
+        idle_timeout=config.upstream_idle_timeout,
+    )
+    _UpstreamClientService(client).setServiceParent(parent)
+    pool = Pool(config.pools[0], RoundRobin())
+    resource = BalancingProxyResource(pool, client)
+    site = ProxySite(resource, client_timeout=config.client_timeout, access_log=config.access_log)
+    for description in config.listen:
+        strports.service(description, site, reactor=reactor).setServiceParent(parent)
+    _log.info(
+        "lbproxy {version} proxying to {servers} (round robin) on {listen}",
+        version=__version__,
+        servers=", ".join(s.address for s in pool.servers),
+        listen=", ".join(config.listen),
+    )
+    return parent, site
+
+
+def makeService(options: Options) -> IService:
+    """
+    The twistd entry point: the service tree for these options.
+    """
+    service, _ = make_proxy_service(options.config, _reactor())
+    return service
