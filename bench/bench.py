@@ -107,10 +107,18 @@ def ensure_tools():
 
 
 def has_twisted(python):
-    """Tell whether ``python`` can import twisted."""
+    """Tell whether ``python`` can import Twisted's web proxy.
+
+    Runs outside the repo: its ``twisted/plugins`` folder would otherwise
+    pass for a (namespace) ``twisted`` package.
+    """
     try:
         result = subprocess.run(
-            [python, "-c", "import twisted"], check=False, capture_output=True, timeout=30
+            [python, "-c", "import twisted.web.proxy"],
+            check=False,
+            capture_output=True,
+            timeout=30,
+            cwd=tempfile.gettempdir(),
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -135,7 +143,13 @@ def command_output(argv, env=None):
     """Run a short command and return its stripped stdout+stderr, or '?'."""
     try:
         result = subprocess.run(
-            argv, check=False, capture_output=True, text=True, timeout=30, env=env
+            argv,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+            cwd=tempfile.gettempdir(),
         )
     except (OSError, subprocess.TimeoutExpired):
         return "?"
@@ -164,6 +178,17 @@ def session_cpu_ticks(sid):
         if int(fields[3]) == sid:
             total += int(fields[11]) + int(fields[12])
     return total
+
+
+def machine_busy_ticks():
+    """Busy CPU time of the whole machine so far (all cores), in clock ticks.
+
+    user + nice + system + irq + softirq + steal from /proc/stat.
+    """
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq + steal
 
 
 @dataclass
@@ -470,6 +495,7 @@ class WrkResult:
     proxy_cpu: float | None = None  # % of one core, proxy process(es)
     backend_cpu: float | None = None  # % of one core, both backends together
     wrk_cpu: float | None = None  # % of one core, wrk
+    other_cpu: float | None = None  # % of one core, rest of the machine
 
     def error_count(self):
         """Total of non-2xx/3xx responses and socket errors."""
@@ -536,16 +562,20 @@ def measure(target, scenario, args, backends):
     """Warm up, then run wrk once for (target, scenario) and return a WrkResult.
 
     Also samples the CPU used by the proxy, the backends and wrk during the
-    measured run, to show which of them was the bottleneck.
+    measured run, to show which of them was the bottleneck, and the rest of
+    the machine's busy CPU ("other": idle proxies, the harness, anything else
+    running on the machine), to show noise.
     """
     run_wrk(wrk_argv(target.port, scenario, 1, args.wrk_timeout), 1)
     argv = wrk_argv(target.port, scenario, args.duration, args.wrk_timeout)
     proxy_before = target.service.cpu_ticks() if target.service else 0
     backend_before = sum(b.cpu_ticks() for b in backends)
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    machine_before = machine_busy_ticks()
     start = time.monotonic()
     code, output = run_wrk(argv, args.duration)
     wall = time.monotonic() - start
+    machine_after = machine_busy_ticks()
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     backend_after = sum(b.cpu_ticks() for b in backends)
     proxy_after = target.service.cpu_ticks() if target.service else 0
@@ -563,6 +593,10 @@ def measure(target, scenario, args, backends):
         wrk_after.ru_stime - wrk_before.ru_stime
     )
     result.wrk_cpu = 100.0 * wrk_cpu_s / wall
+    machine_cpu = 100.0 * (machine_after - machine_before) / tick / wall
+    result.other_cpu = max(
+        0.0, machine_cpu - (result.proxy_cpu or 0.0) - result.backend_cpu - result.wrk_cpu
+    )
     return result
 
 
@@ -607,10 +641,10 @@ def build_tables(scenarios, targets, results):
         lines.append(f"### {scenario}: {method} {path}, {connections} connections\n")
         lines.append(
             "| target | req/s (median) | × stock | % of nginx | p50 ms | p99 ms "
-            "| errors (all rounds) | proxy CPU % | backends CPU % | wrk CPU % "
+            "| errors (all rounds) | proxy CPU % | backends CPU % | wrk CPU % | other CPU % "
             "| req/s per round |"
         )
-        lines.append("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
+        lines.append("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|")
 
         def rps_of(name, scenario=scenario):
             runs = results.get((name, scenario))
@@ -619,7 +653,7 @@ def build_tables(scenarios, targets, results):
         stock, nginx = rps_of("stock"), rps_of("nginx")
         for target in targets:
             if target.status != "ok":
-                lines.append(f"| {target.name} | {target.status} |  |  |  |  |  |  |  |  |  |")
+                lines.append(f"| {target.name} | {target.status} |  |  |  |  |  |  |  |  |  |  |")
                 continue
             runs = results.get((target.name, scenario), [])
             if not runs:
@@ -636,6 +670,7 @@ def build_tables(scenarios, targets, results):
                 f"| {fmt(median([r.proxy_cpu for r in runs]), '.0f')} "
                 f"| {fmt(median([r.backend_cpu for r in runs]), '.0f')} "
                 f"| {fmt(median([r.wrk_cpu for r in runs]), '.0f')} "
+                f"| {fmt(median([r.other_cpu for r in runs]), '.0f')} "
                 f"| {per_round} |"
             )
         lines.append("")
@@ -702,8 +737,9 @@ Command: `{command}`
 each run after an uncounted 1 s warm-up; `wrk -t1 --latency --timeout={args.wrk_timeout}s`.
 Figures are medians over the rounds. Errors are non-2xx/3xx responses plus wrk
 socket errors (connect/read/write/timeout), summed over all rounds. CPU % is
-percent of one core during the measured run (proxy = all its processes,
-backends = both node backends together).
+percent of one core (200 = both cores) during the measured run: proxy = all
+its processes, backends = both node backends together, other = the rest of
+the machine's busy time (idle proxies, the harness, anything else running).
 
 These are ratios within one run on a shared, noisy 2-core machine where wrk,
 the proxy and the backends compete for the same cores: compare rows within a

@@ -150,7 +150,11 @@ def parse_server(text: str) -> ServerConfig:
         raise ConfigError(f"bad upstream address {text!r}: no host name")
     if port is None:
         raise ConfigError(f"bad upstream address {text!r}: expected HOST:PORT")
-    return ServerConfig(host=host, port=port, scheme=parts.scheme)
+    try:
+        return ServerConfig(host=host, port=port, scheme=parts.scheme)
+    except ConfigError as e:
+        # urlsplit accepts port 0; say which address of a list is wrong.
+        raise ConfigError(f"bad upstream address {text!r}: {e}") from None
 
 
 def parse_server_list(text: str) -> tuple[ServerConfig, ...]:

@@ -12,6 +12,8 @@ the walkthrough's ports, so the answers read the same.
 
 from __future__ import annotations
 
+from html import escape
+
 from twisted.internet.interfaces import IListeningPort, IReactorTCP
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -61,8 +63,10 @@ class DemoApp(Resource):
             body = f"PORT {self.name} {path.decode()}".encode()
         else:
             request.setResponseCode(404)
+            # Escaped as express's finalhandler does: the path is the client's.
             page = _NOT_FOUND.format(
-                method=request.method.decode("latin-1"), path=path.decode("latin-1")
+                method=escape(request.method.decode("latin-1")),
+                path=escape(path.decode("latin-1")),
             )
             body = page.encode("utf-8")
         if request.method == b"HEAD":

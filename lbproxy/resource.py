@@ -196,10 +196,16 @@ class ProxyExchange:
         self._started = True
         request = self._request
         request.setResponseCode(status, reason)
+        # Keep only what the channel decided about this connection
+        # ("Connection: close"); twisted.web's other defaults (Server, Date,
+        # Content-Type) would hide the app server's own.
+        closing = request.responseHeaders.getRawHeaders(b"connection")
         response_headers = Headers()
         add = response_headers.addRawHeader
         for name, value in end_to_end(headers):
             add(name, value)
+        if closing:
+            response_headers.setRawHeaders(b"Connection", closing)
         request.responseHeaders = response_headers
         request.registerProducer(producer, True)
         if getattr(request.channel, "_waitingForTransport", False):
@@ -268,7 +274,10 @@ class ProxyExchange:
         request = self._request
         body = b"%d %s: %s\n" % (status, reason, text)
         request.setResponseCode(status, reason)
+        closing = request.responseHeaders.getRawHeaders(b"connection")
         headers = request.responseHeaders = Headers()
+        if closing:
+            headers.setRawHeaders(b"Connection", closing)
         headers.addRawHeader(b"Content-Type", b"text/plain; charset=utf-8")
         headers.addRawHeader(b"Content-Length", b"%d" % len(body))
         headers.addRawHeader(b"Date", datetimeToString())

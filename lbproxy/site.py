@@ -17,11 +17,43 @@ from typing import TYPE_CHECKING
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.python.failure import Failure
 from twisted.web import server
+from twisted.web.http import HTTPChannel
+
+# Twisted picks HTTP/1.1 or HTTP/2 (by ALPN) per connection in this wrapper;
+# it is private, but the only way to give HTTP/1.1 connections our channel
+# while keeping that negotiation.
+from twisted.web.http import _GenericHTTPChannelProtocol
+
+from lbproxy.headers import connection_tokens
 
 if TYPE_CHECKING:
     from lbproxy.resource import ProxyExchange
 
-__all__ = ["ProxyRequest", "ProxySite"]
+__all__ = ["ProxyChannel", "ProxyRequest", "ProxySite"]
+
+
+class ProxyChannel(HTTPChannel):
+    """
+    An L{HTTPChannel} that reads the C{Connection} header correctly.
+
+    Twisted's C{checkPersistence} reads only the first C{Connection} header
+    and splits it on spaces, so C{Connection: x-trace, close} keeps the
+    connection open against the client's wish (RFC 9112 section 9.6).
+    """
+
+    def checkPersistence(self, request: server.Request, version: bytes) -> bool:
+        """
+        Whether the connection stays open after answering C{request}.
+        """
+        if version != b"HTTP/1.1":
+            # Twisted never keeps HTTP/1.0 connections (it cannot know yet
+            # whether the answer will have a length).
+            return False
+        tokens = connection_tokens(request.requestHeaders.getRawHeaders(b"connection", ()))
+        if b"close" in tokens:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return True
 
 
 class ProxyRequest(server.Request):
@@ -110,6 +142,12 @@ class ProxySite(server.Site):
 
     requestFactory = ProxyRequest
     displayTracebacks = False
+
+    def protocol(self) -> _GenericHTTPChannelProtocol:  # type: ignore[override]
+        """
+        A connection's protocol: L{ProxyChannel} for HTTP/1.x.
+        """
+        return _GenericHTTPChannelProtocol(ProxyChannel())
 
     def __init__(self, resource: object, client_timeout: float, access_log: bool = True) -> None:
         """

@@ -36,7 +36,7 @@ from lbproxy.resource import BalancingProxyResource
 from lbproxy.site import ProxySite
 from lbproxy.upstream import UpstreamClient
 
-__all__ = ["Options", "makeService", "make_proxy_service"]
+__all__ = ["Options", "build_site", "makeService", "make_proxy_service"]
 
 _log = Logger()
 
@@ -181,7 +181,7 @@ class Options(usage.Options):
                 upstream_keepalive=self["upstream-keepalive"],
                 upstream_idle_timeout=self["upstream-idle-timeout"],
                 access_log=not self["no-access-log"],
-                demo=self["demo"],
+                demo=bool(self["demo"]),
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
@@ -210,12 +210,40 @@ class _UpstreamClientService(TimerService):
 
     def __init__(self, client: UpstreamClient) -> None:
         super().__init__(max(client.idle_timeout / 2, 0.5), client.sweep_idle)
+        self.clock = client.clock
         self._client = client
 
     def stopService(self) -> Any:
         result = super().stopService()
         self._client.close_idle()
         return result
+
+
+def build_site(
+    config: Config, reactor: Any, clock: Any = None
+) -> tuple[ProxySite, UpstreamClient]:
+    """
+    Build the proxy's site and upstream client, without listening.
+
+    @param config: the configuration.
+    @param reactor: what connects to app servers.
+    @param clock: what times timeouts; the reactor if L{None}.
+    @return: the site to listen with and the client it sends through.
+    """
+    client = UpstreamClient(
+        reactor,
+        clock if clock is not None else reactor,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        keepalive=config.upstream_keepalive,
+        idle_timeout=config.upstream_idle_timeout,
+    )
+    pool = Pool(config.pools[0], RoundRobin())
+    resource = BalancingProxyResource(pool, client)
+    site = ProxySite(
+        resource, client_timeout=config.client_timeout, access_log=config.access_log
+    )
+    return site, client
 
 
 def make_proxy_service(config: Config, reactor: Any) -> tuple[MultiService, ProxySite]:
@@ -239,24 +267,14 @@ def make_proxy_service(config: Config, reactor: Any) -> tuple[MultiService, Prox
             "demo app servers listening on {addresses}",
             addresses=", ".join(s.address for s in servers),
         )
-    client = UpstreamClient(
-        reactor,
-        reactor,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-        keepalive=config.upstream_keepalive,
-        idle_timeout=config.upstream_idle_timeout,
-    )
+    site, client = build_site(config, reactor)
     _UpstreamClientService(client).setServiceParent(parent)
-    pool = Pool(config.pools[0], RoundRobin())
-    resource = BalancingProxyResource(pool, client)
-    site = ProxySite(resource, client_timeout=config.client_timeout, access_log=config.access_log)
     for description in config.listen:
         strports.service(description, site, reactor=reactor).setServiceParent(parent)
     _log.info(
         "lbproxy {version} proxying to {servers} (round robin) on {listen}",
         version=__version__,
-        servers=", ".join(s.address for s in pool.servers),
+        servers=", ".join(s.address for s in config.pools[0].servers),
         listen=", ".join(config.listen),
     )
     return parent, site

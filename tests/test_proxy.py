@@ -1,0 +1,494 @@
+"""
+Integration tests: lbproxy between a raw client and real app servers, all
+on 127.0.0.1 with system-chosen ports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ConnectionLost
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import TestCase
+
+from tests.support import (
+    get,
+    parse_responses,
+    pattern_digest,
+    raw_request,
+    refused_port,
+    start_app,
+    start_proxy,
+)
+
+
+def _request(method: bytes, path: bytes, extra: bytes = b"", body: bytes = b"") -> bytes:
+    return (
+        method + b" " + path + b" HTTP/1.1\r\nHost: test.example\r\n" + extra
+        + b"Connection: close\r\n\r\n" + body
+    )
+
+
+class BalancingTests(TestCase):
+    """
+    Requests alternate over the servers and answers pass through unchanged.
+    """
+
+    def setUp(self) -> None:
+        self.app_a, self.site_a, port_a = start_app(self, "3000")
+        self.app_b, self.site_b, port_b = start_app(self, "3001")
+        self.proxy_port, self.site, self.client = start_proxy(self, [port_a, port_b])
+
+    @inlineCallbacks
+    def test_alternates_in_order(self):
+        """
+        Six requests alternate exactly between the two servers, first first.
+        """
+        bodies = []
+        for _ in range(6):
+            response = yield get(self.proxy_port)
+            bodies.append(response.body)
+        self.assertEqual(bodies, [b"PORT 3000", b"PORT 3001"] * 3)
+
+    @inlineCallbacks
+    def test_not_found_passes_through(self):
+        """
+        An app server's 404, status, reason and body, reaches the client.
+        """
+        response = yield get(self.proxy_port, b"/test2")
+        self.assertEqual((response.status, response.reason), (404, b"Not Found"))
+        self.assertEqual(response.body, b"Cannot GET /test2")
+
+    @inlineCallbacks
+    def test_post_body_passes_through(self):
+        """
+        A POST body reaches the app server whole, with its length.
+        """
+        body = bytes(range(256)) * 40
+        _, done = raw_request(
+            self.proxy_port,
+            _request(b"POST", b"/echo", b"Content-Length: %d\r\n" % len(body), body),
+        )
+        response = parse_responses((yield done))[0]
+        self.assertEqual(response.body, body)
+        seen = self.app_a.requests[0]
+        self.assertEqual(seen.headers[b"content-length"], [b"%d" % len(body)])
+
+    @inlineCallbacks
+    def test_chunked_request_body(self):
+        """
+        A chunked request body reaches the app server de-chunked, with a
+        Content-Length, as nginx sends it.
+        """
+        chunked = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        _, done = raw_request(
+            self.proxy_port,
+            _request(b"POST", b"/echo", b"Transfer-Encoding: chunked\r\n", chunked),
+        )
+        response = parse_responses((yield done))[0]
+        self.assertEqual(response.body, b"hello world")
+        seen = self.app_a.requests[0]
+        self.assertEqual(seen.headers[b"content-length"], [b"11"])
+        self.assertNotIn(b"transfer-encoding", seen.headers)
+
+    @inlineCallbacks
+    def test_keepalive_reuses_upstream_connections(self):
+        """
+        Twenty requests open one connection per app server, not twenty.
+        """
+        for _ in range(20):
+            yield get(self.proxy_port)
+        self.assertEqual((self.site_a.connections, self.site_b.connections), (1, 1))
+
+    @inlineCallbacks
+    def test_headers_forwarded(self):
+        """
+        The app server sees the client's Host, an X-Forwarded-For ending
+        with the client's address, X-Forwarded-Proto/Host, and no
+        hop-by-hop headers (nor those Connection names).
+        """
+        _, done = raw_request(
+            self.proxy_port,
+            b"GET / HTTP/1.1\r\nHost: test.example\r\nX-Forwarded-For: 10.1.1.1\r\n"
+            b"X-Secret: 1\r\nConnection: X-Secret, close\r\nKeep-Alive: timeout=5\r\n\r\n",
+        )
+        response = parse_responses((yield done))[0]
+        self.assertEqual(response.header(b"connection"), [b"close"])
+        seen = self.app_a.requests[0].headers
+        self.assertEqual(seen[b"host"], [b"test.example"])
+        self.assertEqual(seen[b"x-forwarded-for"], [b"10.1.1.1, 127.0.0.1"])
+        self.assertEqual(seen[b"x-forwarded-proto"], [b"http"])
+        self.assertEqual(seen[b"x-forwarded-host"], [b"test.example"])
+        self.assertNotIn(b"x-secret", seen)
+        self.assertNotIn(b"keep-alive", seen)
+
+    @inlineCallbacks
+    def test_target_forwarded_byte_for_byte(self):
+        """
+        The request target reaches the app server exactly as sent: no
+        percent-decoding, no dot-segment removal.
+        """
+        target = b"/a%2Fb/../c%20d?x=%41&y=1+2"
+        yield get(self.proxy_port, target)
+        self.assertEqual(self.app_a.requests[0].uri, target)
+
+    @inlineCallbacks
+    def test_repeated_headers_stay_repeated(self):
+        """
+        Two Set-Cookie headers from the app server stay two.
+        """
+        response = yield get(self.proxy_port, b"/cookies")
+        self.assertEqual(response.header(b"set-cookie"), [b"a=1", b"b=2"])
+
+    @inlineCallbacks
+    def test_head(self):
+        """
+        A HEAD answer keeps the app server's Content-Length and has no body;
+        the upstream connection stays usable.
+        """
+        _, done = raw_request(
+            self.proxy_port,
+            b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        data = yield done
+        first, rest = data.split(b"\r\n\r\n", 1)
+        self.assertIn(b"Content-Length: 9", first)
+        self.assertTrue(rest.startswith(b"HTTP/1.1 200"), rest)
+        second, last = rest.split(b"\r\n\r\n", 1)
+        self.assertEqual(parse_responses(last)[0].body, b"PORT 3000")
+        self.assertEqual(self.site_a.connections, 1)
+
+    @inlineCallbacks
+    def test_no_body_statuses(self):
+        """
+        204 and 304 answers pass through with no body and no chunking.
+        """
+        for status in (204, 304):
+            response = yield get(self.proxy_port, b"/status/%d" % status)
+            self.assertEqual(response.status, status)
+            self.assertEqual(response.header(b"transfer-encoding"), [])
+
+    @inlineCallbacks
+    def test_chunked_answer(self):
+        """
+        An answer without a length reaches an HTTP/1.1 client chunked and
+        whole.
+        """
+        response = yield get(self.proxy_port, b"/chunked")
+        self.assertEqual(response.body, b"first,second,third")
+        self.assertEqual(response.header(b"transfer-encoding"), [b"chunked"])
+
+    @inlineCallbacks
+    def test_http10_client(self):
+        """
+        An HTTP/1.0 client never gets chunked encoding; the connection
+        closes after the answer.
+        """
+        _, done = raw_request(self.proxy_port, b"GET /chunked HTTP/1.0\r\n\r\n")
+        data = yield done
+        head, body = data.split(b"\r\n\r\n", 1)
+        self.assertTrue(head.startswith(b"HTTP/1.0 200"), head)
+        self.assertNotIn(b"chunked", head.lower())
+        self.assertEqual(body, b"first,second,third")
+
+    @inlineCallbacks
+    def test_pipelined_requests_answered_in_order(self):
+        """
+        Pipelined requests get their answers in order.
+        """
+        _, done = raw_request(
+            self.proxy_port,
+            b"GET /test1 HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /cookies HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        responses = parse_responses((yield done))
+        self.assertEqual(
+            [r.body for r in responses], [b"Cannot GET /test1", b"PORT 3001", b"cookies"]
+        )
+
+    @inlineCallbacks
+    def test_expect_continue(self):
+        """
+        C{Expect: 100-continue} gets a 100 from lbproxy, then the answer;
+        the app server sees no Expect.
+        """
+        _, done = raw_request(
+            self.proxy_port,
+            _request(b"POST", b"/echo", b"Expect: 100-continue\r\nContent-Length: 2\r\n", b"hi"),
+        )
+        responses = parse_responses((yield done))
+        self.assertEqual([r.status for r in responses], [100, 200])
+        self.assertEqual(responses[1].body, b"hi")
+        self.assertNotIn(b"expect", self.app_a.requests[0].headers)
+
+
+class FailureTests(TestCase):
+    """
+    Failing app servers give 502/504, fail over, or abort the client.
+    """
+
+    @inlineCallbacks
+    def test_failover_on_connection_refused(self):
+        """
+        A refused connection sends the request to the next server.
+        """
+        _, _, live = start_app(self, "3001")
+        proxy_port, _, _ = start_proxy(self, [refused_port(self), live])
+        bodies = []
+        for _ in range(3):
+            bodies.append((yield get(proxy_port)).body)
+        self.assertEqual(bodies, [b"PORT 3001"] * 3)
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
+    def test_all_refused_is_502(self):
+        """
+        When no server accepts the connection the client gets 502 with a
+        short text body.
+        """
+        proxy_port, _, _ = start_proxy(self, [refused_port(self), refused_port(self)])
+        response = yield get(proxy_port)
+        self.assertEqual(response.status, 502)
+        self.assertIn(b"no upstream server could be reached", response.body)
+
+    @inlineCallbacks
+    def test_read_timeout_is_504(self):
+        """
+        An app server silent past the read timeout gives 504.
+        """
+        arrived: Deferred[None] = Deferred()
+
+        class Silent(Protocol):
+            def dataReceived(self, data):
+                if not arrived.called:
+                    arrived.callback(None)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        clock = Clock()
+        proxy_port, _, _ = start_proxy(self, [port.getHost().port], clock=clock, read_timeout=3.0)
+        response_d = get(proxy_port)
+        yield arrived
+        clock.advance(2.9)
+        self.assertNoResult(response_d)
+        clock.advance(0.2)
+        response = yield response_d
+        self.assertEqual(response.status, 504)
+
+    def _serve(self, answer: bytes, close: bool = True) -> int:
+        class Fixed(Protocol):
+            def dataReceived(self, data):
+                self.transport.write(answer)
+                if close:
+                    self.transport.loseConnection()
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Fixed), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @inlineCallbacks
+    def test_garbage_is_502(self):
+        """
+        An app server that does not speak HTTP gives 502, not a 200.
+        """
+        proxy_port, _, _ = start_proxy(self, [self._serve(b"SSH-2.0-OpenSSH\r\n\r\n")])
+        response = yield get(proxy_port)
+        self.assertEqual(response.status, 502)
+
+    @inlineCallbacks
+    def test_truncated_body_aborts_client(self):
+        """
+        An app server closing in the middle of a body makes lbproxy abort
+        the client connection: the client never gets a complete answer.
+        """
+        upstream = self._serve(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+        proxy_port, _, _ = start_proxy(self, [upstream])
+        client, done = raw_request(proxy_port, _request(b"GET", b"/"))
+        data = yield done
+        # Whatever arrived (the head and part of the body may be dropped by
+        # the abort), the connection was reset, not closed cleanly.
+        self.assertNotIn(b"0123456789" + b"x" * 90, data)
+        self.assertTrue(client.reason.check(ConnectionLost), client.reason)
+
+    @inlineCallbacks
+    def test_closed_before_answer_is_502(self):
+        """
+        A fresh connection closed before any answer gives 502.
+        """
+        proxy_port, _, _ = start_proxy(self, [self._serve(b"")])
+        response = yield get(proxy_port)
+        self.assertEqual(response.status, 502)
+
+
+class StaleConnectionTests(TestCase):
+    """
+    A keep-alive connection the app server closes as a request goes out.
+    """
+
+    def _start(self):
+        """
+        An app server that answers the first request on each connection and
+        closes the connection, without answering, when a second arrives:
+        exactly the race of an idle close.
+        """
+        connections = []
+
+        class OneShot(Protocol):
+            def connectionMade(self):
+                connections.append(self)
+                self.count = 0
+
+            def dataReceived(self, data):
+                self.count += 1
+                if self.count == 1:
+                    self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                else:
+                    self.transport.loseConnection()
+
+        port = reactor.listenTCP(0, Factory.forProtocol(OneShot), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port, connections
+
+    @inlineCallbacks
+    def test_get_is_retried_on_fresh_connection(self):
+        """
+        A GET on a connection that closes with no answer is sent again on
+        a new connection: the client sees 200, never 502.
+        """
+        upstream, connections = self._start()
+        proxy_port, _, _ = start_proxy(self, [upstream])
+        first = yield get(proxy_port)
+        second = yield get(proxy_port)
+        self.assertEqual((first.status, second.status), (200, 200))
+        self.assertEqual(len(connections), 2)
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
+    def test_post_is_not_retried(self):
+        """
+        A POST on such a connection is not sent twice (the server may have
+        acted on it): the client gets 502, as from nginx.
+        """
+        upstream, connections = self._start()
+        proxy_port, _, _ = start_proxy(self, [upstream])
+        yield get(proxy_port)
+        _, done = raw_request(
+            proxy_port, _request(b"POST", b"/", b"Content-Length: 1\r\n", b"x")
+        )
+        response = parse_responses((yield done))[0]
+        self.assertEqual(response.status, 502)
+        self.assertEqual(len(connections), 1)
+
+    @inlineCallbacks
+    def test_idle_connection_closed_by_server_leaves_pool(self):
+        """
+        When the app server closes an idle pooled connection, it leaves the
+        pool at once.
+        """
+        _, site, port = start_app(self, "3000")
+        proxy_port, _, client = start_proxy(self, [port])
+        yield get(proxy_port)
+        server = client._idle and next(iter(client._idle))
+        self.assertEqual(client.idle_count(server), 1)
+        for channel in list(site._channels if hasattr(site, "_channels") else []):
+            channel.transport.loseConnection()
+        connection = client._idle[server][0]
+        lost: Deferred[None] = Deferred()
+        original = connection.connectionLost
+
+        def connection_lost(reason):
+            original(reason)
+            lost.callback(None)
+
+        connection.connectionLost = connection_lost
+        connection.transport.loseConnection()
+        yield lost
+        self.assertEqual(client.idle_count(server), 0)
+
+
+class StreamingTests(TestCase):
+    """
+    Bodies are relayed as they arrive with backpressure both ways.
+    """
+
+    @inlineCallbacks
+    def test_large_answer_to_slow_reader(self):
+        """
+        A 50 MB answer to a client that stops reading: the app server is
+        paused long before it has sent everything (lbproxy does not buffer
+        the body), and once the client reads again it gets every byte.
+        """
+        total = 50 * 1024 * 1024
+        app, _, port = start_app(self, "3000")
+        proxy_port, _, _ = start_proxy(self, [port])
+        client, done = raw_request(proxy_port, _request(b"GET", b"/big/%d" % total))
+        first: Deferred[None] = Deferred()
+
+        def pause_on_first_data(c):
+            if not first.called:
+                c.transport.pauseProducing()
+                first.callback(None)
+
+        client.on_data = pause_on_first_data
+        yield first
+        # Wait, by polling the reactor (not sleeping), until the app server
+        # has been stuck (paused, sending nothing more) for a while.
+        stream = None
+        last_sent, stable = -1, 0
+        for _ in range(400):
+            yield deferLater(reactor, 0.02, lambda: None)
+            if app.streams:
+                stream = app.streams[0]
+                if stream.paused and stream.sent == last_sent:
+                    stable += 1
+                    if stable >= 10:
+                        break
+                else:
+                    stable = 0
+                last_sent = stream.sent
+        self.assertIsNotNone(stream)
+        self.assertTrue(stream.paused, "the app server was never held back")
+        self.assertLess(stream.sent, total // 2)
+        client.on_data = None
+        client.transport.resumeProducing()
+        data = yield done
+        body = data.split(b"\r\n\r\n", 1)[1]
+        self.assertEqual(len(body), total)
+        self.assertEqual(hashlib.sha256(body).hexdigest(), pattern_digest(total))
+
+    @inlineCallbacks
+    def test_client_gone_cancels_upstream(self):
+        """
+        A client that leaves in the middle of an answer makes lbproxy drop
+        the upstream connection instead of pooling it half-read, and
+        nothing is logged as an unhandled error.
+        """
+        total = 20 * 1024 * 1024
+        app, site, port = start_app(self, "3000")
+        proxy_port, _, client_pool = start_proxy(self, [port])
+        client, done = raw_request(proxy_port, _request(b"GET", b"/big/%d" % total))
+        got_data: Deferred[None] = Deferred()
+
+        def abort_on_data(c):
+            if not got_data.called:
+                got_data.callback(None)
+                c.transport.abortConnection()
+
+        client.on_data = abort_on_data
+        yield got_data
+        yield done
+        for _ in range(200):
+            if app.streams and app.streams[0].paused is True and not app.streams[0].request.channel:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+            server = next(iter(client_pool._endpoints), None)
+            if server is not None and client_pool.idle_count(server) == 0 and not any(
+                c.connected for c in client_pool._idle.get(server, [])
+            ):
+                break
+        server = next(iter(client_pool._endpoints))
+        self.assertEqual(client_pool.idle_count(server), 0)
