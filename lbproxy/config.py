@@ -53,9 +53,7 @@ class ServerConfig:
         if not 0 < self.port < 65536:
             raise ConfigError(f"upstream port {self.port} is not in 1-65535")
         if self.scheme != "http":
-            raise ConfigError(
-                f"upstream scheme {self.scheme!r} is not supported (use http)"
-            )
+            raise ConfigError(f"upstream scheme {self.scheme!r} is not supported (use http)")
         if self.weight < 1:
             raise ConfigError(f"upstream weight {self.weight} must be at least 1")
 
@@ -108,9 +106,7 @@ class Config:
         if not self.listen:
             raise ConfigError("nothing to listen on: give --listen ENDPOINT")
         if self.upstream_keepalive < 0:
-            raise ConfigError(
-                f"upstream keepalive {self.upstream_keepalive} must be 0 or more"
-            )
+            raise ConfigError(f"upstream keepalive {self.upstream_keepalive} must be 0 or more")
 
 
 def parse_server(text: str) -> ServerConfig:
@@ -140,9 +136,7 @@ def parse_server(text: str) -> ServerConfig:
             f"bad upstream address {text!r}: scheme {parts.scheme!r} is not supported"
         )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(
-            f"bad upstream address {text!r}: give HOST:PORT without a path"
-        )
+        raise ConfigError(f"bad upstream address {text!r}: give HOST:PORT without a path")
     if parts.username is not None or parts.password is not None:
         raise ConfigError(f"bad upstream address {text!r}: no user info allowed")
     host = parts.hostname

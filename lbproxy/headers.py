@@ -59,10 +59,7 @@ def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     @return: e.g. C{{b"close", b"x-secret"}}.
     """
     return frozenset(
-        token.strip().lower()
-        for value in values
-        for token in value.split(b",")
-        if token.strip()
+        token.strip().lower() for value in values for token in value.split(b",") if token.strip()
     )
 
 
@@ -74,9 +71,7 @@ def end_to_end(headers: Iterable[Header]) -> list[Header]:
     @return: the headers a proxy may forward, in the same order.
     """
     headers = list(headers)
-    named = connection_tokens(
-        value for name, value in headers if name.lower() == b"connection"
-    )
+    named = connection_tokens(value for name, value in headers if name.lower() == b"connection")
     return [
         (name, value)
         for name, value in headers

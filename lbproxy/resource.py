@@ -53,9 +53,7 @@ __all__ = ["BalancingProxyResource", "ProxyExchange"]
 Header = tuple[bytes, bytes]
 
 #: RFC 9110 section 9.2.2.
-IDEMPOTENT_METHODS = frozenset(
-    {b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"}
-)
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 #: Methods whose requests carry a body by definition: they get a
 #: Content-Length even when it is 0, as many app servers require one.
@@ -261,9 +259,7 @@ class ProxyExchange:
             and request.method in IDEMPOTENT_METHODS
         ):
             self._retried_stale = True
-            self._abandon = self._resource.client.send_fresh(
-                server, self._upstream_request, self
-            )
+            self._abandon = self._resource.client.send_fresh(server, self._upstream_request, self)
         elif error.status == 504:
             self._respond_error(504, b"Gateway Timeout", b"upstream timed out")
         else:

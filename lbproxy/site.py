@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import HTTPChannel
 
 # Twisted picks HTTP/1.1 or HTTP/2 (by ALPN) per connection in this wrapper;
 # it is private, but the only way to give HTTP/1.1 connections our channel
 # while keeping that negotiation.
-from twisted.web.http import _GenericHTTPChannelProtocol
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 
 from lbproxy.headers import connection_tokens
 
@@ -128,9 +127,7 @@ class ProxyRequest(server.Request):
         C{Transfer-Encoding}), even an empty one.
         """
         headers = self.requestHeaders
-        return headers.hasHeader(b"content-length") or headers.hasHeader(
-            b"transfer-encoding"
-        )
+        return headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
 
 
 class ProxySite(server.Site):

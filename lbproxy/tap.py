@@ -135,14 +135,14 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_upstream(self, value: str) -> None:
-        """Upstream servers HOST:PORT[,HOST:PORT...] (or http://HOST:PORT, [::1]:PORT); repeatable; they form the pool "default". [required, or --demo]"""
+        # (Help text below: usage.Options prints a docstring as written.)
         try:
             self["upstream"].extend(parse_server_list(value))
         except ConfigError as e:
             raise usage.UsageError(f"--upstream: {e}") from None
 
     def opt_listen(self, value: str) -> None:
-        """A Twisted endpoint to listen on (tcp:8080, tcp:8080:interface=127.0.0.1, unix:/run/lb.sock); repeatable. [default: tcp:8080]"""
+        # (Help text below.)
         try:
             # Parsing builds the endpoint without listening, so a typo is
             # reported here, in one line, rather than as a traceback later.
@@ -150,6 +150,17 @@ class Options(usage.Options):
         except (ValueError, KeyError, TypeError) as e:
             raise usage.UsageError(f"--listen {value!r}: {e}") from None
         self["listen"].append(value)
+
+    opt_upstream.__doc__ = (
+        "Upstream servers HOST:PORT[,HOST:PORT...] (or http://HOST:PORT, "
+        '[::1]:PORT); repeatable; they form the pool "default". '
+        "[required, or --demo]"
+    )
+    opt_listen.__doc__ = (
+        "A Twisted endpoint to listen on (tcp:8080, "
+        "tcp:8080:interface=127.0.0.1, unix:/run/lb.sock); repeatable. "
+        "[default: tcp:8080]"
+    )
 
     def opt_version(self) -> None:
         """
@@ -219,9 +230,7 @@ class _UpstreamClientService(TimerService):
         return result
 
 
-def build_site(
-    config: Config, reactor: Any, clock: Any = None
-) -> tuple[ProxySite, UpstreamClient]:
+def build_site(config: Config, reactor: Any, clock: Any = None) -> tuple[ProxySite, UpstreamClient]:
     """
     Build the proxy's site and upstream client, without listening.
 
@@ -240,9 +249,7 @@ def build_site(
     )
     pool = Pool(config.pools[0], RoundRobin())
     resource = BalancingProxyResource(pool, client)
-    site = ProxySite(
-        resource, client_timeout=config.client_timeout, access_log=config.access_log
-    )
+    site = ProxySite(resource, client_timeout=config.client_timeout, access_log=config.access_log)
     return site, client
 
 
@@ -259,9 +266,7 @@ def make_proxy_service(config: Config, reactor: Any) -> tuple[MultiService, Prox
     if config.demo:
         ports = listen_demo_apps(reactor)
         _ListeningPortsService(ports).setServiceParent(parent)
-        servers = tuple(
-            ServerConfig("127.0.0.1", port.getHost().port) for port in ports
-        )
+        servers = tuple(ServerConfig("127.0.0.1", port.getHost().port) for port in ports)
         config = replace(config, pools=(PoolConfig("default", servers),))
         _log.info(
             "demo app servers listening on {addresses}",

@@ -24,7 +24,8 @@ Pieces:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import IO, Protocol as TypingProtocol
+from typing import IO
+from typing import Protocol as TypingProtocol
 
 import httptools
 from twisted.internet import error as ierror
@@ -457,14 +458,10 @@ class UpstreamConnection(Protocol):
             delay = self._read_timeout if self._paused else remaining
             self._timer = self._clock.callLater(delay, self._check_read_timeout)
             return
-        self._fail(
-            ReadTimeout(f"no answer for {self._read_timeout:g} s (read timeout)")
-        )
+        self._fail(ReadTimeout(f"no answer for {self._read_timeout:g} s (read timeout)"))
 
 
-def _delimited_by_eof(
-    status: int, headers: list[Header], request: UpstreamRequest | None
-) -> bool:
+def _delimited_by_eof(status: int, headers: list[Header], request: UpstreamRequest | None) -> bool:
     """
     Whether an answer's body runs until the connection closes
     (RFC 9112 section 6.3, rule 8): no length, not chunked, and a status

@@ -32,8 +32,7 @@ class RecordedRequest:
         self.method = request.method
         self.uri = request.uri
         self.headers = {
-            name.lower(): list(values)
-            for name, values in request.requestHeaders.getAllRawHeaders()
+            name.lower(): list(values) for name, values in request.requestHeaders.getAllRawHeaders()
         }
         self.body = request.content.read()
 
@@ -306,7 +305,11 @@ def get(port: int, path: bytes = b"/", headers: bytes = b"") -> Deferred[RawResp
     One C{GET} with C{Connection: close}; fires with the parsed response.
     """
     payload = (
-        b"GET " + path + b" HTTP/1.1\r\nHost: test.example\r\n" + headers + b"Connection: close\r\n\r\n"
+        b"GET "
+        + path
+        + b" HTTP/1.1\r\nHost: test.example\r\n"
+        + headers
+        + b"Connection: close\r\n\r\n"
     )
     _, done = raw_request(port, payload)
     return done.addCallback(lambda data: parse_responses(data)[-1])

@@ -27,8 +27,13 @@ from tests.support import (
 
 def _request(method: bytes, path: bytes, extra: bytes = b"", body: bytes = b"") -> bytes:
     return (
-        method + b" " + path + b" HTTP/1.1\r\nHost: test.example\r\n" + extra
-        + b"Connection: close\r\n\r\n" + body
+        method
+        + b" "
+        + path
+        + b" HTTP/1.1\r\nHost: test.example\r\n"
+        + extra
+        + b"Connection: close\r\n\r\n"
+        + body
     )
 
 
@@ -376,9 +381,7 @@ class StaleConnectionTests(TestCase):
         upstream, connections = self._start()
         proxy_port, _, _ = start_proxy(self, [upstream])
         yield get(proxy_port)
-        _, done = raw_request(
-            proxy_port, _request(b"POST", b"/", b"Content-Length: 1\r\n", b"x")
-        )
+        _, done = raw_request(proxy_port, _request(b"POST", b"/", b"Content-Length: 1\r\n", b"x"))
         response = parse_responses((yield done))[0]
         self.assertEqual(response.status, 502)
         self.assertEqual(len(connections), 1)
@@ -486,8 +489,10 @@ class StreamingTests(TestCase):
                 break
             yield deferLater(reactor, 0.01, lambda: None)
             server = next(iter(client_pool._endpoints), None)
-            if server is not None and client_pool.idle_count(server) == 0 and not any(
-                c.connected for c in client_pool._idle.get(server, [])
+            if (
+                server is not None
+                and client_pool.idle_count(server) == 0
+                and not any(c.connected for c in client_pool._idle.get(server, []))
             ):
                 break
         server = next(iter(client_pool._endpoints))

@@ -178,7 +178,6 @@ class OptionsTests(SynchronousTestCase):
         """
         self.assertIs(_parse("--demo").config.demo, True)
 
-
     def test_usage_shows_defaults(self) -> None:
         """
         The help text names each main option with its default (or says that
@@ -257,4 +256,3 @@ class MakeProxyServiceTests(SynchronousTestCase):
         """
         reactor, _ = self._start(_config("tcp:8080"))
         self.assertEqual(len(reactor.getDelayedCalls()), 1)
-
