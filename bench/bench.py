@@ -526,7 +526,7 @@ def parse_wrk(output):
     if match:
         result.socket_errors = {
             kind: int(n)
-            for kind, n in zip(("connect", "read", "write", "timeout"), match.groups())
+            for kind, n in zip(("connect", "read", "write", "timeout"), match.groups(), strict=True)
             if int(n)
         }
     return result
@@ -907,7 +907,8 @@ def main(argv=None):
                         f"[{done}/{total}] round {round_no + 1} {scenario:<10} "
                         f"{target.name:<8} {result.rps:10.0f} req/s  "
                         f"p99 {fmt(result.p99_ms, '.2f')} ms  "
-                        f"errors {error_text([result])}"
+                        f"errors {error_text([result])}  "
+                        f"other CPU {fmt(result.other_cpu, '.0f')}%"
                         + (f"  ({result.failed})" if result.failed else "")
                     )
         for target in active:
