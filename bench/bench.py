@@ -410,6 +410,9 @@ def start_target(name, tmpdir, backends, python):
             "--logfile",
             os.path.join(tmpdir, "lbproxy.log"),
             "lbproxy",
+            # An access log file, as nginx and the stock proxy write.
+            "--access-log",
+            os.path.join(tmpdir, "lbproxy-access.log"),
             "--upstream",
             upstream,
             "--listen",

@@ -97,7 +97,7 @@ class Config:
     client_timeout: float = 60.0
     upstream_keepalive: int = 32
     upstream_idle_timeout: float = 4.0
-    access_log: bool = True
+    access_log: str = "-"
     demo: bool = field(default=False)
 
     def __post_init__(self) -> None:
@@ -105,6 +105,8 @@ class Config:
             raise ConfigError("no upstream servers: give --upstream HOST:PORT")
         if not self.listen:
             raise ConfigError("nothing to listen on: give --listen ENDPOINT")
+        if not self.access_log:
+            raise ConfigError("access log: give a file path, '-' or 'off'")
         if self.upstream_keepalive < 0:
             raise ConfigError(f"upstream keepalive {self.upstream_keepalive} must be 0 or more")
 

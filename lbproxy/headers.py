@@ -11,7 +11,7 @@ C{Set-Cookie}) stay repeated and in order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 __all__ = [
     "HOP_BY_HOP",
@@ -70,20 +70,28 @@ def end_to_end(headers: Iterable[Header]) -> list[Header]:
     @param headers: the headers as received, in order.
     @return: the headers a proxy may forward, in the same order.
     """
-    headers = list(headers)
-    named = connection_tokens(value for name, value in headers if name.lower() == b"connection")
-    return [
-        (name, value)
-        for name, value in headers
-        if name.lower() not in HOP_BY_HOP and name.lower() not in named
-    ]
+    lowered = [(name.lower(), name, value) for name, value in headers]
+    drop = _dropped(lowered, HOP_BY_HOP)
+    return [(name, value) for lower, name, value in lowered if lower not in drop]
+
+
+def _dropped(
+    lowered: list[tuple[bytes, bytes, bytes]], fixed: frozenset[bytes]
+) -> frozenset[bytes]:
+    """
+    The lower-cased names to drop: C{fixed} plus those C{Connection} names.
+    """
+    connection = [value for lower, _, value in lowered if lower == b"connection"]
+    if not connection:
+        return fixed
+    return fixed | connection_tokens(connection)
 
 
 def upstream_request_headers(
     headers: Iterable[Header],
     client_address: bytes,
     scheme: bytes,
-    default_host: bytes,
+    default_host: Callable[[], bytes],
 ) -> list[Header]:
     """
     The headers to send to the app server for one client request.
@@ -92,31 +100,34 @@ def upstream_request_headers(
     the client's address is appended to C{X-Forwarded-For} (nginx's
     C{$proxy_add_x_forwarded_for}); C{X-Forwarded-Proto} and
     C{X-Forwarded-Host} are set, replacing whatever the client sent, since
-    lbproxy is the edge that knows them.
+    lbproxy is the edge that knows them.  Hop-by-hop headers are dropped as
+    by L{end_to_end}.
 
     @param headers: the client's request headers, in order.
     @param client_address: the client's IP address (or C{b"unix:"}).
     @param scheme: C{b"http"} or C{b"https"}, how the client reached us.
-    @param default_host: the C{Host} to send when the client sent none
-        (an HTTP/1.0 client); nginx sends the upstream's address likewise.
+    @param default_host: gives the C{Host} to send when the client sent
+        none (an HTTP/1.0 client); called only then.
     @return: the headers, without C{Content-Length}: the caller adds the
         framing of the body it actually sends.
     """
+    lowered = [(name.lower(), name, value) for name, value in headers]
+    hop_by_hop = _dropped(lowered, HOP_BY_HOP)
     forwarded_for: list[bytes] = []
     host: bytes | None = None
     out: list[Header] = []
-    for name, value in end_to_end(headers):
-        lower = name.lower()
-        if lower == b"x-forwarded-for":
-            forwarded_for.append(value)
-        elif lower == b"host":
-            if host is None:
-                host = value
-            out.append((name, value))
-        elif lower not in _REWRITTEN_UPSTREAM:
-            out.append((name, value))
+    for lower, name, value in lowered:
+        if lower in hop_by_hop:
+            continue
+        if lower in _REWRITTEN_UPSTREAM:
+            if lower == b"x-forwarded-for":
+                forwarded_for.append(value)
+            continue
+        if lower == b"host" and host is None:
+            host = value
+        out.append((name, value))
     if host is None:
-        host = default_host
+        host = default_host()
         out.insert(0, (b"Host", host))
     forwarded_for.append(client_address)
     out.append((b"X-Forwarded-For", b", ".join(forwarded_for)))

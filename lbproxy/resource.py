@@ -296,7 +296,7 @@ def _build_upstream_request(request: ProxyRequest) -> UpstreamRequest:
         raw,
         client_address=request.client_host(),
         scheme=b"https" if request.isSecure() else b"http",
-        default_host=request.default_host(),
+        default_host=request.default_host,
     )
     length = request.body_length
     content = request.content

@@ -9,6 +9,7 @@ services (listeners, the upstream client's housekeeping).
 
 from __future__ import annotations
 
+import gc
 from dataclasses import replace
 from typing import Any
 
@@ -83,10 +84,17 @@ class Options(usage.Options):
             "Start two small demo app servers on loopback (answering "
             "'PORT 3000' and 'PORT 3001') and proxy to them.",
         ],
-        ["no-access-log", None, "Do not write an access line per request."],
     ]
 
     optParameters = [
+        [
+            "access-log",
+            None,
+            "-",
+            "Where to write an access line per request (combined log format): "
+            "'-' is the twistd log, 'off' is nowhere, anything else a file path "
+            "(nginx: access_log).",
+        ],
         [
             "connect-timeout",
             None,
@@ -191,7 +199,7 @@ class Options(usage.Options):
                 client_timeout=self["client-timeout"],
                 upstream_keepalive=self["upstream-keepalive"],
                 upstream_idle_timeout=self["upstream-idle-timeout"],
-                access_log=not self["no-access-log"],
+                access_log=self["access-log"],
                 demo=bool(self["demo"]),
             )
         except ConfigError as e:
@@ -211,6 +219,25 @@ class _ListeningPortsService(Service):
         from twisted.internet.defer import gatherResults
 
         return gatherResults([port.stopListening() for port in self._ports])
+
+
+class _FreezeStartupObjects(Service):
+    """
+    Moves every object alive once the reactor runs (modules, config, the
+    service tree) out of the garbage collector's reach with C{gc.freeze()}.
+
+    Python's full collections walk every tracked object; without this each
+    one walks all of Twisted's and lbproxy's start-up objects and stalls the
+    reactor for milliseconds (measured: p99 latency 16 ms with, 6 ms
+    without, at 9k requests/s; see bench/RESULTS.md).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.callWhenRunning(gc.freeze)
 
 
 class _UpstreamClientService(TimerService):
@@ -274,6 +301,7 @@ def make_proxy_service(config: Config, reactor: Any) -> tuple[MultiService, Prox
         )
     site, client = build_site(config, reactor)
     _UpstreamClientService(client).setServiceParent(parent)
+    _FreezeStartupObjects(reactor).setServiceParent(parent)
     for description in config.listen:
         strports.service(description, site, reactor=reactor).setServiceParent(parent)
     _log.info(

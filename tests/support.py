@@ -200,7 +200,7 @@ def start_proxy(
     @return: the proxy's port, its site and its upstream client.
     """
     servers = tuple(ServerConfig("127.0.0.1", port) for port in ports)
-    settings.setdefault("access_log", False)
+    settings.setdefault("access_log", "off")
     config = Config(pools=(PoolConfig("default", servers),), **settings)
     site, client = build_site(config, reactor, clock)
     proxy_port = listen(testcase, site)

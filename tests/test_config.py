@@ -232,7 +232,7 @@ class RecordTests(SynchronousTestCase):
                 config.access_log,
                 config.demo,
             ),
-            (("tcp:8080",), 5.0, 60.0, 60.0, 32, 4.0, True, False),
+            (("tcp:8080",), 5.0, 60.0, 60.0, 32, 4.0, "-", False),
         )
 
     def test_no_pools(self) -> None:

@@ -23,7 +23,7 @@ def _upstream(
     """
     Call L{upstream_request_headers} with defaults for what a test ignores.
     """
-    return upstream_request_headers(headers, client_address, scheme, default_host)
+    return upstream_request_headers(headers, client_address, scheme, lambda: default_host)
 
 
 class HopByHopTests(SynchronousTestCase):

@@ -497,3 +497,27 @@ class StreamingTests(TestCase):
                 break
         server = next(iter(client_pool._endpoints))
         self.assertEqual(client_pool.idle_count(server), 0)
+
+
+class AccessLogTests(TestCase):
+    """
+    One access line per request, in combined log format.
+    """
+
+    @inlineCallbacks
+    def test_access_line_in_file(self):
+        """
+        With C{access_log} a path, each request writes one combined-format
+        line there: client, request line, status, bytes, referrer, agent.
+        """
+        _, _, port = start_app(self, "3000")
+        path = self.mktemp()
+        proxy_port, _, _ = start_proxy(self, [port], access_log=path)
+        yield get(proxy_port, b"/", headers=b"User-Agent: curl/8\r\nReferer: http://r/\r\n")
+        with open(path) as f:
+            lines = f.readlines()
+        self.assertEqual(len(lines), 1)
+        self.assertRegex(
+            lines[0],
+            r'^127\.0\.0\.1 - - \[[^]]+\] "GET / HTTP/1\.1" 200 9 "http://r/" "curl/8"$',
+        )

@@ -102,7 +102,7 @@ class SeedWalkthroughTests(TestCase):
             ServerConfig("localhost", self.port_a),
             ServerConfig("localhost", self.port_b),
         )
-        config = Config(pools=(PoolConfig("default", servers),), access_log=False, **settings)
+        config = Config(pools=(PoolConfig("default", servers),), access_log="off", **settings)
         site, client = build_site(config, reactor)
         self.addCleanup(client.close_idle)
         return listen(self, site), client

@@ -74,7 +74,7 @@ class OptionsTests(SynchronousTestCase):
                 client_timeout=60.0,
                 upstream_keepalive=32,
                 upstream_idle_timeout=4.0,
-                access_log=True,
+                access_log="-",
                 demo=False,
             ),
         )
@@ -90,7 +90,7 @@ class OptionsTests(SynchronousTestCase):
             "--client-timeout=10",
             "--upstream-keepalive=0",
             "--upstream-idle-timeout=2.5",
-            "--no-access-log",
+            "--access-log=off",
         ).config
         self.assertEqual(
             (
@@ -101,7 +101,7 @@ class OptionsTests(SynchronousTestCase):
                 config.upstream_idle_timeout,
                 config.access_log,
             ),
-            (0.5, 30.0, 10.0, 0, 2.5, False),
+            (0.5, 30.0, 10.0, 0, 2.5, "off"),
         )
 
     def test_listen_repeated(self) -> None:
