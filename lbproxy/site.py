@@ -13,9 +13,10 @@ goes away, so the upstream exchange is abandoned at once.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.web import server
 
@@ -208,6 +209,7 @@ class ProxySite(server.Site):
 
     requestFactory = ProxyRequest
     displayTracebacks = False
+    _flusher: LoopingCall | None = None
 
     def protocol(self) -> _GenericHTTPChannelProtocol:  # type: ignore[override]
         """
@@ -232,6 +234,31 @@ class ProxySite(server.Site):
             logFormatter=combined_log_line,
         )
         self._access_log = access_log != "off"
+
+    def _openLogFile(self, path: str) -> Any:
+        """
+        Open the access log for appending, buffered, flushed every second.
+
+        twisted.web's C{Site} uses C{twisted.python.logfile.LogFile}, which
+        rotates at 1 MB and keeps every old file; nginx appends to one file
+        and leaves rotation to logrotate, and so does lbproxy.  Lines are
+        buffered and written at least once a second (nginx's C{access_log
+        ... buffer=64k flush=1s}): a C{write} per request cost 8% of the
+        CPU at 10k requests/s.
+        """
+        log_file = open(path, "a", buffering=64 * 1024, encoding="utf-8", newline="\n")  # noqa: SIM115
+        self._flusher = LoopingCall(log_file.flush)
+        self._flusher.clock = self.reactor
+        self._flusher.start(1.0, now=False)
+        return log_file
+
+    def stopFactory(self) -> None:
+        """
+        Stop flushing the access log; closing it (Twisted's part) flushes it.
+        """
+        if self._flusher is not None and self._flusher.running:
+            self._flusher.stop()
+        super().stopFactory()
 
     def log(self, request: object) -> None:
         """

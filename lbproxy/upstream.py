@@ -24,11 +24,12 @@ Pieces:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 from typing import Protocol as TypingProtocol
 
 import httptools
 from twisted.internet import error as ierror
+from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
@@ -293,7 +294,7 @@ class UpstreamConnection(Protocol):
         self._timer = self._clock.callLater(self._read_timeout, self._check_read_timeout)
         body = request.body
         if isinstance(body, bytes):
-            self.transport.write(request.head + body if body else request.head)
+            _send_now(self.transport, request.head + body if body else request.head)
             return
         self.transport.write(request.head)
         body.seek(0)
@@ -461,6 +462,35 @@ class UpstreamConnection(Protocol):
         self._fail(ReadTimeout(f"no answer for {self._read_timeout:g} s (read timeout)"))
 
 
+def _send_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data}, straight to the socket when nothing is queued before it.
+
+    Twisted's TCP transport always queues a write and sends it on the next
+    reactor turn, which costs two C{epoll_ctl} calls and a turn per request;
+    a request head almost always fits the socket buffer, so lbproxy tries
+    C{send} first and queues only what the kernel did not take.  This reads
+    the transport's queue attributes, so it is limited to plain
+    L{tcp.Client} transports (others just C{write}).
+    """
+    if (
+        type(transport) is tcp.Client
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # EAGAIN, or an error the transport will find and report itself.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 def _delimited_by_eof(status: int, headers: list[Header], request: UpstreamRequest | None) -> bool:
     """
     Whether an answer's body runs until the connection closes
@@ -599,7 +629,13 @@ class UpstreamClient:
 
         def connected(connection: UpstreamConnection) -> None:
             state["connection"] = connection
-            connection.send(request, sink, reused=False)
+            try:
+                connection.send(request, sink, reused=False)
+            except Exception:
+                # A bug must cost one 502, not a request that hangs forever.
+                self._log.failure("sending to {server} failed", server=server.address)
+                connection.abort()
+                sink.response_failed(UpstreamError("internal error while sending"))
 
         def failed(reason: Failure) -> None:
             if reason.check(CancelledError, ierror.ConnectingCancelledError):

@@ -512,8 +512,9 @@ class AccessLogTests(TestCase):
         """
         _, _, port = start_app(self, "3000")
         path = self.mktemp()
-        proxy_port, _, _ = start_proxy(self, [port], access_log=path)
+        proxy_port, site, _ = start_proxy(self, [port], access_log=path)
         yield get(proxy_port, b"/", headers=b"User-Agent: curl/8\r\nReferer: http://r/\r\n")
+        site._logFile.flush()  # lines are written at least once a second
         with open(path) as f:
             lines = f.readlines()
         self.assertEqual(len(lines), 1)
