@@ -5,6 +5,13 @@
 //   GET /        -> "PORT NAME\n"
 //   GET /64k     -> 65536 bytes
 //   POST /upload -> reads the whole body, answers with its length in bytes
+//   GET /stream/N -> N bytes ('x'), Content-Length set, written in 64 KiB
+//                    chunks with backpressure (waits for 'drain' whenever
+//                    res.write() says the socket buffer is full)
+//   POST /upload-timed -> reads the whole body, answers JSON
+//                    {"length": N, "first_byte_ms": T1, "last_byte_ms": T2}
+//                    where T1/T2 are the wall-clock times (epoch ms,
+//                    fractional) the first/last body byte reached this app
 // Listens on 127.0.0.1 only, keep-alive on.
 
 const http = require('http');
@@ -18,6 +25,35 @@ if (!Number.isInteger(port) || port <= 0) {
 
 const small = Buffer.from(`PORT ${name}\n`);
 const big = Buffer.alloc(64 * 1024, 'x');
+const STREAM_MAX = 64 * 1024 * 1024 * 1024; // refuse absurd sizes
+
+// Epoch milliseconds with sub-millisecond resolution.
+function nowMs() {
+  return performance.timeOrigin + performance.now();
+}
+
+// Stream `total` bytes, never queueing more than the socket buffer takes.
+function stream(res, total) {
+  res.writeHead(200, {
+    'Content-Type': 'application/octet-stream',
+    'Content-Length': total,
+  });
+  let left = total;
+  let closed = false;
+  res.on('close', () => { closed = true; });
+  function pump() {
+    while (left > 0 && !closed) {
+      const n = Math.min(left, big.length);
+      left -= n;
+      if (!res.write(n === big.length ? big : big.subarray(0, n))) {
+        res.once('drain', pump);
+        return;
+      }
+    }
+    if (!closed) res.end();
+  }
+  pump();
+}
 
 function reply(res, status, body) {
   res.writeHead(status, {
@@ -36,6 +72,30 @@ const server = http.createServer((req, res) => {
     let length = 0;
     req.on('data', (chunk) => { length += chunk.length; });
     req.on('end', () => reply(res, 200, Buffer.from(`${length}\n`)));
+  } else if (req.method === 'GET' && req.url.startsWith('/stream/')) {
+    const total = Number(req.url.slice('/stream/'.length));
+    if (!Number.isSafeInteger(total) || total < 0 || total > STREAM_MAX) {
+      reply(res, 400, Buffer.from('bad size\n'));
+    } else {
+      stream(res, total);
+    }
+  } else if (req.method === 'POST' && req.url === '/upload-timed') {
+    let length = 0;
+    let first = null;
+    let last = null;
+    req.on('data', (chunk) => {
+      last = nowMs();
+      if (first === null) first = last;
+      length += chunk.length;
+    });
+    req.on('end', () => {
+      const body = JSON.stringify({ length, first_byte_ms: first, last_byte_ms: last });
+      res.writeHead(200, {
+        'Content-Type': 'application/json',
+        'Content-Length': Buffer.byteLength(body),
+      });
+      res.end(body);
+    });
   } else {
     req.resume();
     reply(res, 404, Buffer.from('not found\n'));

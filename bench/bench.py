@@ -1,6 +1,11 @@
 """Benchmark harness for lbproxy (run it through ``bench/run``).
 
-What it does:
+``--suite throughput`` (the default) is described below; ``memory``,
+``idle`` and ``scaling`` live in ``suites.py`` and ``all`` runs the four in
+turn. Each suite writes its own section of ``bench/RESULTS.md`` (between
+``<!-- suite:NAME -->`` markers), leaving the other sections alone.
+
+What the throughput suite does:
 
 1. installs nginx, haproxy and wrk with apt-get when they are missing;
 2. starts two node backends (``bench/backend.js``) on free loopback ports;
@@ -41,6 +46,10 @@ NODE = shutil.which("node") or "/usr/bin/node"
 SBIN_PATH = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
 
 ALL_TARGETS = ["direct", "nginx", "haproxy", "stock", "lbproxy"]
+SUITES = ["throughput", "memory", "idle", "scaling"]
+# Open-file limit the harness asks for (inherited by every process it starts:
+# lbproxy, nginx, wrk); 10,000 idle clients need more than the usual 1024.
+NOFILE_WANTED = 65536
 
 # name -> (path, connections, extra wrk arguments)
 SCENARIOS = {
@@ -67,6 +76,40 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def scenario_spec(name):
+    """Return (path, connections, extra wrk args) of a scenario.
+
+    Besides the named SCENARIOS, ``small_cN`` is GET / with N connections
+    (used by the scaling suite).
+    """
+    if name in SCENARIOS:
+        return SCENARIOS[name]
+    match = re.fullmatch(r"small_c(\d+)", name)
+    if match:
+        return ("/", int(match.group(1)), [])
+    raise KeyError(name)
+
+
+def raise_nofile(wanted=NOFILE_WANTED):
+    """Raise this process's open-file limit (children inherit it).
+
+    The soft limit goes up to ``wanted``, and the hard limit too when the
+    harness may (root). Returns the resulting (soft, hard).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (ValueError, OSError):
+            pass
+    new_soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft == resource.RLIM_INFINITY or soft >= new_soft:
+        return soft, hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def wait_for_port(port, proc, deadline_s=START_DEADLINE):
@@ -180,6 +223,64 @@ def session_cpu_ticks(sid):
     return total
 
 
+def session_pids(sid):
+    """The pids of all live processes in session ``sid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                data = stat.read()
+        except OSError:
+            continue
+        if int(data[data.rfind(b")") + 2 :].split()[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+def proc_status_kib(pid, field_name):
+    """A ``kB`` field (VmRSS, VmHWM, ...) of /proc/PID/status, or 0."""
+    prefix = field_name.encode() + b":"
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(prefix):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_kib(pids):
+    """Sum of VmRSS (KiB) over ``pids``."""
+    return sum(proc_status_kib(pid, "VmRSS") for pid in pids)
+
+
+def reset_peak_rss(pids):
+    """Reset VmHWM to the current RSS (``echo 5 > clear_refs``); True if done."""
+    done = True
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            done = False
+    return done
+
+
+def proc_nofile(pid):
+    """The soft 'Max open files' limit of a process, as text."""
+    try:
+        with open(f"/proc/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    return line.split()[3]
+    except OSError:
+        pass
+    return "?"
+
+
 def machine_busy_ticks():
     """Busy CPU time of the whole machine so far (all cores), in clock ticks.
 
@@ -207,6 +308,14 @@ class Service:
     def cpu_ticks(self):
         """CPU time used so far by the process and its children, in ticks."""
         return session_cpu_ticks(self.proc.pid)
+
+    def pids(self):
+        """The pids of the process and its children (e.g. nginx's worker)."""
+        return session_pids(self.proc.pid)
+
+    def rss_kib(self):
+        """Sum of the current RSS of the process and its children, KiB."""
+        return rss_kib(self.pids())
 
     def log_tail(self, lines=15):
         """Return the last lines of the process's output file."""
@@ -257,15 +366,33 @@ def start_service(name, argv, port, tmpdir, env=None, cwd=None):
 # ------------------------------------------------------------ proxy configs
 
 
-def nginx_conf(tmpdir, port, backends):
-    """Write an nginx config (1 worker, keepalive upstream) and return it."""
+def nginx_conf(
+    tmpdir,
+    port,
+    backends,
+    worker_connections=4096,
+    keepalive_timeout="65s",
+    client_max_body_size="8m",
+    extra="",
+):
+    """Write an nginx config (1 worker, keepalive upstream) and return it.
+
+    ``extra`` is added to the ``http`` block (e.g. the memory suite's
+    ``proxy_request_buffering off;``).
+    """
     user = "user root;\n" if os.geteuid() == 0 else ""
     servers = "".join(f"        server {HOST}:{p};\n" for p in backends)
+    # Not above the hard limit nginx inherits (it warns, and keeps that one).
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = worker_connections + 1024
+    if hard != resource.RLIM_INFINITY:
+        nofile = min(nofile, hard)
     conf = f"""{user}worker_processes 1;
+worker_rlimit_nofile {nofile};
 pid {tmpdir}/nginx.pid;
 error_log {tmpdir}/nginx-error.log warn;
 events {{
-    worker_connections 4096;
+    worker_connections {worker_connections};
 }}
 http {{
     access_log {tmpdir}/nginx-access.log;
@@ -274,11 +401,11 @@ http {{
     fastcgi_temp_path {tmpdir}/nginx-fastcgi;
     uwsgi_temp_path {tmpdir}/nginx-uwsgi;
     scgi_temp_path {tmpdir}/nginx-scgi;
-    keepalive_timeout 65s;
+    keepalive_timeout {keepalive_timeout};
     keepalive_requests 100000;
-    client_max_body_size 8m;
+    client_max_body_size {client_max_body_size};
     client_body_buffer_size 2m;
-    upstream backends {{
+{extra}    upstream backends {{
 {servers}        keepalive 32;
         keepalive_requests 100000;
     }}
@@ -362,12 +489,20 @@ class Target:
     status: str = "ok"  # "ok", or why it was left out
 
 
-def start_target(name, tmpdir, backends, python):
-    """Start the proxy called ``name``; return a Target (status says if not)."""
+def start_target(name, tmpdir, backends, python, lbproxy_args=(), nginx_options=None, tag=""):
+    """Start the proxy called ``name``; return a Target (status says if not).
+
+    ``lbproxy_args`` are added to lbproxy's options (e.g. ``--client-timeout
+    5``), ``nginx_options`` are keyword arguments of nginx_conf, and ``tag``
+    makes the temp file names unique when a suite starts a target twice.
+    """
     port = free_port()
     upstream = ",".join(f"{HOST}:{p}" for p in backends)
+    if tag:
+        tmpdir = os.path.join(tmpdir, tag)
+        os.makedirs(tmpdir, exist_ok=True)
     if name == "nginx":
-        conf = nginx_conf(tmpdir, port, backends)
+        conf = nginx_conf(tmpdir, port, backends, **(nginx_options or {}))
         argv = [
             which("nginx"),
             "-p",
@@ -417,6 +552,7 @@ def start_target(name, tmpdir, backends, python):
             upstream,
             "--listen",
             f"tcp:{port}:interface={HOST}",
+            *lbproxy_args,
         ]
         service = start_service(name, argv, port, tmpdir, env=lbproxy_env())
     else:
@@ -537,7 +673,7 @@ def parse_wrk(output):
 
 def wrk_argv(port, scenario, duration, timeout):
     """Build the wrk command line for one run."""
-    path, connections, extra = SCENARIOS[scenario]
+    path, connections, extra = scenario_spec(scenario)
     return [
         which("wrk"),
         "-t1",
@@ -639,9 +775,9 @@ def build_tables(scenarios, targets, results):
     """
     lines = []
     for scenario in scenarios:
-        path, connections, _ = SCENARIOS[scenario]
+        path, connections, _ = scenario_spec(scenario)
         method = "POST 1 MiB" if path == "/upload" else "GET"
-        lines.append(f"### {scenario}: {method} {path}, {connections} connections\n")
+        lines.append(f"#### {scenario}: {method} {path}, {connections} connections\n")
         lines.append(
             "| target | req/s (median) | × stock | % of nginx | p50 ms | p99 ms "
             "| errors (all rounds) | proxy CPU % | backends CPU % | wrk CPU % | other CPU % "
@@ -721,22 +857,95 @@ def machine_info(python):
     ]
 
 
-def write_report(path, command, started, args, info, notes, tables):
-    """Write RESULTS.md with the tables, command, machine and date."""
+RESULTS_TITLE = "# lbproxy benchmark results"
+RESULTS_INTRO = """Each section below is written by one suite of `bench/run --suite NAME`
+(throughput, memory, idle, scaling) and replaced in place, between its
+`<!-- suite:NAME -->` markers, the next time that suite runs; the other
+sections are left as they are, so sections may come from different runs
+(see each one's date and command). All figures come from a shared, noisy
+2-core machine: compare rows within a section, not with other runs.
+"""
+
+
+def machine_table(info):
+    """The machine description as a markdown table."""
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in info)
+
+
+def section_text(suite, title, command, started, body, notes, info):
+    """One suite's section of RESULTS.md, with its markers."""
+    note_lines = "\n".join(f"- {n}" for n in notes) or "- none"
+    return f"""<!-- suite:{suite} -->
+## {title}
+
+Suite `{suite}`. Date: {started.strftime("%Y-%m-%d %H:%M:%S %Z").strip()}
+
+Command: `{command}`
+
+{body.strip()}
+
+### Notes ({suite})
+
+{note_lines}
+
+### Machine ({suite})
+
+{machine_table(info)}
+<!-- /suite:{suite} -->
+"""
+
+
+def legacy_throughput(text):
+    """Turn a RESULTS.md written before suites existed into a section body.
+
+    Returns the marked throughput section (headings demoted one level), or
+    "" if there is nothing to keep.
+    """
+    lines = text.strip().splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    if not "".join(lines).strip():
+        return ""
+    body = "\n".join("#" + line if line.startswith("##") else line for line in lines)
+    return (
+        "<!-- suite:throughput -->\n## Throughput (written before suites existed)\n"
+        f"{body.rstrip()}\n<!-- /suite:throughput -->\n"
+    )
+
+
+def update_results(path, suite, section):
+    """Write ``section`` into the results file, replacing that suite's old one.
+
+    Other suites' sections are kept. A file without markers (the format
+    before suites) is kept as the throughput section, unless this is the
+    throughput suite.
+    """
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    begin, end = f"<!-- suite:{suite} -->", f"<!-- /suite:{suite} -->"
+    if "<!-- suite:" not in text:
+        kept = "" if suite == "throughput" else legacy_throughput(text)
+        text = f"{RESULTS_TITLE}\n\n{RESULTS_INTRO}\n" + (kept + "\n" if kept else "")
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: section, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def throughput_body(args, tables):
+    """The throughput suite's section body: method, scenarios and tables."""
     scenario_lines = "\n".join(
         f"- `{name}`: {'POST 1 MiB body to' if p == '/upload' else 'GET'} `{p}`, {c} connections"
         for name, (p, c, _) in SCENARIOS.items()
         if name in args.scenarios
     )
-    machine = "\n".join(f"| {k} | {v} |" for k, v in info)
-    note_lines = "\n".join(f"- {n}" for n in notes) or "- none"
-    text = f"""# lbproxy benchmark results
-
-Date: {started.strftime("%Y-%m-%d %H:%M:%S %Z").strip()}
-
-Command: `{command}`
-
-{args.rounds} round(s) × {args.duration} s per (target, scenario), interleaved,
+    return f"""{args.rounds} round(s) × {args.duration} s per (target, scenario), interleaved,
 each run after an uncounted 1 s warm-up; `wrk -t1 --latency --timeout={args.wrk_timeout}s`.
 Figures are medians over the rounds. Errors are non-2xx/3xx responses plus wrk
 socket errors (connect/read/write/timeout), summed over all rounds. CPU % is
@@ -751,21 +960,9 @@ table, not with other machines or other runs.
 Scenarios:
 {scenario_lines}
 
-## Results
+### Results
 
-{tables}
-## Notes
-
-{note_lines}
-
-## Machine
-
-| | |
-|---|---|
-{machine}
-"""
-    with open(path, "w") as f:
-        f.write(text)
+{tables}"""
 
 
 # -------------------------------------------------------------------- main
@@ -782,15 +979,28 @@ def parse_args(argv):
         prog="bench/run",
         description="Benchmark lbproxy against nginx, haproxy and stock Twisted.",
     )
+    parser.add_argument(
+        "--suite",
+        default="throughput",
+        choices=[*SUITES, "all"],
+        help="throughput (default: wrk req/s table), memory (RSS while streaming a "
+        "big download/upload), idle (RSS with 10,000 idle keep-alive clients, "
+        "client timeout), scaling (req/s and p99 at growing concurrency), or all",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument(
         "--duration", type=int, default=5, help="seconds per measured wrk run (default 5)"
     )
     parser.add_argument(
-        "--scenarios", default=",".join(SCENARIOS), help=f"comma list of {','.join(SCENARIOS)}"
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"throughput suite: comma list of {','.join(SCENARIOS)}",
     )
     parser.add_argument(
-        "--targets", default=",".join(ALL_TARGETS), help=f"comma list of {','.join(ALL_TARGETS)}"
+        "--targets",
+        default=None,
+        help=f"comma list of {','.join(ALL_TARGETS)} (default: all for throughput; "
+        "nginx,lbproxy for the other suites, which only know those two)",
     )
     parser.add_argument(
         "--out",
@@ -806,142 +1016,283 @@ def parse_args(argv):
     parser.add_argument(
         "--wrk-timeout", type=int, default=5, help="wrk --timeout in seconds (default 5)"
     )
-    parser.add_argument("--quick", action="store_true", help="smoke test: 1 round of 2 s")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 1 round of 2 s (throughput, scaling); 2,000 idle clients",
+    )
     parser.add_argument(
         "--keep-tmp", action="store_true", help="keep the temp dir with configs and logs"
+    )
+    group = parser.add_argument_group("memory suite")
+    group.add_argument(
+        "--download-mib",
+        default="64,512",
+        help="download sizes in MiB, comma list (default 64,512: two sizes show "
+        "whether RSS grows with the body)",
+    )
+    group.add_argument(
+        "--upload-mib", default="32,256", help="upload sizes in MiB, comma list (default 32,256)"
+    )
+    group.add_argument(
+        "--rate-mb",
+        type=float,
+        default=128.0,
+        help="pace of the download reader and the upload sender, MB/s (10^6 bytes; default 128)",
+    )
+    group = parser.add_argument_group("idle suite")
+    group.add_argument(
+        "--connections",
+        type=int,
+        default=10000,
+        help="idle keep-alive clients (default 10000; RSS is reported at 100, 1000 and this many)",
+    )
+    group.add_argument(
+        "--client-timeout",
+        type=float,
+        default=5.0,
+        help="lbproxy --client-timeout (and nginx keepalive_timeout) for the "
+        "closing check (default 5)",
+    )
+    group = parser.add_argument_group("scaling suite")
+    group.add_argument(
+        "--concurrency",
+        default="1,32,256,1024",
+        help="wrk connection counts, comma list (default 1,32,256,1024)",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 1, 2
+        args.connections = min(args.connections, 2000)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
-    args.targets = [t for t in args.targets.split(",") if t]
+    args.targets = [t for t in args.targets.split(",") if t] if args.targets else None
     for s in args.scenarios:
         if s not in SCENARIOS:
             parser.error(f"unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}")
-    for t in args.targets:
+    for t in args.targets or []:
         if t not in ALL_TARGETS:
             parser.error(f"unknown target {t!r}; choose from {', '.join(ALL_TARGETS)}")
     if args.rounds < 1 or args.duration < 1:
         parser.error("--rounds and --duration must be at least 1")
+    try:
+        args.download_mib = [float(v) for v in args.download_mib.split(",") if v]
+        args.upload_mib = [float(v) for v in args.upload_mib.split(",") if v]
+        args.concurrency = [int(v) for v in args.concurrency.split(",") if v]
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.rate_mb <= 0 or args.connections < 1 or args.client_timeout <= 0:
+        parser.error("--rate-mb, --connections and --client-timeout must be positive")
     return args
 
 
-def main(argv=None):
-    """Run the whole benchmark; return the exit code."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    argv0 = os.environ.get("LBPROXY_BENCH_ARGV0", "bench/run")
-    command = " ".join(shlex.quote(a) for a in [argv0, *sys.argv[1:]])
-    started = datetime.datetime.now().astimezone()
-    ensure_tools()
-    python = pick_python(args.python)
-    if any(t in ("stock", "lbproxy") for t in args.targets) and not has_twisted(python):
-        raise SystemExit(f"{python} cannot import twisted; use --python")
+@dataclass
+class Context:
+    """What a suite needs: options, the backends, and where to register things."""
 
-    # Turn SIGTERM into an exception so the finally block below cleans up.
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    args: argparse.Namespace
+    python: str
+    tmpdir: str
+    backends: list = field(default_factory=list)
+    services: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    keep_tmp: bool = False
 
-    tmpdir = tempfile.mkdtemp(prefix="lbproxy-bench-")
-    keep_tmp = args.keep_tmp
-    services = []
-    notes = []
-    try:
-        backends = []
-        for name in ("A", "B"):
-            port = free_port()
-            service = start_service(
-                f"backend-{name}",
-                [NODE, os.path.join(BENCH_DIR, "backend.js"), str(port), name],
-                port,
-                tmpdir,
-            )
-            services.append(service)
-            if not wait_for_port(port, service.proc):
-                raise SystemExit(f"backend {name} did not start:\n{service.log_tail()}")
-            backends.append(service)
-        backend_ports = [b.port for b in backends]
-        log(f"backends on {HOST}:{backend_ports[0]} and {HOST}:{backend_ports[1]}")
+    @property
+    def backend_ports(self):
+        """The two backends' ports."""
+        return [b.port for b in self.backends]
 
-        targets = []
-        for name in args.targets:
-            if name == "direct":
-                targets.append(Target(name, backend_ports[0]))
-                continue
-            target = start_target(name, tmpdir, backend_ports, python)
-            if target.service:
-                services.append(target.service)
-            targets.append(target)
-        for target in targets:
-            if target.status != "ok":
-                keep_tmp = keep_tmp or target.status.startswith("failed")
-                notes.append(f"{target.name}: {target.status}")
-                continue
-            problem, seen = sanity_check(target.port)
+    def targets_for(self, suite, allowed=("lbproxy", "nginx")):
+        """The targets a suite should run: --targets filtered, or ``allowed``."""
+        if suite == "throughput":
+            return self.args.targets or list(ALL_TARGETS)
+        chosen = [t for t in (self.args.targets or allowed) if t in allowed]
+        for t in self.args.targets or []:
+            if t not in allowed:
+                self.notes.append(f"target {t} left out: the {suite} suite only runs {allowed}")
+        return chosen
+
+    def start(self, name, **kwargs):
+        """Start target ``name`` (see start_target) and check it answers.
+
+        Returns the Target; on failure its status says why and a note is added.
+        """
+        target = start_target(name, self.tmpdir, self.backend_ports, self.python, **kwargs)
+        if target.service:
+            self.services.append(target.service)
+        if target.status == "ok":
+            problem, _seen = sanity_check(target.port)
             if problem:
                 target.status = f"failed sanity check: {problem}"
-                notes.append(f"{target.name}: {target.status}")
-                keep_tmp = True
-            elif target.name != "direct" and len(seen) < 2:
-                notes.append(
-                    f"{target.name}: GET / only reached backend(s) "
-                    f"{sorted(seen)} in 4 requests (round robin expected)"
-                )
-            log(f"{target.name}: port {target.port}, {target.status}")
+        if target.status != "ok":
+            self.keep_tmp = self.keep_tmp or not target.status.startswith("not available")
+            self.notes.append(f"{name}: {target.status}")
+        log(f"{name}: port {target.port}, {target.status}")
+        return target
 
-        active = [t for t in targets if t.status == "ok"]
-        total = len(active) * len(args.scenarios) * args.rounds
-        log(
-            f"{total} runs of {args.duration}s (+1s warm-up) each, "
-            f"about {total * (args.duration + 1.5) / 60:.1f} min"
+    def stop(self, target):
+        """Stop a target's process (if any) before the suite goes on."""
+        if target.service:
+            target.service.stop()
+
+
+def start_backends(ctx):
+    """Start the two node backends and register them in ``ctx``."""
+    for name in ("A", "B"):
+        port = free_port()
+        service = start_service(
+            f"backend-{name}",
+            [NODE, os.path.join(BENCH_DIR, "backend.js"), str(port), name],
+            port,
+            ctx.tmpdir,
         )
-        results = {}
-        done = 0
-        for round_no in range(args.rounds):
-            for scenario in args.scenarios:
-                # Rotate the order every round so no target always goes first.
-                shift = round_no % len(active) if active else 0
-                for target in active[shift:] + active[:shift]:
-                    if target.service and not target.service.alive():
-                        result = WrkResult(failed="process died")
-                    else:
-                        result = measure(target, scenario, args, backends)
-                    results.setdefault((target.name, scenario), []).append(result)
-                    done += 1
-                    log(
-                        f"[{done}/{total}] round {round_no + 1} {scenario:<10} "
-                        f"{target.name:<8} {result.rps:10.0f} req/s  "
-                        f"p99 {fmt(result.p99_ms, '.2f')} ms  "
-                        f"errors {error_text([result])}  "
-                        f"other CPU {fmt(result.other_cpu, '.0f')}%"
-                        + (f"  ({result.failed})" if result.failed else "")
-                    )
-        for target in active:
-            if target.service and not target.service.alive():
-                notes.append(
-                    f"{target.name}: process exited during the run "
-                    f"(code {target.service.proc.returncode})"
-                )
-                keep_tmp = True
+        ctx.services.append(service)
+        if not wait_for_port(port, service.proc):
+            raise SystemExit(f"backend {name} did not start:\n{service.log_tail()}")
+        ctx.backends.append(service)
+    ports = ctx.backend_ports
+    log(f"backends on {HOST}:{ports[0]} and {HOST}:{ports[1]}")
 
-        tables = build_tables(args.scenarios, targets, results)
-        print()
-        print(tables)
-        info = machine_info(python)
-        write_report(args.out, command, started, args, info, notes, tables)
-        for n in notes:
+
+def run_throughput(ctx):
+    """The throughput suite; returns (title, section body)."""
+    args = ctx.args
+    backend_ports = ctx.backend_ports
+    targets = []
+    for name in ctx.targets_for("throughput"):
+        if name == "direct":
+            targets.append(Target(name, backend_ports[0]))
+            continue
+        target = start_target(name, ctx.tmpdir, backend_ports, ctx.python)
+        if target.service:
+            ctx.services.append(target.service)
+        targets.append(target)
+    for target in targets:
+        if target.status != "ok":
+            ctx.keep_tmp = ctx.keep_tmp or target.status.startswith("failed")
+            ctx.notes.append(f"{target.name}: {target.status}")
+            continue
+        problem, seen = sanity_check(target.port)
+        if problem:
+            target.status = f"failed sanity check: {problem}"
+            ctx.notes.append(f"{target.name}: {target.status}")
+            ctx.keep_tmp = True
+        elif target.name != "direct" and len(seen) < 2:
+            ctx.notes.append(
+                f"{target.name}: GET / only reached backend(s) "
+                f"{sorted(seen)} in 4 requests (round robin expected)"
+            )
+        log(f"{target.name}: port {target.port}, {target.status}")
+
+    active = [t for t in targets if t.status == "ok"]
+    results = run_rounds(ctx, active, args.scenarios)
+    tables = build_tables(args.scenarios, targets, results)
+    print()
+    print(tables)
+    return "Throughput", throughput_body(args, tables)
+
+
+def run_rounds(ctx, active, scenarios):
+    """wrk over every (target, scenario), interleaved over the rounds.
+
+    Returns {(target name, scenario): [WrkResult per round]}.
+    """
+    args = ctx.args
+    total = len(active) * len(scenarios) * args.rounds
+    log(
+        f"{total} runs of {args.duration}s (+1s warm-up) each, "
+        f"about {total * (args.duration + 1.5) / 60:.1f} min"
+    )
+    results = {}
+    done = 0
+    for round_no in range(args.rounds):
+        for scenario in scenarios:
+            # Rotate the order every round so no target always goes first.
+            shift = round_no % len(active) if active else 0
+            for target in active[shift:] + active[:shift]:
+                if target.service and not target.service.alive():
+                    result = WrkResult(failed="process died")
+                else:
+                    result = measure(target, scenario, args, ctx.backends)
+                results.setdefault((target.name, scenario), []).append(result)
+                done += 1
+                log(
+                    f"[{done}/{total}] round {round_no + 1} {scenario:<10} "
+                    f"{target.name:<8} {result.rps:10.0f} req/s  "
+                    f"p99 {fmt(result.p99_ms, '.2f')} ms  "
+                    f"errors {error_text([result])}  "
+                    f"other CPU {fmt(result.other_cpu, '.0f')}%"
+                    + (f"  ({result.failed})" if result.failed else "")
+                )
+    for target in active:
+        if target.service and not target.service.alive():
+            ctx.notes.append(
+                f"{target.name}: process exited during the run "
+                f"(code {target.service.proc.returncode})"
+            )
+            ctx.keep_tmp = True
+    return results
+
+
+def run_suite(suite, args, command, python):
+    """Run one suite with fresh backends and write its section; exit code."""
+    started = datetime.datetime.now().astimezone()
+    info = machine_info(python)
+    soft, hard = raise_nofile()
+    info.append(("open files limit (harness, inherited)", f"{soft} soft / {hard} hard"))
+    tmpdir = tempfile.mkdtemp(prefix=f"lbproxy-bench-{suite}-")
+    ctx = Context(args, python, tmpdir, keep_tmp=args.keep_tmp)
+    log(f"suite {suite}")
+    try:
+        start_backends(ctx)
+        if suite == "throughput":
+            title, body = run_throughput(ctx)
+        else:
+            import suites  # here, so that "bench" is this module (see the end)
+
+            title, body = getattr(suites, f"run_{suite}")(ctx)
+        update_results(
+            args.out, suite, section_text(suite, title, command, started, body, ctx.notes, info)
+        )
+        for n in ctx.notes:
             log(f"note: {n}")
-        log(f"wrote {args.out}")
+        log(f"wrote the {suite} section of {args.out}")
     except KeyboardInterrupt:
         log("interrupted")
         return 130
     finally:
-        for service in reversed(services):
+        for service in reversed(ctx.services):
             service.stop()
-        if keep_tmp:
+        if ctx.keep_tmp:
             log(f"kept configs and logs in {tmpdir}")
         else:
             shutil.rmtree(tmpdir, ignore_errors=True)
     return 0
 
 
+def main(argv=None):
+    """Run the chosen suite(s); return the exit code."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv0 = os.environ.get("LBPROXY_BENCH_ARGV0", "bench/run")
+    command = " ".join(shlex.quote(a) for a in [argv0, *sys.argv[1:]])
+    ensure_tools()
+    python = pick_python(args.python)
+    needs_twisted = args.suite != "throughput" or any(
+        t in ("stock", "lbproxy") for t in (args.targets or ALL_TARGETS)
+    )
+    if needs_twisted and not has_twisted(python):
+        raise SystemExit(f"{python} cannot import twisted; use --python")
+
+    # Turn SIGTERM into an exception so the cleanup in run_suite runs.
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    for suite in SUITES if args.suite == "all" else [args.suite]:
+        code = run_suite(suite, args, command, python)
+        if code:
+            return code
+    return 0
+
+
 if __name__ == "__main__":
+    # suites.py does "import bench": make that this very module, not a copy.
+    sys.modules.setdefault("bench", sys.modules[__name__])
     sys.exit(main())

@@ -34,6 +34,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 
+from lbproxy.body import StreamingBody
 from lbproxy.headers import end_to_end, upstream_request_headers
 from lbproxy.pool import Pool, Server
 from lbproxy.upstream import (
@@ -58,10 +59,6 @@ IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", 
 #: Methods whose requests carry a body by definition: they get a
 #: Content-Length even when it is 0, as many app servers require one.
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
-
-#: Request bodies up to this size are read into memory for sending; larger
-#: ones are streamed from the file twisted.web spooled them to.
-_BODY_IN_MEMORY = 1024 * 1024
 
 
 class BalancingProxyResource(ReverseProxyResource):
@@ -257,6 +254,7 @@ class ProxyExchange:
             isinstance(error, StaleConnection)
             and not self._retried_stale
             and request.method in IDEMPOTENT_METHODS
+            and not _body_sent(self._upstream_request)
         ):
             self._retried_stale = True
             self._abandon = self._resource.client.send_fresh(server, self._upstream_request, self)
@@ -268,6 +266,10 @@ class ProxyExchange:
     def _respond_error(self, status: int, reason: bytes, text: bytes) -> None:
         self._finished = True
         request = self._request
+        if request.body_stream is not None:
+            # Nothing will take the rest of the body: let the client finish
+            # sending it into the void (the answer goes out when it has).
+            request.body_stream.detach()
         body = b"%d %s: %s\n" % (status, reason, text)
         request.setResponseCode(status, reason)
         closing = request.responseHeaders.getRawHeaders(b"connection")
@@ -279,6 +281,15 @@ class ProxyExchange:
         headers.addRawHeader(b"Date", datetimeToString())
         request.write(body)
         request.finish()
+
+
+def _body_sent(upstream_request: UpstreamRequest) -> bool:
+    """
+    Whether part of a streamed body already went out, so that the request
+    cannot be sent again.
+    """
+    body = upstream_request.body
+    return isinstance(body, StreamingBody) and body.sent_any
 
 
 def _build_upstream_request(request: ProxyRequest) -> UpstreamRequest:
@@ -298,17 +309,13 @@ def _build_upstream_request(request: ProxyRequest) -> UpstreamRequest:
         scheme=b"https" if request.isSecure() else b"http",
         default_host=request.default_host,
     )
-    length = request.body_length
-    content = request.content
-    body: bytes | object
-    if length or method in _BODY_METHODS or request.had_body_framing():
-        headers.append((b"Content-Length", b"%d" % length))
-    if not length:
-        body = b""
-    elif length <= _BODY_IN_MEMORY:
-        content.seek(0)
-        body = content.read()
-    else:
-        body = content
+    body: bytes | StreamingBody = b""
+    stream = request.body_stream
+    if stream is not None:
+        # Content-Length as the client sent it, or chunked if it was.
+        headers.append(stream.framing_header)
+        body = stream
+    elif method in _BODY_METHODS or request.had_body_framing():
+        headers.append((b"Content-Length", b"0"))
     head = serialize_request_head(method, _origin_form(request.uri), headers)
-    return UpstreamRequest(method, head, body)  # type: ignore[arg-type]
+    return UpstreamRequest(method, head, body)

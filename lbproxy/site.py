@@ -25,6 +25,7 @@ from twisted.web import server
 # while keeping that negotiation.
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 
+from lbproxy.body import StreamingBody
 from lbproxy.headers import connection_tokens
 
 if TYPE_CHECKING:
@@ -110,6 +111,18 @@ class ProxyChannel(HTTPChannel):
             self._secure = super().isSecure()
         return self._secure
 
+    def allHeadersReceived(self) -> None:
+        """
+        Give the request its method, target and version with its headers:
+        twisted.web hands them over only with the whole body, but lbproxy
+        starts proxying a request with a body as soon as its headers are in.
+        """
+        request = self.requests[-1]
+        request.method = self._command
+        request.uri = self._path
+        request.clientproto = self._version
+        super().allHeadersReceived()
+
     def checkPersistence(self, request: server.Request, version: bytes) -> bool:
         """
         Whether the connection stays open after answering C{request}.
@@ -129,29 +142,73 @@ class ProxyRequest(server.Request):
     """
     A request whose body and target are forwarded, never interpreted.
 
+    Proxying starts as soon as the headers are complete: a request with a
+    body gets a L{StreamingBody} that carries it upstream as it arrives
+    (twisted.web would collect the whole body first).  The response may
+    then be complete before the request body is; C{finish} waits for the
+    body, as the channel can only move on once the request is read.
+
     @ivar exchange: the exchange proxying this request, once it started.
-    @ivar body_length: the number of body bytes received.
+    @ivar body_stream: the body on its way upstream, if there is a body.
     """
 
     exchange: ProxyExchange | None = None
-    body_length = 0
+    body_stream: StreamingBody | None = None
+    _body_received = False
+    _finish_waiting = False
+
+    def gotLength(self, length: int | None) -> None:
+        """
+        The headers are complete; C{length} is the body's C{Content-Length}
+        (L{None} if chunked, 0 if there is no body).  A request with a body
+        starts proxying now.
+        """
+        self.content = None
+        if length == 0:
+            return
+        self.body_stream = StreamingBody(self.transport, length)
+        self._proxy()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """
+        A piece of the body: on its way upstream at once.
+        """
+        assert self.body_stream is not None
+        self.body_stream.feed(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """
-        The whole request is here: record it and proxy it.
+        The whole request is here: proxy it now if it has no body, or tell
+        the body stream it is complete.
 
         Unlike C{twisted.web.http.Request.requestReceived} this does not
         parse the query or a form body into C{args}: lbproxy forwards them
-        untouched, and parsing a large form upload would cost memory and time.
+        untouched.
         """
-        self.body_length = self.content.tell()
-        self.content.seek(0, 0)
-        self.args = {}
+        self._body_received = True
+        if self.body_stream is not None:
+            self.body_stream.end()
+            if self._finish_waiting:
+                super().finish()
+            return
         self.method = command
         self.uri = path
         self.clientproto = version
-        self.path = path.split(b"?", 1)[0]
+        self._proxy()
+
+    def _proxy(self) -> None:
+        self.args = {}
+        self.path = self.uri.split(b"?", 1)[0]
         self.process()
+
+    def finish(self) -> None:
+        """
+        Finish the response, once the request body has been read whole.
+        """
+        if not self._body_received:
+            self._finish_waiting = True
+            return
+        super().finish()
 
     def process(self) -> None:
         """

@@ -24,7 +24,7 @@ Pieces:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 import httptools
@@ -41,9 +41,9 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import FileBodyProducer
 from zope.interface import implementer
 
+from lbproxy.body import StreamingBody
 from lbproxy.pool import Server
 
 __all__ = [
@@ -61,10 +61,6 @@ __all__ = [
 ]
 
 Header = tuple[bytes, bytes]
-
-#: Bodies up to this size are written with the request head in one call;
-#: larger ones are streamed from their file with backpressure.
-_INLINE_BODY = 64 * 1024
 
 
 class UpstreamError(Exception):
@@ -173,14 +169,15 @@ class UpstreamRequest:
     @ivar method: the request method, for retry decisions.
     @ivar head: request line and headers, framing included, ending in a
         blank line.
-    @ivar body: the body as bytes, or a seekable file holding it.
+    @ivar body: the whole body as bytes (often empty), or a
+        L{StreamingBody} that is still arriving from the client.
     @ivar head_only: the answer has no body whatever its headers say
         (the request is a C{HEAD}).
     """
 
     __slots__ = ("method", "head", "body", "head_only")
 
-    def __init__(self, method: bytes, head: bytes, body: bytes | IO[bytes]) -> None:
+    def __init__(self, method: bytes, head: bytes, body: bytes | StreamingBody) -> None:
         self.method = method
         self.head = head
         self.body = body
@@ -206,7 +203,7 @@ class UpstreamConnection(Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._sink: IResponseSink | None = None
         self._request: UpstreamRequest | None = None
-        self._body_producer: FileBodyProducer | None = None
+        self._body: StreamingBody | None = None
         self._reused = False
         self._received = False
         self._headers_done = False
@@ -296,17 +293,11 @@ class UpstreamConnection(Protocol):
         if isinstance(body, bytes):
             _send_now(self.transport, request.head + body if body else request.head)
             return
-        self.transport.write(request.head)
-        body.seek(0)
-        producer = self._body_producer = FileBodyProducer(body)
-        # The transport pauses the producer when the app server reads slowly.
-        producer.startProducing(self.transport).addBoth(self._body_sent)
-
-    def _body_sent(self, result: object) -> None:
-        self._body_producer = None
-        if isinstance(result, Failure) and self._sink is not None:
-            # The connection broke while sending; connectionLost reports it.
-            self._reusable = False
+        _send_now(self.transport, request.head)
+        self._body = body
+        # The body follows as the client sends it; the transport pauses it
+        # (and so the client) when the app server reads slowly.
+        body.attach(self.transport)
 
     def abort(self) -> None:
         """
@@ -314,7 +305,7 @@ class UpstreamConnection(Protocol):
         which is never put back half-read.
         """
         self._sink = None
-        self._stop_body()
+        self._stop_body(keep=False)
         self._cancel_timer()
         if self.connected:
             self.transport.abortConnection()
@@ -398,10 +389,11 @@ class UpstreamConnection(Protocol):
         self._sink = None
         self._request = None
         self._cancel_timer()
-        if self._body_producer is not None:
-            # Answered before the body was all sent (an early 413, say).
-            self._stop_body()
+        if self._body is not None and not self._body.complete:
+            # Answered before the body was all sent (an early 413, say):
+            # the rest is dropped, and the connection cannot be reused.
             self._reusable = False
+        self._stop_body(keep=False)
         self._reset_answer()
         if self._paused:
             self._paused = False
@@ -417,7 +409,8 @@ class UpstreamConnection(Protocol):
         self._sink = None
         self._request = None
         self._reusable = False
-        self._stop_body()
+        # A body none of which was sent is kept for another server.
+        self._stop_body(keep=True)
         self._cancel_timer()
         if self.connected:
             self.transport.abortConnection()
@@ -432,11 +425,14 @@ class UpstreamConnection(Protocol):
         self._reason = b""
         self._headers = []
 
-    def _stop_body(self) -> None:
-        producer = self._body_producer
-        if producer is not None:
-            self._body_producer = None
-            producer.stopProducing()
+    def _stop_body(self, keep: bool) -> None:
+        body, self._body = self._body, None
+        if body is None:
+            return
+        if keep and not body.sent_any:
+            body.release()
+        else:
+            body.detach()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -454,10 +450,14 @@ class UpstreamConnection(Protocol):
         if self._sink is None:
             return
         now = self._clock.seconds()
+        if self._paused or (self._body is not None and not self._body.complete):
+            # Paused by a slow client, or still sending the body (the app
+            # server may wait for all of it, as nginx's proxy_read_timeout
+            # starts after sending): the read timeout is not running.
+            self._last_read = now
         remaining = self._last_read + self._read_timeout - now
-        if self._paused or remaining > 0:
-            delay = self._read_timeout if self._paused else remaining
-            self._timer = self._clock.callLater(delay, self._check_read_timeout)
+        if remaining > 0:
+            self._timer = self._clock.callLater(remaining, self._check_read_timeout)
             return
         self._fail(ReadTimeout(f"no answer for {self._read_timeout:g} s (read timeout)"))
 

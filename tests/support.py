@@ -272,10 +272,12 @@ class RawClient(Protocol):
         self.payload = payload
         self.received = b""
         self.done: Deferred[bytes] = Deferred()
+        self.made: Deferred[None] = Deferred()
         self.on_data: Callable[[RawClient], None] | None = None
 
     def connectionMade(self) -> None:
         self.transport.write(self.payload)
+        self.made.callback(None)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data

@@ -85,8 +85,8 @@ class BalancingTests(TestCase):
     @inlineCallbacks
     def test_chunked_request_body(self):
         """
-        A chunked request body reaches the app server de-chunked, with a
-        Content-Length, as nginx sends it.
+        A chunked request body reaches the app server whole, chunked again
+        (it is streamed, so its length is not known in advance).
         """
         chunked = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
         _, done = raw_request(
@@ -96,8 +96,9 @@ class BalancingTests(TestCase):
         response = parse_responses((yield done))[0]
         self.assertEqual(response.body, b"hello world")
         seen = self.app_a.requests[0]
-        self.assertEqual(seen.headers[b"content-length"], [b"11"])
-        self.assertNotIn(b"transfer-encoding", seen.headers)
+        self.assertEqual(seen.body, b"hello world")
+        self.assertEqual(seen.headers[b"transfer-encoding"], [b"chunked"])
+        self.assertNotIn(b"content-length", seen.headers)
 
     @inlineCallbacks
     def test_keepalive_reuses_upstream_connections(self):
@@ -522,3 +523,196 @@ class AccessLogTests(TestCase):
             lines[0],
             r'^127\.0\.0\.1 - - \[[^]]+\] "GET / HTTP/1\.1" 200 9 "http://r/" "curl/8"$',
         )
+
+
+class _RecordingBackend(Protocol):
+    """
+    An app server that records raw request bytes, calls C{on_data} for
+    each piece, and answers C{answer} once it has C{expect} bytes.
+    """
+
+    def __init__(self, owner: UploadTests) -> None:
+        self.owner = owner
+        self.received = b""
+
+    def connectionMade(self) -> None:
+        self.owner.backends.append(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        self.owner.on_backend_data(self)
+
+
+class UploadTests(TestCase):
+    """
+    Request bodies go upstream as they arrive, with backpressure.
+    """
+
+    def setUp(self) -> None:
+        self.backends: list[_RecordingBackend] = []
+        self.on_backend_data = lambda backend: None
+        port = reactor.listenTCP(
+            0, Factory.forProtocol(lambda: _RecordingBackend(self)), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        self.backend_port = port.getHost().port
+
+    def _answer_when_complete(self, total: int, answer: bytes = b"") -> None:
+        def on_data(backend: _RecordingBackend) -> None:
+            head, _, body = backend.received.partition(b"\r\n\r\n")
+            if len(body) == total:
+                backend.transport.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(answer or b"%d" % total), answer or b"%d" % total)
+                )
+
+        self.on_backend_data = on_data
+
+    @inlineCallbacks
+    def test_body_reaches_app_before_request_ends(self):
+        """
+        The app server gets the head and the first part of the body while
+        the client has not sent the rest yet.
+        """
+        proxy_port, _, _ = start_proxy(self, [self.backend_port])
+        first_part: Deferred[None] = Deferred()
+
+        def on_data(backend):
+            if b"first-half" in backend.received and not first_part.called:
+                first_part.callback(None)
+            if backend.received.endswith(b"second-half"):
+                backend.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        self.on_backend_data = on_data
+        client, done = raw_request(
+            proxy_port,
+            b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 21\r\nConnection: close\r\n\r\n"
+            b"first-half",
+        )
+        yield first_part
+        head = self.backends[0].received.split(b"\r\n\r\n")[0]
+        self.assertIn(b"Content-Length: 21", head)
+        client.transport.write(b"second-half")
+        response = parse_responses((yield done))[0]
+        self.assertEqual((response.status, response.body), (200, b"ok"))
+
+    @inlineCallbacks
+    def test_failover_keeps_the_body(self):
+        """
+        A refused connection sends the request, body included, to the next
+        server: nothing of it was lost while connecting.
+        """
+        proxy_port, _, _ = start_proxy(self, [refused_port(self), self.backend_port])
+        self._answer_when_complete(5)
+        _, done = raw_request(
+            proxy_port, _request(b"POST", b"/", b"Content-Length: 5\r\n", b"12345")
+        )
+        response = parse_responses((yield done))[0]
+        self.assertEqual((response.status, response.body), (200, b"5"))
+        self.assertTrue(self.backends[0].received.endswith(b"\r\n\r\n12345"))
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
+    def test_early_answer(self):
+        """
+        An app server that answers (413) before the body is all there: the
+        client gets that answer once it has sent its body, and the upstream
+        connection is not reused.
+        """
+        proxy_port, _, client_pool = start_proxy(self, [self.backend_port])
+        answered: Deferred[None] = Deferred()
+
+        def on_data(backend):
+            if not answered.called:
+                backend.transport.write(
+                    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig"
+                )
+                answered.callback(None)
+
+        self.on_backend_data = on_data
+        client, done = raw_request(
+            proxy_port,
+            b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n12345",
+        )
+        yield answered
+        client.transport.write(b"67890")
+        response = parse_responses((yield done))[0]
+        self.assertEqual((response.status, response.body), (413, b"big"))
+        self.assertEqual(sum(len(idle) for idle in client_pool._idle.values()), 0)
+
+    @inlineCallbacks
+    def test_slow_app_server_holds_the_client_back(self):
+        """
+        An app server that stops reading makes lbproxy stop reading from
+        the uploading client (its send buffer fills and it is paused) long
+        before the upload is over; once the app reads again, every byte
+        arrives.
+        """
+        total = 40 * 1024 * 1024
+        proxy_port, _, _ = start_proxy(self, [self.backend_port])
+        stalled: Deferred[None] = Deferred()
+
+        def on_data(backend):
+            if not stalled.called:
+                backend.transport.pauseProducing()
+                stalled.callback(None)
+
+        self.on_backend_data = on_data
+        client, done = raw_request(
+            proxy_port,
+            b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+            % total,
+        )
+        yield client.made
+        uploader = _Uploader(client.transport, total)
+        yield stalled
+        # Poll the reactor (no sleeping) until the uploader has been held
+        # back for a while.
+        stable, last = 0, -1
+        for _ in range(500):
+            yield deferLater(reactor, 0.02, lambda: None)
+            if uploader.paused and uploader.sent == last:
+                stable += 1
+                if stable >= 10:
+                    break
+            else:
+                stable = 0
+            last = uploader.sent
+        self.assertTrue(uploader.paused, "the client was never held back")
+        self.assertLess(uploader.sent, total // 2)
+        self._answer_when_complete(total)
+        self.backends[0].transport.resumeProducing()
+        self.on_backend_data(self.backends[0])
+        response = parse_responses((yield done))[0]
+        self.assertEqual(response.body, b"%d" % total)
+
+
+class _Uploader:
+    """
+    Writes C{total} bytes to a transport as a push producer, recording
+    whether the transport holds it back.
+    """
+
+    def __init__(self, transport, total: int) -> None:
+        self.transport = transport
+        self.total = total
+        self.sent = 0
+        self.paused = False
+        transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        chunk = b"u" * 65536
+        while not self.paused and self.sent < self.total:
+            piece = chunk[: self.total - self.sent]
+            self.sent += len(piece)
+            self.transport.write(piece)
+        if self.sent >= self.total and not self.paused:
+            self.transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.paused = True

@@ -174,4 +174,3 @@ class SeedWalkthroughTests(TestCase):
         """
         self.port_a = yield self._start_app("app3000.js", keepalive_ms)
         self.port_b = yield self._start_app("app3001.js", keepalive_ms)
-
