@@ -15,11 +15,13 @@ from urllib.parse import urlsplit
 __all__ = [
     "Config",
     "ConfigError",
+    "HealthConfig",
     "PoolConfig",
     "ServerConfig",
     "parse_duration",
     "parse_server",
     "parse_server_list",
+    "parse_status_ranges",
 ]
 
 
@@ -68,17 +70,73 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """
+    Active health checks of a pool's servers, with HAProxy's defaults.
+
+    @ivar enabled: whether checks run at all.
+    @ivar path: the target of the probe's C{GET}.
+    @ivar interval: seconds between two checks of one server (HAProxy
+        C{inter 2s}).
+    @ivar timeout: seconds a check may take (HAProxy C{timeout check},
+        defaulting to C{inter}; 1 s here so a hung server is seen sooner).
+    @ivar statuses: C{(low, high)} status ranges that count as healthy.
+    @ivar host: the probe's C{Host} header; the server's address if L{None}.
+    @ivar fall: consecutive failed checks that take a server out (HAProxy
+        C{fall 3}).
+    @ivar rise: consecutive passed checks that bring it back (HAProxy
+        C{rise 2}).
+    """
+
+    enabled: bool = True
+    path: str = "/"
+    interval: float = 2.0
+    timeout: float = 1.0
+    statuses: tuple[tuple[int, int], ...] = ((200, 399),)
+    host: str | None = None
+    fall: int = 3
+    rise: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ConfigError(f"health check path {self.path!r} must start with /")
+        if self.fall < 1 or self.rise < 1:
+            raise ConfigError(f"fall {self.fall} and rise {self.rise} must be at least 1")
+
+    def healthy(self, status: int) -> bool:
+        """
+        Whether a probe's answer status counts as healthy.
+        """
+        return any(low <= status <= high for low, high in self.statuses)
+
+
+@dataclass(frozen=True, slots=True)
 class PoolConfig:
     """
     A named group of servers that share one balancer (nginx's C{upstream}).
+
+    @ivar health: its active health checks.
+    @ivar max_fails: failed attempts within C{fail_timeout} that take a
+        server out of rotation for C{fail_timeout} (nginx's C{max_fails=1},
+        C{fail_timeout=10s}); 0 turns passive tracking off.
+    @ivar max_tries: servers one request may be tried on; L{None} for all
+        of the pool's (nginx's C{proxy_next_upstream_tries 0}).
     """
 
     name: str
     servers: tuple[ServerConfig, ...]
+    health: HealthConfig = field(default_factory=HealthConfig)
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+    max_tries: int | None = None
 
     def __post_init__(self) -> None:
         if not self.servers:
             raise ConfigError(f"upstream pool {self.name!r} has no servers")
+        if self.max_fails < 0:
+            raise ConfigError(f"max fails {self.max_fails} must be 0 or more")
+        if self.max_tries is not None and self.max_tries < 1:
+            raise ConfigError(f"max tries {self.max_tries} must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +223,27 @@ def parse_server_list(text: str) -> tuple[ServerConfig, ...]:
     if not items:
         raise ConfigError(f"bad upstream list {text!r}: no addresses")
     return tuple(parse_server(item) for item in items)
+
+
+def parse_status_ranges(text: str) -> tuple[tuple[int, int], ...]:
+    """
+    Parse healthy status codes: C{"200-399"}, C{"200,204"}, C{"200-299,404"}.
+
+    @return: C{(low, high)} ranges, inclusive.
+    @raise ConfigError: if a part is not a status or a range of statuses.
+    """
+    ranges = []
+    for part in text.split(","):
+        low_text, _, high_text = part.strip().partition("-")
+        try:
+            low = int(low_text)
+            high = int(high_text) if high_text else low
+        except ValueError:
+            raise ConfigError(f"bad health status {text!r}: expected e.g. 200-399") from None
+        if not 100 <= low <= high <= 599:
+            raise ConfigError(f"bad health status {text!r}: {part.strip()!r} is not in 100-599")
+        ranges.append((low, high))
+    return tuple(ranges)
 
 
 def parse_duration(text: str, name: str) -> float:

@@ -83,7 +83,6 @@ class BalancingProxyResource(ReverseProxyResource):
         super().__init__(first.host, first.port, b"")
         self.pool = pool
         self.client = client
-        self.max_tries = len(pool.servers)
 
     def getChild(self, path: bytes, request: object) -> BalancingProxyResource:
         """
@@ -155,14 +154,14 @@ class ProxyExchange:
 
     def _attempt(self) -> None:
         resource = self._resource
-        if len(self._tried) >= resource.max_tries:
-            self._respond_error(502, b"Bad Gateway", b"no upstream server could be reached")
-            return
-        server = resource.pool.pick(self._tried)
+        pool = resource.pool
+        server = pool.pick(self._tried) if len(self._tried) < pool.max_tries else None
         if server is None:
             if self._tried:
                 self._respond_error(502, b"Bad Gateway", b"no upstream server could be reached")
             else:
+                if pool.first_with_none_up():
+                    self._log.warn("pool {pool}: no server is up", pool=pool.name)
                 self._respond_error(503, b"Service Unavailable", b"no healthy upstream")
             return
         self._tried.append(server)
@@ -248,6 +247,10 @@ class ProxyExchange:
             request.unregisterProducer()
             request.transport.abortConnection()
             return
+        if not isinstance(error, StaleConnection):
+            # nginx's max_fails counts errors, timeouts and invalid answers
+            # before the answer started; a stale pooled connection is ours.
+            self._resource.pool.attempt_failed(server, str(error))
         if isinstance(error, ConnectFailed):
             self._attempt()
         elif (

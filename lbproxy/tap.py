@@ -26,12 +26,15 @@ from lbproxy.balance import RoundRobin
 from lbproxy.config import (
     Config,
     ConfigError,
+    HealthConfig,
     PoolConfig,
     ServerConfig,
     parse_duration,
     parse_server_list,
+    parse_status_ranges,
 )
 from lbproxy.demo import listen_demo_apps
+from lbproxy.health import HealthChecker, agent_probe
 from lbproxy.pool import Pool
 from lbproxy.resource import BalancingProxyResource
 from lbproxy.site import ProxySite
@@ -59,6 +62,13 @@ def _reactor() -> Any:
     return reactor
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text!r} must be 1 or more")
+    return value
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -78,6 +88,7 @@ class Options(usage.Options):
     )
 
     optFlags = [
+        ["no-health-check", None, "Turn active health checks off."],
         [
             "demo",
             None,
@@ -135,11 +146,73 @@ class Options(usage.Options):
             "below the app servers' own (Node closes after 5 s).",
             _seconds("--upstream-idle-timeout"),
         ],
+        # Health: active checks with HAProxy's defaults, passive tracking and
+        # retries with nginx's.
+        ["health-path", None, "/", "Target of the health check's GET."],
+        [
+            "health-interval",
+            None,
+            2.0,
+            "Seconds between two checks of a server (HAProxy: inter 2s).",
+            _seconds("--health-interval"),
+        ],
+        [
+            "health-timeout",
+            None,
+            1.0,
+            "Seconds a check may take to answer.",
+            _seconds("--health-timeout"),
+        ],
+        [
+            "health-status",
+            None,
+            "200-399",
+            "Statuses that count as healthy, e.g. 200-399 or 200,204.",
+        ],
+        ["health-host", None, None, "Host header of checks [default: the server's address]."],
+        [
+            "fall",
+            None,
+            3,
+            "Consecutive failed checks that take a server out (HAProxy: fall 3).",
+            _positive,
+        ],
+        [
+            "rise",
+            None,
+            2,
+            "Consecutive passed checks that bring it back (HAProxy: rise 2).",
+            _positive,
+        ],
+        [
+            "max-fails",
+            None,
+            1,
+            "Failed requests within --fail-timeout that take a server out for "
+            "--fail-timeout (nginx: max_fails=1); 0 turns this off.",
+            _count,
+        ],
+        [
+            "fail-timeout",
+            None,
+            10.0,
+            "Seconds of the --max-fails window and of the time out (nginx: fail_timeout=10s).",
+            _seconds("--fail-timeout"),
+        ],
+        [
+            "max-tries",
+            None,
+            None,
+            "Servers one request may be tried on when connecting fails "
+            "[default: all of the pool's].",
+            _positive,
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["upstream"] = []
+        self["backup"] = []
         self["listen"] = []
 
     def opt_upstream(self, value: str) -> None:
@@ -148,6 +221,13 @@ class Options(usage.Options):
             self["upstream"].extend(parse_server_list(value))
         except ConfigError as e:
             raise usage.UsageError(f"--upstream: {e}") from None
+
+    def opt_backup(self, value: str) -> None:
+        # (Help text below.)
+        try:
+            self["backup"].extend(replace(s, backup=True) for s in parse_server_list(value))
+        except ConfigError as e:
+            raise usage.UsageError(f"--backup: {e}") from None
 
     def opt_listen(self, value: str) -> None:
         # (Help text below.)
@@ -163,6 +243,10 @@ class Options(usage.Options):
         "Upstream servers HOST:PORT[,HOST:PORT...] (or http://HOST:PORT, "
         '[::1]:PORT); repeatable; they form the pool "default". '
         "[required, or --demo]"
+    )
+    opt_backup.__doc__ = (
+        "Backup servers HOST:PORT[,...]: they take requests only while every "
+        "--upstream server is out of rotation (nginx: backup); repeatable."
     )
     opt_listen.__doc__ = (
         "A Twisted endpoint to listen on (tcp:8080, "
@@ -191,8 +275,26 @@ class Options(usage.Options):
         # With --demo the pool is filled when the demo apps listen.
         servers = tuple(self["upstream"]) or (ServerConfig("127.0.0.1", 3000),)
         try:
+            health = HealthConfig(
+                enabled=not self["no-health-check"],
+                path=self["health-path"],
+                interval=self["health-interval"],
+                timeout=self["health-timeout"],
+                statuses=parse_status_ranges(self["health-status"]),
+                host=self["health-host"],
+                fall=self["fall"],
+                rise=self["rise"],
+            )
+            pool = PoolConfig(
+                "default",
+                servers + tuple(self["backup"]),
+                health=health,
+                max_fails=self["max-fails"],
+                fail_timeout=self["fail-timeout"],
+                max_tries=self["max-tries"],
+            )
             self.config = Config(
-                pools=(PoolConfig("default", servers),),
+                pools=(pool,),
                 listen=tuple(self["listen"]) or ("tcp:8080",),
                 connect_timeout=self["connect-timeout"],
                 read_timeout=self["read-timeout"],
@@ -274,7 +376,7 @@ def build_site(config: Config, reactor: Any, clock: Any = None) -> tuple[ProxySi
         keepalive=config.upstream_keepalive,
         idle_timeout=config.upstream_idle_timeout,
     )
-    pool = Pool(config.pools[0], RoundRobin())
+    pool = Pool(config.pools[0], RoundRobin(), clock if clock is not None else reactor)
     resource = BalancingProxyResource(pool, client)
     site = ProxySite(resource, client_timeout=config.client_timeout, access_log=config.access_log)
     return site, client
@@ -294,13 +396,18 @@ def make_proxy_service(config: Config, reactor: Any) -> tuple[MultiService, Prox
         ports = listen_demo_apps(reactor)
         _ListeningPortsService(ports).setServiceParent(parent)
         servers = tuple(ServerConfig("127.0.0.1", port.getHost().port) for port in ports)
-        config = replace(config, pools=(PoolConfig("default", servers),))
+        config = replace(config, pools=(replace(config.pools[0], servers=servers),))
         _log.info(
             "demo app servers listening on {addresses}",
             addresses=", ".join(s.address for s in servers),
         )
     site, client = build_site(config, reactor)
     _UpstreamClientService(client).setServiceParent(parent)
+    pool = site.resource.pool
+    health = pool.config.health
+    if health.enabled:
+        probe = agent_probe(reactor, health.path, health.timeout, health.host)
+        HealthChecker(pool, probe, reactor).setServiceParent(parent)
     _FreezeStartupObjects(reactor).setServiceParent(parent)
     for description in config.listen:
         strports.service(description, site, reactor=reactor).setServiceParent(parent)

@@ -4,6 +4,7 @@ Tests for L{lbproxy.pool}: servers' state and the pool's primary/backup choice.
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy.balance import RoundRobin
@@ -15,7 +16,7 @@ def _pool(*servers: ServerConfig) -> Pool:
     """
     A pool named C{"default"} of C{servers}, balanced round robin.
     """
-    return Pool(PoolConfig("default", servers), RoundRobin())
+    return Pool(PoolConfig("default", servers), RoundRobin(), Clock())
 
 
 def _hosts(pool: Pool, count: int, exclude: tuple[Server, ...] = ()) -> list[str | None]:

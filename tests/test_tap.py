@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import io
 import sys
+from dataclasses import replace
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import __version__
-from lbproxy.config import Config, PoolConfig, ServerConfig
+from lbproxy.config import Config, HealthConfig, PoolConfig, ServerConfig
 from lbproxy.tap import Options, make_proxy_service
 
 
@@ -254,5 +255,20 @@ class MakeProxyServiceTests(SynchronousTestCase):
         The idle-connection sweep is scheduled on the reactor given, not on
         the global one.
         """
-        reactor, _ = self._start(_config("tcp:8080"))
+        config = _config("tcp:8080")
+        pool = replace(config.pools[0], health=HealthConfig(enabled=False))
+        reactor, _ = self._start(replace(config, pools=(pool,)))
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+
+    def test_health_checks_on_given_reactor(self) -> None:
+        """
+        Health checks are scheduled on the reactor given (the first check
+        starts at once and times itself there); with checks turned off
+        there are none.
+        """
+        reactor, site = self._start(_config("tcp:8080"))
+        self.assertGreater(len(reactor.getDelayedCalls()), 1)
+        config = _config("tcp:8080")
+        pool = replace(config.pools[0], health=HealthConfig(enabled=False))
+        reactor, _ = self._start(replace(config, pools=(pool,)))
         self.assertEqual(len(reactor.getDelayedCalls()), 1)

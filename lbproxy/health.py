@@ -1,0 +1,172 @@
+# -*- test-case-name: tests.test_health -*-
+"""
+Active health checks: a L{LoopingCall} per server, HAProxy style.
+
+Every C{interval} seconds each server gets C{GET <path>} on a new
+connection (so a check also proves that new connections can be made), with
+C{timeout} seconds to answer with a healthy status.  Results go to the
+server's L{Pool}, which counts C{rise}/C{fall} and logs changes of state.
+The checks of a pool's servers are spread over the interval so that they
+do not all fire at once.
+
+Probes use Twisted's own HTTP client (L{Agent}, non-persistent): checks are
+rare, so the upstream fast path's lean client is not needed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import error
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from lbproxy.pool import Pool, Server
+
+__all__ = ["HealthChecker", "Probe", "agent_probe"]
+
+#: A probe sends one check to a server and fires with the answer's status
+#: (or fails with the reason it could not get one).
+Probe = Callable[[Server], "Deferred[int]"]
+
+
+class _Discard(Protocol):
+    """
+    Reads a check's answer body to its end and drops it.
+    """
+
+    def __init__(self, done: Deferred[None]) -> None:
+        self._done = done
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        self._done.callback(None)
+
+
+def agent_probe(reactor: Any, path: str, timeout: float, host: str | None) -> Probe:
+    """
+    A probe that sends C{GET path} with Twisted's L{Agent}.
+
+    @param reactor: what connects and times.
+    @param path: the check's target.
+    @param timeout: seconds for connecting and answering.
+    @param host: the C{Host} header, or L{None} for the server's address.
+    """
+    agent = Agent(reactor, connectTimeout=timeout, pool=HTTPConnectionPool(reactor, False))
+
+    def probe(server: Server) -> Deferred[int]:
+        url = f"http://{server.address}{path}".encode("ascii")
+        headers = Headers({b"Host": [(host or server.address).encode("ascii")]})
+        requested = agent.request(b"GET", url, headers)
+
+        def got_response(response: IResponse) -> Deferred[int]:
+            done: Deferred[None] = Deferred()
+            response.deliverBody(_Discard(done))
+            return done.addCallback(lambda _: response.code)
+
+        requested.addCallback(got_response)
+        return requested.addTimeout(timeout, reactor)
+
+    return probe
+
+
+def _failure_reason(failure: Failure) -> str:
+    """
+    A short reason for a failed check, for the DOWN log line.
+    """
+    if failure.check(error.ConnectionRefusedError):
+        return "connection refused"
+    if failure.check(DeferredTimeoutError, error.TimeoutError):
+        return "timed out"
+    if failure.check(error.DNSLookupError):
+        return "host name not found"
+    return failure.getErrorMessage() or failure.type.__name__
+
+
+class HealthChecker(Service):
+    """
+    Checks every server of a pool on a L{LoopingCall} each.
+    """
+
+    _log = Logger()
+
+    def __init__(self, pool: Pool, probe: Probe, clock: IReactorTime) -> None:
+        """
+        @param pool: the pool whose servers to check; results go to it.
+        @param probe: sends one check (L{agent_probe} in production).
+        @param clock: what schedules the checks.
+        """
+        self._pool = pool
+        self._probe = probe
+        self._clock = clock
+        self._loops: list[LoopingCall] = []
+        self._starts: list[IDelayedCall] = []
+
+    def startService(self) -> None:
+        """
+        Start checking, server I{i} of I{n} after C{i/n} of an interval.
+        """
+        super().startService()
+        interval = self._pool.config.health.interval
+        servers = self._pool.servers
+        for index, server in enumerate(servers):
+            loop = LoopingCall(self._check, server)
+            loop.clock = self._clock
+            self._loops.append(loop)
+            offset = interval * index / len(servers)
+            if offset:
+                self._starts.append(self._clock.callLater(offset, loop.start, interval, True))
+            else:
+                loop.start(interval, True)
+
+    def stopService(self) -> Any:
+        """
+        Stop checking.
+        """
+        super().stopService()
+        for start in self._starts:
+            if start.active():
+                start.cancel()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._starts, self._loops = [], []
+
+    def _check(self, server: Server) -> Deferred[None]:
+        """
+        One check of C{server}; never fails, since a failure would stop the
+        loop for good.  The loop waits for it, so checks never overlap.
+        """
+        health = self._pool.config.health
+        try:
+            checking = self._probe(server)
+        except Exception:
+            self._log.failure("health probe of {server} failed", server=server.address)
+            self._pool.check_failed(server, "internal error")
+            return succeed(None)
+
+        def answered(status: int) -> None:
+            if health.healthy(status):
+                self._pool.check_passed(server)
+            else:
+                self._pool.check_failed(server, f"status {status}")
+
+        def failed(reason: Failure) -> None:
+            self._pool.check_failed(server, _failure_reason(reason))
+
+        checking.addCallbacks(answered, failed)
+        checking.addErrback(
+            lambda reason: self._log.failure(
+                "health check of {server} failed", reason, server=server.address
+            )
+        )
+        return checking
