@@ -59,8 +59,12 @@ SCENARIOS = {
     "post1m_c32": ("/upload", 32, ["-s", os.path.join(BENCH_DIR, "post1m.lua")]),
 }
 
+# From --lbproxy-args: added to every lbproxy command line (all suites).
+LBPROXY_EXTRA_ARGS = []
+
 START_DEADLINE = 20.0  # seconds for a process to accept connections
 STOP_DEADLINE = 5.0  # seconds between SIGTERM and SIGKILL
+NOISY_OTHER_CPU = 25  # % of a core used by the rest of the machine: note it
 
 
 # ---------------------------------------------------------------- utilities
@@ -552,6 +556,7 @@ def start_target(name, tmpdir, backends, python, lbproxy_args=(), nginx_options=
             upstream,
             "--listen",
             f"tcp:{port}:interface={HOST}",
+            *LBPROXY_EXTRA_ARGS,
             *lbproxy_args,
         ]
         service = start_service(name, argv, port, tmpdir, env=lbproxy_env())
@@ -1024,6 +1029,12 @@ def parse_args(argv):
     parser.add_argument(
         "--keep-tmp", action="store_true", help="keep the temp dir with configs and logs"
     )
+    parser.add_argument(
+        "--lbproxy-args",
+        default="",
+        help="extra lbproxy options for every suite, one shell-quoted string, "
+        "e.g. '--upstream-keepalive 256' (shown in the command line of the report)",
+    )
     group = parser.add_argument_group("memory suite")
     group.add_argument(
         "--download-mib",
@@ -1065,6 +1076,7 @@ def parse_args(argv):
         args.rounds, args.duration = 1, 2
         args.connections = min(args.connections, 2000)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
+    LBPROXY_EXTRA_ARGS[:] = shlex.split(args.lbproxy_args)
     args.targets = [t for t in args.targets.split(",") if t] if args.targets else None
     for s in args.scenarios:
         if s not in SCENARIOS:
@@ -1224,6 +1236,19 @@ def run_rounds(ctx, active, scenarios):
                     f"other CPU {fmt(result.other_cpu, '.0f')}%"
                     + (f"  ({result.failed})" if result.failed else "")
                 )
+    noisy = [
+        (r.other_cpu, name, scenario, i + 1)
+        for (name, scenario), runs in results.items()
+        for i, r in enumerate(runs)
+        if r.other_cpu is not None and r.other_cpu > NOISY_OTHER_CPU
+    ]
+    if noisy:
+        worst = max(noisy)
+        ctx.notes.append(
+            f"noisy machine: in {len(noisy)} of {total} runs other processes used more "
+            f"than {NOISY_OTHER_CPU}% of a core (worst {worst[0]:.0f}%, {worst[1]} "
+            f"{worst[2]} round {worst[3]}); see the per-round columns"
+        )
     for target in active:
         if target.service and not target.service.alive():
             ctx.notes.append(

@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "HealthConfig",
     "PoolConfig",
+    "RouteConfig",
     "ServerConfig",
     "parse_duration",
     "parse_server",
@@ -140,6 +141,29 @@ class PoolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """
+    Which requests go to which pool (nginx's C{location} and
+    C{server_name}); the first route that matches wins.
+
+    @ivar upstream: the pool's name.
+    @ivar host: the C{Host} to match, exactly (case-insensitive, port
+        ignored) or C{*.example.com} for any subdomain; L{None} for any.
+    @ivar path: a prefix of the request path; L{None} for any.
+    """
+
+    upstream: str
+    host: str | None = None
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is not None and not self.path.startswith("/"):
+            raise ConfigError(f"route path {self.path!r} must start with /")
+        if self.host is not None and (not self.host or "/" in self.host):
+            raise ConfigError(f"route host {self.host!r} is not a host name")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """
     The whole configuration of one lbproxy process.
@@ -157,10 +181,36 @@ class Config:
     upstream_idle_timeout: float = 4.0
     access_log: str = "-"
     demo: bool = field(default=False)
+    routes: tuple[RouteConfig, ...] = ()
+    drain_timeout: float = 10.0
+    # Client framing limits and timeouts (lbproxy.framing); 0 is no limit
+    # on the body size.
+    client_header_timeout: float = 60.0
+    client_body_timeout: float = 60.0
+    max_body_size: int = 0
+    max_request_line: int = 8192
+    max_header_line: int = 8192
+    max_headers_size: int = 65536
+    max_headers: int = 100
 
     def __post_init__(self) -> None:
         if not self.pools:
             raise ConfigError("no upstream servers: give --upstream HOST:PORT")
+        names = [pool.name for pool in self.pools]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(f"upstream pool {name!r} is defined twice")
+        for route in self.routes:
+            if route.upstream not in names:
+                raise ConfigError(
+                    f"route to {route.upstream!r}: no such upstream pool "
+                    f"(pools: {', '.join(names)})"
+                )
+        if len(self.pools) > 1 and not self.routes:
+            raise ConfigError(
+                f"{len(self.pools)} upstream pools but no route: add [[route]] tables "
+                "saying which requests go where"
+            )
         if not self.listen:
             raise ConfigError("nothing to listen on: give --listen ENDPOINT")
         if not self.access_log:

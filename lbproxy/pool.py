@@ -20,7 +20,7 @@ here does network I/O; time comes from the clock the pool is given.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -104,6 +104,26 @@ class Pool:
         self._clock = clock
         self._next_readmit = _NEVER
         self._all_down_reported = False
+
+    def adopt(self, known: Mapping[tuple[str, str, int], Server]) -> None:
+        """
+        Take over the servers of a previous configuration that have the same
+        address (scheme, host, port), keeping their state: health, passive
+        ejection, and (in the upstream client) their pooled connections.
+        """
+        servers = []
+        for server in self.servers:
+            config = server.config
+            old = known.get((config.scheme, config.host, config.port))
+            if old is not None:
+                old.config, old.weight = config, config.weight
+                server = old
+            servers.append(server)
+        self.servers = tuple(servers)
+        self._primary = tuple(s for s in self.servers if not s.config.backup)
+        self._backup = tuple(s for s in self.servers if s.config.backup)
+        ejected = [s.ejected_until for s in self.servers if s.ejected_until]
+        self._next_readmit = min(ejected, default=_NEVER)
 
     def pick(self, exclude: Container[Server] = ()) -> Server | None:
         """

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.http import datetimeToString
@@ -37,6 +38,7 @@ from twisted.web.server import NOT_DONE_YET
 from lbproxy.body import StreamingBody
 from lbproxy.headers import end_to_end, upstream_request_headers
 from lbproxy.pool import Pool, Server
+from lbproxy.routes import Router
 from lbproxy.upstream import (
     ConnectFailed,
     StaleConnection,
@@ -63,26 +65,63 @@ _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 class BalancingProxyResource(ReverseProxyResource):
     """
-    A reverse proxy over a L{Pool}: every request, whatever its path, goes
-    to the server the pool's balancer picks.
+    A reverse proxy over L{Pool}s: each request goes to the pool its route
+    names, and there to the server the pool's balancer picks.
 
     It subclasses L{ReverseProxyResource} for its place in C{twisted.web}
     but replaces its one-connection-per-request HTTP/1.0 client with
     L{UpstreamClient}.
+
+    @ivar router: chooses the pool; replaced whole on reload, while
+        requests in flight keep the pool they started with.
+    @ivar exchanges: the requests being proxied now.
     """
 
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, pool: Pool, client: UpstreamClient) -> None:
+    def __init__(self, router: Router[Pool], client: UpstreamClient) -> None:
         """
-        @param pool: the servers to balance over.
+        @param router: the routes and pools.
         @param client: the pooled upstream client.
         """
-        first = pool.servers[0].config
+        first = next(iter(router.pools.values())).servers[0].config
         super().__init__(first.host, first.port, b"")
-        self.pool = pool
+        self.router = router
         self.client = client
+        self.exchanges: set[ProxyExchange] = set()
+        self._drain_waiters: list[Deferred[None]] = []
+
+    @property
+    def in_flight(self) -> int:
+        """
+        How many requests are being proxied now.
+        """
+        return len(self.exchanges)
+
+    def abort_all(self) -> None:
+        """
+        Abort every request in flight (the drain timeout ran out).
+        """
+        for exchange in list(self.exchanges):
+            exchange.abort()
+
+    def drained(self) -> Deferred[None]:
+        """
+        A Deferred that fires once no request is in flight.
+        """
+        if not self.in_flight:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drain_waiters.append(waiter)
+        return waiter
+
+    def _exchange_ended(self, exchange: ProxyExchange) -> None:
+        self.exchanges.discard(exchange)
+        if not self.exchanges and self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def getChild(self, path: bytes, request: object) -> BalancingProxyResource:
         """
@@ -123,6 +162,7 @@ class ProxyExchange:
 
     __slots__ = (
         "_resource",
+        "_pool",
         "_request",
         "_upstream_request",
         "_tried",
@@ -144,17 +184,48 @@ class ProxyExchange:
         self._started = False
         self._finished = False
         self._retried_stale = False
+        self._pool: Pool | None = None
 
     def start(self) -> None:
         """
-        Send the request to the first server the pool picks.
+        Route the request to its pool and send it to the server the pool
+        picks; 404 if no route matches.
         """
-        self._request.exchange = self
+        request = self._request
+        request.exchange = self
+        resource = self._resource
+        resource.exchanges.add(self)
+        self._pool = resource.router.route(
+            request.requestHeaders.getRawHeaders(b"host", [None])[0], request.uri
+        )
+        if self._pool is None:
+            self._respond_error(404, b"Not Found", b"no route for this host and path")
+            return
         self._attempt()
+
+    def _end(self) -> None:
+        """
+        The exchange is over (answered, failed or abandoned); once only.
+        """
+        self._finished = True
+        self._resource._exchange_ended(self)
+
+    def abort(self) -> None:
+        """
+        Give up on this request: drop both connections.
+        """
+        if not self._finished:
+            self._end()
+            if self._abandon is not None:
+                self._abandon()
+            transport = self._request.transport
+            if transport is not None:
+                transport.abortConnection()
 
     def _attempt(self) -> None:
         resource = self._resource
-        pool = resource.pool
+        pool = self._pool
+        assert pool is not None
         server = pool.pick(self._tried) if len(self._tried) < pool.max_tries else None
         if server is None:
             if self._tried:
@@ -173,7 +244,7 @@ class ProxyExchange:
         The client disconnected: abandon the upstream exchange.
         """
         if not self._finished:
-            self._finished = True
+            self._end()
             if self._abandon is not None:
                 self._abandon()
 
@@ -220,7 +291,7 @@ class ProxyExchange:
         """
         if self._finished:
             return
-        self._finished = True
+        self._end()
         request = self._request
         request.unregisterProducer()
         request.finish()
@@ -243,14 +314,14 @@ class ProxyExchange:
             target=request.uri.decode("latin-1"),
         )
         if self._started:
-            self._finished = True
+            self._end()
             request.unregisterProducer()
             request.transport.abortConnection()
             return
         if not isinstance(error, StaleConnection):
             # nginx's max_fails counts errors, timeouts and invalid answers
             # before the answer started; a stale pooled connection is ours.
-            self._resource.pool.attempt_failed(server, str(error))
+            self._pool.attempt_failed(server, str(error))  # type: ignore[union-attr]
         if isinstance(error, ConnectFailed):
             self._attempt()
         elif (
@@ -267,7 +338,7 @@ class ProxyExchange:
             self._respond_error(502, b"Bad Gateway", b"bad answer from upstream")
 
     def _respond_error(self, status: int, reason: bytes, text: bytes) -> None:
-        self._finished = True
+        self._end()
         request = self._request
         if request.body_stream is not None:
             # Nothing will take the rest of the body: let the client finish

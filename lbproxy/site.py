@@ -13,25 +13,48 @@ goes away, so the upstream exchange is abandoned at once.
 from __future__ import annotations
 
 import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python import log as twisted_log
 from twisted.python.failure import Failure
 from twisted.web import server
 
 # Twisted picks HTTP/1.1 or HTTP/2 (by ALPN) per connection in this wrapper;
 # it is private, but the only way to give HTTP/1.1 connections our channel
 # while keeping that negotiation.
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.http import (
+    HTTPChannel,
+    _GenericHTTPChannelProtocol,
+    _IdentityTransferDecoder,
+    datetimeToString,
+)
 
 from lbproxy.body import StreamingBody
+from lbproxy.framing import (
+    DEFAULT_LIMITS,
+    ChunkedDecoder,
+    FramingError,
+    HeadReader,
+    Limits,
+    RequestHead,
+    error_response,
+)
 from lbproxy.headers import connection_tokens
 
 if TYPE_CHECKING:
+    from lbproxy.config import Config
     from lbproxy.resource import ProxyExchange
 
 __all__ = ["ProxyChannel", "ProxyRequest", "ProxySite", "combined_log_line"]
+
+#: Seconds a refused client may keep sending before its connection is
+#: aborted (nginx's C{lingering_timeout} is 5 s).
+_LINGER = 5.0
 
 #: Bytes that need escaping in a log field: non-printables, C{"} and C{\}.
 _NEEDS_ESCAPE = re.compile(rb'[^\x20-\x7e]|["\\]')
@@ -84,15 +107,68 @@ def combined_log_line(timestamp: str, request: server.Request) -> str:
 
 class ProxyChannel(HTTPChannel):
     """
-    An L{HTTPChannel} that reads the C{Connection} header correctly.
+    An L{HTTPChannel} behind lbproxy's framing gate, with client timeouts,
+    that reads the C{Connection} header correctly.
+
+    Every line of a request head goes to a L{HeadReader} (the gate of
+    L{lbproxy.framing}) before Twisted sees it; only a head that passes is
+    handed on, normalised, to C{HTTPChannel}, which then makes the request
+    and starts proxying it.  Chunked bodies are decoded by the strict
+    L{ChunkedDecoder}.  A refused request is answered with its status and
+    C{Connection: close}, and the connection closes.
+
+    Timeouts (nginx's): the whole head must arrive within
+    C{header_timeout} of its first byte (slowloris), and a body may stall
+    for at most C{body_timeout} between two reads; both answer 408.  The
+    idle timeout of C{HTTPChannel} only runs between requests.
 
     Twisted's C{checkPersistence} reads only the first C{Connection} header
     and splits it on spaces, so C{Connection: x-trace, close} keeps the
     connection open against the client's wish (RFC 9112 section 9.6).
     """
 
+    # The gate enforces lbproxy's limits; Twisted's own must never fire
+    # first (its 16 kB total would cut the 64 kB allowed).
+    totalHeadersSize = sys.maxsize
+    maxHeaders = sys.maxsize
+
     _host: object = None
     _secure: bool | None = None
+    _rejected = False
+    _head_started: float | None = None
+    _body_reading = False
+    _body_paused = False
+    _body_last_read = 0.0
+    _timer: IDelayedCall | None = None
+    _log = Logger()
+
+    def __init__(
+        self,
+        limits: Limits = DEFAULT_LIMITS,
+        header_timeout: float | None = 60.0,
+        body_timeout: float | None = 60.0,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param limits: the size limits of the framing gate.
+        @param header_timeout: seconds a request head may take to arrive
+            from its first byte (nginx's C{client_header_timeout}); L{None}
+            for no limit.
+        @param body_timeout: seconds a request body may stall between two
+            reads (nginx's C{client_body_timeout}); L{None} for no limit.
+        @param clock: what tells the time; the global reactor if L{None}.
+            Timers use C{callLater}, which the site sets to the same
+            reactor's.
+        """
+        super().__init__()
+        self.limits = limits
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self._clock = clock
+        self._head_reader = HeadReader(limits)
+        self.MAX_LENGTH = max(limits.max_request_line, limits.max_header_line)
 
     def getHost(self) -> object:
         """
@@ -110,6 +186,241 @@ class ProxyChannel(HTTPChannel):
         if self._secure is None:
             self._secure = super().isSecure()
         return self._secure
+
+    # Reading: every line of a head goes through the gate first.
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Note when a head starts (for the header timeout), then parse.  A
+        bare LF left in an unfinished line is refused at once (RFC 9112
+        section 2.2) rather than after waiting for a CRLF.
+        """
+        if self._rejected:
+            return
+        if self._head_started is None and self.line_mode and not self._handlingRequest:
+            self._start_head()
+        super().dataReceived(data)
+        if (
+            self.line_mode
+            and not self._busyReceiving
+            and not self._rejected
+            and b"\n" in self._buffer
+        ):
+            self._reject(FramingError(400, "bare LF line ending"))
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        One line of a request head, into the gate; a head that passes goes
+        on to C{HTTPChannel}.
+        """
+        if self._rejected or not self.persistent:
+            return
+        try:
+            head = self._head_reader.line(line)
+        except FramingError as error:
+            self._reject(error)
+            return
+        if head is not None:
+            self._hand_on(head)
+
+    def _hand_on(self, head: RequestHead) -> None:
+        """
+        Give C{HTTPChannel} the normalised head: the request line makes the
+        request, the headers go straight into it, the body's decoder is
+        ours, and the empty line ends the head (C{allHeadersReceived}, which
+        starts proxying).
+        """
+        self._head_started = None
+        super().lineReceived(head.request_line)
+        if self._rejected:
+            return  # Twisted refused what the gate passed (should not happen)
+        request = self.requests[-1]
+        add = request.requestHeaders.addRawHeader
+        for name, value in head.headers:
+            add(name, value)
+        length = head.body_length
+        if length != 0:
+            if length is None:
+                decoder: Any = ChunkedDecoder(
+                    request.handleContentChunk, self._finishRequestBody, self.limits
+                )
+            else:
+                decoder = _IdentityTransferDecoder(
+                    length, request.handleContentChunk, self._finishRequestBody
+                )
+            self._transferDecoder = decoder
+            self.length = length
+            self._body_reading = True
+            self._body_last_read = now = self._clock.seconds()
+            if self.body_timeout is not None:
+                self._arm(now, now + self.body_timeout)
+        super().lineReceived(b"")
+
+    def rawDataReceived(self, data: bytes) -> None:
+        """
+        Body bytes (or bytes of later requests, held while one is being
+        answered); a chunked body breaking the rules is refused.
+        """
+        if self._rejected:
+            return
+        if self._body_reading:
+            self._body_last_read = self._clock.seconds()
+        try:
+            super().rawDataReceived(data)
+        except FramingError as error:
+            self._reject(error)
+
+    def allContentReceived(self) -> None:
+        """
+        The body is complete: its timeout stops.
+        """
+        if self._rejected:
+            return
+        self._body_reading = False
+        super().allContentReceived()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        A line longer than any limit: 414 for a request line, else 431.
+        """
+        self._reject(self._head_reader.line_too_long())
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """
+        Twisted refused something itself (the gate should have first):
+        answer as the gate does, not with Twisted's bare 400.
+        """
+        self._reject(FramingError(400, "bad request"))
+
+    # Reading paused by the body stream (backpressure from the app server)
+
+    def pause_body(self) -> None:
+        """
+        Stop reading the body: the app server is not keeping up.  Time
+        paused does not count against the client.
+        """
+        self._body_paused = True
+        self.transport.pauseProducing()
+
+    def resume_body(self) -> None:
+        """
+        Read the body again.
+        """
+        self._body_paused = False
+        self._body_last_read = self._clock.seconds()
+        self.transport.resumeProducing()
+
+    # Timeouts
+
+    def _start_head(self) -> None:
+        now = self._clock.seconds()
+        self._head_started = now
+        if self.timeOut is not None:
+            # From the first byte of a head until its answer is sent, the
+            # header and body timeouts govern; HTTPChannel.requestDone puts
+            # the idle timeout back.
+            self._savedTimeOut = self.setTimeout(None)
+        if self.header_timeout is not None:
+            self._arm(now, now + self.header_timeout)
+
+    def _arm(self, now: float, deadline: float) -> None:
+        """
+        Make sure the connection's one timer fires by C{deadline}.
+        """
+        timer = self._timer
+        if timer is None:
+            self._timer = self.callLater(deadline - now, self._check_timeouts)
+        elif timer.getTime() > deadline:
+            timer.reset(deadline - now)
+
+    def _check_timeouts(self) -> None:
+        """
+        Fire the header or body timeout if it is due, else sleep until it
+        is.  Reads only record the time, so no timer is touched per read;
+        between requests the timer lapses.
+        """
+        self._timer = None
+        if self._rejected:
+            return
+        now = self._clock.seconds()
+        if self._head_started is not None and self.header_timeout is not None:
+            deadline = self._head_started + self.header_timeout
+            if now >= deadline:
+                detail = f"request head not complete within {self.header_timeout:g} s"
+                self._reject(FramingError(408, detail))
+                return
+        elif self._body_reading and self.body_timeout is not None:
+            deadline = self._body_last_read + self.body_timeout
+            if now >= deadline:
+                if self._body_paused:
+                    # lbproxy stopped reading because the app server did:
+                    # the stall is upstream's, as nginx's proxy_send_timeout.
+                    detail = "the app server stopped reading the request body"
+                    self._reject(FramingError(504, detail))
+                else:
+                    detail = f"request body stalled for {self.body_timeout:g} s"
+                    self._reject(FramingError(408, detail))
+                return
+        else:
+            return
+        self._timer = self.callLater(deadline - now, self._check_timeouts)
+
+    # Refusing
+
+    def _reject(self, error: FramingError) -> None:
+        """
+        Refuse the request in progress: abandon its upstream exchange if it
+        started (so nothing more of it reaches an app server), answer
+        C{error} with C{Connection: close}, and close; or abort the
+        connection if an answer has already begun.
+        """
+        if self._rejected:
+            return
+        self._rejected = True
+        self._head_started = None
+        self._body_reading = False
+        self._cancel_timer()
+        self.setTimeout(None)
+        self._log.info(
+            "refused a request from {peer}: {error}", peer=_peer(self.transport), error=str(error)
+        )
+        request = self.requests[-1] if self.requests else None
+        if request is not None:
+            exchange = getattr(request, "exchange", None)
+            if exchange is not None:
+                exchange.client_gone()
+            body_stream = getattr(request, "body_stream", None)
+            if body_stream is not None:
+                body_stream.detach()
+            if request.startedWriting:
+                self.transport.abortConnection()
+                return
+        self._networkProducer.unregisterProducer()
+        transport = self.transport
+        transport.write(error_response(error, datetimeToString()))
+        lose_write = getattr(transport, "loseWriteConnection", None)
+        if lose_write is None:
+            transport.loseConnection()
+            return
+        # Lingering close, as nginx's lingering_close: send the answer and a
+        # FIN, and read (and drop) what the client still sends, so that
+        # closing with unread input (a TCP reset) cannot destroy the answer
+        # before the client reads it.
+        lose_write()
+        transport.resumeProducing()
+        self._timer = self.callLater(_LINGER, transport.abortConnection)
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        Stop the timers, then as C{HTTPChannel}.
+        """
+        self._cancel_timer()
+        super().connectionLost(reason)
 
     def allHeadersReceived(self) -> None:
         """
@@ -136,6 +447,37 @@ class ProxyChannel(HTTPChannel):
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             return False
         return True
+
+
+class _ClientReader:
+    """
+    The client connection as a L{StreamingBody} pauses and resumes it, by
+    way of the channel, which must know: a body held back because the app
+    server reads slowly is not a client stalling.
+    """
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: ProxyChannel) -> None:
+        self._channel = channel
+
+    def pauseProducing(self) -> None:
+        self._channel.pause_body()
+
+    def resumeProducing(self) -> None:
+        self._channel.resume_body()
+
+
+def _peer(transport: Any) -> str:
+    """
+    The client's address for a log line.
+    """
+    try:
+        address = transport.getPeer()
+    except Exception:
+        return "-"
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else str(address)
 
 
 class ProxyRequest(server.Request):
@@ -166,7 +508,10 @@ class ProxyRequest(server.Request):
         self.content = None
         if length == 0:
             return
-        self.body_stream = StreamingBody(self.transport, length)
+        channel = self.channel
+        # HTTP/2 streams have their own flow control: pause their transport.
+        client = _ClientReader(channel) if isinstance(channel, ProxyChannel) else self.transport
+        self.body_stream = StreamingBody(client, length)
         self._proxy()
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -272,9 +617,24 @@ class ProxySite(server.Site):
         """
         A connection's protocol: L{ProxyChannel} for HTTP/1.x.
         """
-        return _GenericHTTPChannelProtocol(ProxyChannel())
+        channel = ProxyChannel(self.limits, self.header_timeout, self.body_timeout, self.reactor)
+        return _GenericHTTPChannelProtocol(channel)
 
-    def __init__(self, resource: object, client_timeout: float, access_log: str = "-") -> None:
+    def __init__(
+        self,
+        resource: object,
+        client_timeout: float,
+        access_log: str = "-",
+        *,
+        header_timeout: float | None = 60.0,
+        body_timeout: float | None = 60.0,
+        max_body_size: int = 0,
+        max_request_line: int = 8192,
+        max_header_line: int = 8192,
+        max_headers_size: int = 65536,
+        max_headers: int = 100,
+        reactor: IReactorTime | None = None,
+    ) -> None:
         """
         @param resource: the proxy resource.
         @param client_timeout: seconds an idle client connection is kept
@@ -282,6 +642,10 @@ class ProxySite(server.Site):
         @param access_log: C{"-"} for the twistd log, C{"off"} for none, or
             a file path (opened, line-buffered, by twisted.web's C{logPath}
             support: one C{write} per line, like nginx's C{access_log}).
+        @param reactor: what times client connections; the global reactor
+            if L{None}.
+
+        The other parameters are those of L{configure_clients}.
         """
         log_path = None if access_log in ("-", "off") else access_log
         super().__init__(
@@ -289,8 +653,54 @@ class ProxySite(server.Site):
             logPath=log_path,
             timeout=client_timeout,
             logFormatter=combined_log_line,
+            reactor=reactor,
         )
         self._access_log = access_log != "off"
+        self.configure_clients(
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            max_body_size=max_body_size,
+            max_request_line=max_request_line,
+            max_header_line=max_header_line,
+            max_headers_size=max_headers_size,
+            max_headers=max_headers,
+        )
+
+    def configure_clients(
+        self,
+        *,
+        header_timeout: float | None,
+        body_timeout: float | None,
+        max_body_size: int,
+        max_request_line: int,
+        max_header_line: int,
+        max_headers_size: int,
+        max_headers: int,
+    ) -> None:
+        """
+        Set the framing limits and timeouts of new client connections.
+
+        @param header_timeout: seconds a request head may take from its
+            first byte (408 after); L{None} for no limit.
+        @param body_timeout: seconds a request body may stall (408 after);
+            L{None} for no limit.
+        @param max_body_size: largest request body in bytes (413 beyond);
+            0 for no limit.
+        @param max_request_line: longest request line (414 beyond).
+        @param max_header_line: longest header line (431 beyond).
+        @param max_headers_size: most bytes of headers (431 beyond).
+        @param max_headers: most header lines (431 beyond).
+        @raise ValueError: if a limit is below 1.
+        """
+        self.limits = Limits(
+            max_request_line=max_request_line,
+            max_header_line=max_header_line,
+            max_headers_size=max_headers_size,
+            max_headers=max_headers,
+            max_body_size=max_body_size or None,
+        )
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
 
     def _openLogFile(self, path: str) -> Any:
         """
@@ -308,6 +718,33 @@ class ProxySite(server.Site):
         self._flusher.clock = self.reactor
         self._flusher.start(1.0, now=False)
         return log_file
+
+    def apply(self, config: Config) -> None:
+        """
+        Take a reloaded configuration: the idle timeout (for new
+        connections) and the access log, reopened even if its path is the
+        same, so that logrotate can move it away and then send SIGHUP.
+        """
+        self.timeOut = config.client_timeout
+        self.configure_clients(
+            header_timeout=config.client_header_timeout,
+            body_timeout=config.client_body_timeout,
+            max_body_size=config.max_body_size,
+            max_request_line=config.max_request_line,
+            max_header_line=config.max_header_line,
+            max_headers_size=config.max_headers_size,
+            max_headers=config.max_headers,
+        )
+        self._access_log = config.access_log != "off"
+        path = None if config.access_log in ("-", "off") else config.access_log
+        self.logPath = path
+        if self._logFile is None:
+            return  # not listening yet: startFactory opens it
+        if self._flusher is not None and self._flusher.running:
+            self._flusher.stop()
+        if self._logFile is not twisted_log.logfile:
+            self._logFile.close()
+        self._logFile = self._openLogFile(path) if path else twisted_log.logfile
 
     def stopFactory(self) -> None:
         """

@@ -13,16 +13,14 @@ import gc
 from dataclasses import replace
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.internet import TimerService
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
 from lbproxy import __version__
-from lbproxy.balance import RoundRobin
 from lbproxy.config import (
     Config,
     ConfigError,
@@ -33,10 +31,10 @@ from lbproxy.config import (
     parse_server_list,
     parse_status_ranges,
 )
+from lbproxy.configfile import ConfigFileError, load_config
 from lbproxy.demo import listen_demo_apps
-from lbproxy.health import HealthChecker, agent_probe
-from lbproxy.pool import Pool
 from lbproxy.resource import BalancingProxyResource
+from lbproxy.service import ProxyService, build_router, summary
 from lbproxy.site import ProxySite
 from lbproxy.upstream import UpstreamClient
 
@@ -207,6 +205,74 @@ class Options(usage.Options):
             "[default: all of the pool's].",
             _positive,
         ],
+        [
+            "drain-timeout",
+            None,
+            10.0,
+            "On SIGTERM, seconds requests in flight may take to finish.",
+            _seconds("--drain-timeout"),
+        ],
+        [
+            "config",
+            "c",
+            None,
+            "A TOML configuration file (see README.rst); SIGHUP reloads it. "
+            "Other options then come from the file.",
+        ],
+        [
+            "client-header-timeout",
+            None,
+            60.0,
+            "Seconds a client has to send a whole request head from its first "
+            "byte; 408 and close after (nginx: client_header_timeout 60s).",
+            _seconds("--client-header-timeout"),
+        ],
+        [
+            "client-body-timeout",
+            None,
+            60.0,
+            "Seconds a request body may stall between two reads; 408 and close "
+            "after (nginx: client_body_timeout 60s).",
+            _seconds("--client-body-timeout"),
+        ],
+        [
+            "max-body-size",
+            None,
+            0,
+            "Largest request body in bytes, 413 beyond; 0 is no limit "
+            "(HAProxy; nginx: client_max_body_size 1m).",
+            _count,
+        ],
+        [
+            "max-request-line",
+            None,
+            8192,
+            "Longest request line in bytes, 414 beyond "
+            "(nginx: large_client_header_buffers 4 8k).",
+            _positive,
+        ],
+        [
+            "max-header-line",
+            None,
+            8192,
+            "Longest request header line in bytes, 431 beyond "
+            "(nginx: large_client_header_buffers 4 8k).",
+            _positive,
+        ],
+        [
+            "max-headers-size",
+            None,
+            65536,
+            "Most bytes of request headers in all, 431 beyond.",
+            _positive,
+        ],
+        [
+            "max-headers",
+            None,
+            100,
+            "Most request header lines, 431 beyond (HAProxy: tune.http.maxhdr 101).",
+            _positive,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -265,6 +331,9 @@ class Options(usage.Options):
         """
         Check the options together and build the L{Config}.
         """
+        if self["config"] is not None:
+            self._from_file(self["config"])
+            return
         if self["demo"] and self["upstream"]:
             raise usage.UsageError("--demo and --upstream cannot be combined")
         if not self["demo"] and not self["upstream"]:
@@ -303,9 +372,38 @@ class Options(usage.Options):
                 upstream_idle_timeout=self["upstream-idle-timeout"],
                 access_log=self["access-log"],
                 demo=bool(self["demo"]),
+                drain_timeout=self["drain-timeout"],
+                client_header_timeout=self["client-header-timeout"],
+                client_body_timeout=self["client-body-timeout"],
+                max_body_size=self["max-body-size"],
+                max_request_line=self["max-request-line"],
+                max_header_line=self["max-header-line"],
+                max_headers_size=self["max-headers-size"],
+                max_headers=self["max-headers"],
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+    def _from_file(self, path: str) -> None:
+        """
+        The configuration is the file's; other options would be ambiguous
+        (and lost on reload), so they are refused.
+        """
+        given = [name for name in ("upstream", "backup", "listen") if self[name]] + [
+            name for name in ("demo", "no-health-check") if self[name]
+        ]
+        given += [
+            name
+            for name, default in self.defaults.items()
+            if name != "config" and self[name] != default
+        ]
+        if given:
+            raise usage.UsageError(f"--{given[0]}: with --config, set it in {path} instead")
+        self.config_path = path
+        try:
+            self.config = load_config(path)
+        except ConfigFileError as e:
+            raise usage.UsageError("; ".join(e.problems)) from None
 
 
 class _ListeningPortsService(Service):
@@ -368,61 +466,72 @@ def build_site(config: Config, reactor: Any, clock: Any = None) -> tuple[ProxySi
     @param clock: what times timeouts; the reactor if L{None}.
     @return: the site to listen with and the client it sends through.
     """
+    clock = clock if clock is not None else reactor
     client = UpstreamClient(
         reactor,
-        clock if clock is not None else reactor,
+        clock,
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
         keepalive=config.upstream_keepalive,
         idle_timeout=config.upstream_idle_timeout,
     )
-    pool = Pool(config.pools[0], RoundRobin(), clock if clock is not None else reactor)
-    resource = BalancingProxyResource(pool, client)
-    site = ProxySite(resource, client_timeout=config.client_timeout, access_log=config.access_log)
+    resource = BalancingProxyResource(build_router(config, clock), client)
+    site = ProxySite(
+        resource,
+        client_timeout=config.client_timeout,
+        access_log=config.access_log,
+        header_timeout=config.client_header_timeout,
+        body_timeout=config.client_body_timeout,
+        max_body_size=config.max_body_size,
+        max_request_line=config.max_request_line,
+        max_header_line=config.max_header_line,
+        max_headers_size=config.max_headers_size,
+        max_headers=config.max_headers,
+        reactor=clock,
+    )
     return site, client
 
 
-def make_proxy_service(config: Config, reactor: Any) -> tuple[MultiService, ProxySite]:
+def make_proxy_service(
+    config: Config, reactor: Any, config_path: str | None = None
+) -> tuple[ProxyService, ProxySite]:
     """
     Build lbproxy's services from a configuration.
 
     @param config: the configuration.
     @param reactor: the reactor to connect, listen and time with.
-    @return: the parent service (start it to serve) and the site, which
-        tests use to reach the resource and client.
+    @param config_path: the file to re-read on SIGHUP, if any.
+    @return: the service (start it to serve) and the site, which tests use
+        to reach the resource and client.
     """
-    parent = MultiService()
+    demo_ports = []
     if config.demo:
-        ports = listen_demo_apps(reactor)
-        _ListeningPortsService(ports).setServiceParent(parent)
-        servers = tuple(ServerConfig("127.0.0.1", port.getHost().port) for port in ports)
+        demo_ports = listen_demo_apps(reactor)
+        servers = tuple(ServerConfig("127.0.0.1", port.getHost().port) for port in demo_ports)
         config = replace(config, pools=(replace(config.pools[0], servers=servers),))
         _log.info(
             "demo app servers listening on {addresses}",
             addresses=", ".join(s.address for s in servers),
         )
     site, client = build_site(config, reactor)
-    _UpstreamClientService(client).setServiceParent(parent)
-    pool = site.resource.pool
-    health = pool.config.health
-    if health.enabled:
-        probe = agent_probe(reactor, health.path, health.timeout, health.host)
-        HealthChecker(pool, probe, reactor).setServiceParent(parent)
-    _FreezeStartupObjects(reactor).setServiceParent(parent)
-    for description in config.listen:
-        strports.service(description, site, reactor=reactor).setServiceParent(parent)
+    load = (lambda: load_config(config_path)) if config_path else None
+    service = ProxyService(config, reactor, site, client, load)
+    if demo_ports:
+        _ListeningPortsService(demo_ports).setServiceParent(service)
+    _UpstreamClientService(client).setServiceParent(service)
+    _FreezeStartupObjects(reactor).setServiceParent(service)
     _log.info(
-        "lbproxy {version} proxying to {servers} (round robin) on {listen}",
+        "lbproxy {version}: {summary}",
         version=__version__,
-        servers=", ".join(s.address for s in config.pools[0].servers),
-        listen=", ".join(config.listen),
+        summary=summary(config),
     )
-    return parent, site
+    return service, site
 
 
 def makeService(options: Options) -> IService:
     """
     The twistd entry point: the service tree for these options.
     """
-    service, _ = make_proxy_service(options.config, _reactor())
+    path = getattr(options, "config_path", None)
+    service, _ = make_proxy_service(options.config, _reactor(), path)
     return service

@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.body import StreamingBody
+from lbproxy.framing import response_framing_error
 from lbproxy.pool import Server
 
 __all__ = [
@@ -359,6 +360,10 @@ class UpstreamConnection(Protocol):
             self._reason = b""
             return
         headers = self._headers
+        framing_error = response_framing_error(headers)
+        if framing_error is not None:
+            # llhttp reads such an answer until EOF; refuse it (502).
+            raise ValueError(framing_error)
         self._headers_done = True
         self._until_eof = _delimited_by_eof(status, headers, self._request)
         if not parser.should_keep_alive():
@@ -509,7 +514,8 @@ def _delimited_by_eof(status: int, headers: list[Header], request: UpstreamReque
 
 
 def _parser_message(error: Exception) -> str:
-    return str(error) or type(error).__name__
+    # An error raised in a callback comes wrapped as "User callback error".
+    return str(error.__context__ or error) or type(error).__name__
 
 
 def _reason_text(reason: Failure) -> str:
@@ -689,6 +695,15 @@ class UpstreamClient:
         How many idle connections to C{server} are pooled now.
         """
         return len(self._idle.get(server, ()))
+
+    def forget_server(self, server: Server) -> None:
+        """
+        A server left the configuration: close its idle connections and
+        drop its endpoint (exchanges in flight finish on theirs).
+        """
+        for connection in self._idle.pop(server, []):
+            connection.transport.loseConnection()
+        self._endpoints.pop(server, None)
 
     def close_idle(self) -> None:
         """

@@ -6,6 +6,7 @@ all on 127.0.0.1 with ports the system chooses.
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -104,6 +105,8 @@ class AppServer(Resource):
         self.name = name
         self.requests: list[RecordedRequest] = []
         self.streams: list[StreamingBody] = []
+        self.held: list[Request] = []
+        self.held_arrived: list[Deferred[None]] = []
 
     def render(self, request: Request) -> bytes | int:  # type: ignore[override]
         self.requests.append(RecordedRequest(request))
@@ -126,6 +129,13 @@ class AppServer(Resource):
             request.setHeader(b"Content-Length", b"%d" % total)
             self.streams.append(StreamingBody(request, total))
             return NOT_DONE_YET
+        if path == b"/hold":
+            # Answered by the test: release_held() finishes it.
+            self.held.append(request)
+            waiters, self.held_arrived = self.held_arrived, []
+            for waiter in waiters:
+                waiter.callback(None)
+            return NOT_DONE_YET
         if path == b"/chunked":
             request.write(b"first,")
             request.write(b"second,")
@@ -134,6 +144,31 @@ class AppServer(Resource):
             return NOT_DONE_YET
         request.setResponseCode(404)
         return b"Cannot GET " + path
+
+
+def held_request(app: AppServer) -> Deferred[None]:
+    """
+    Fires once C{app} holds a C{/hold} request.
+    """
+    if app.held:
+        return Deferred.fromCoroutine(_nothing())
+    waiter: Deferred[None] = Deferred()
+    app.held_arrived.append(waiter)
+    return waiter
+
+
+async def _nothing() -> None:
+    return None
+
+
+def release_held(app: AppServer) -> None:
+    """
+    Answer every request C{app} holds with C{held by <name>}.
+    """
+    for request in app.held:
+        request.write(b"held by " + app.name.encode())
+        request.finish()
+    app.held = []
 
 
 class CountingSite(Site):
@@ -179,9 +214,10 @@ def refused_port(testcase: TestCase) -> int:
     """
     A loopback port where nothing listens (bound, then released).
     """
-    port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
-    number = port.getHost().port
-    port.stopListening()
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    number = probe.getsockname()[1]
+    probe.close()  # closed at once, unlike a Twisted port
     return number
 
 
@@ -289,6 +325,21 @@ class RawClient(Protocol):
         self.done.callback(self.received)
 
 
+class _RawClientFactory(ClientFactory):
+    """
+    Makes one L{RawClient}; a refused connection fails its C{done}.
+    """
+
+    def __init__(self, client: RawClient) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> RawClient:
+        return self.client
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.client.done.errback(reason)
+
+
 def raw_request(port: int, payload: bytes) -> tuple[RawClient, Deferred[bytes]]:
     """
     Connect to C{port} on loopback, send C{payload}, collect the answer.
@@ -297,7 +348,7 @@ def raw_request(port: int, payload: bytes) -> tuple[RawClient, Deferred[bytes]]:
         received once the server closes.
     """
     client = RawClient(payload)
-    factory = ClientFactory.forProtocol(lambda: client)
+    factory = _RawClientFactory(client)
     reactor.connectTCP("127.0.0.1", port, factory)
     return client, client.done
 

@@ -297,7 +297,7 @@ class DownServersTests(TestCase):
         """
         _, _, port = start_app(self, "3000")
         proxy_port, site, _ = start_proxy(self, [port])
-        pool = site.resource.pool
+        pool = site.resource.router.pools["default"]
         for _ in range(3):
             pool.check_failed(pool.servers[0], "connection refused")
         transitions: list[dict] = []
@@ -317,7 +317,7 @@ class DownServersTests(TestCase):
         """
         ports = [refused_port(self) for _ in range(3)]
         proxy_port, site, _ = start_proxy(self, ports)
-        site.resource.pool.max_tries = 2
+        site.resource.router.pools["default"].max_tries = 2
         attempts: list[dict] = []
         globalLogPublisher.addObserver(attempts.append)
         self.addCleanup(globalLogPublisher.removeObserver, attempts.append)
@@ -386,7 +386,7 @@ class FailoverIntegrationTests(TestCase):
         a = _Restartable(self, "3000")
         b = _Restartable(self, "3001")
         proxy_port, site, _ = start_proxy(self, [a.number, b.number])
-        pool = site.resource.pool
+        pool = site.resource.router.pools["default"]
         health = HealthConfig(interval=0.05, timeout=0.5, fall=2, rise=2)
         pool.config = replace(pool.config, health=health)
         checker = HealthChecker(pool, agent_probe(reactor, "/", 0.5, None), reactor)

@@ -1,0 +1,266 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+The running proxy as a twistd service: listeners, pools, health checks,
+reload on SIGHUP and a graceful stop.
+
+L{ProxyService} owns what a configuration turns into.  L{ProxyService.apply}
+puts a configuration in place, at start and on reload: new requests use the
+new routes and pools at once, requests in flight finish on the pools they
+started with, servers present before and after keep their health state and
+pooled connections (they are the same L{Server} objects), listeners are
+started and stopped to match.  On stop it stops accepting, waits for the
+requests in flight up to C{drain_timeout} seconds, then lets the rest go.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, gatherResults
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from lbproxy.balance import RoundRobin
+from lbproxy.config import Config
+from lbproxy.health import HealthChecker, agent_probe
+from lbproxy.pool import Pool, Server
+from lbproxy.routes import Router
+from lbproxy.site import ProxySite
+from lbproxy.upstream import UpstreamClient
+
+__all__ = ["ProxyService", "build_router"]
+
+ServerKey = tuple[str, str, int]
+
+
+def _key(server: Server) -> ServerKey:
+    config = server.config
+    return (config.scheme, config.host, config.port)
+
+
+def build_router(
+    config: Config, clock: Any, known: Mapping[ServerKey, Server] | None = None
+) -> Router[Pool]:
+    """
+    The pools and routes of C{config}.
+
+    @param clock: what the pools tell time by.
+    @param known: servers of the configuration in force, by address: a
+        server with the same address is kept (with its health state and
+        pooled connections) rather than made anew.
+    """
+    pools = {}
+    for pool_config in config.pools:
+        pool = Pool(pool_config, RoundRobin(), clock)
+        if known:
+            pool.adopt(known)
+        pools[pool_config.name] = pool
+    return Router(config.routes, pools)
+
+
+class ProxyService(MultiService):
+    """
+    lbproxy's service tree: start it to serve.
+
+    @ivar config: the configuration in force.
+    @ivar site: the client-facing site.
+    @ivar client: the upstream client, kept across reloads.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        site: ProxySite,
+        client: UpstreamClient,
+        load: Callable[[], Config] | None = None,
+    ) -> None:
+        """
+        @param config: the configuration to start with; C{site}'s resource
+            already routes with it.
+        @param reactor: what listens, connects and times.
+        @param site: the site to listen with.
+        @param client: the upstream client the site's resource sends with.
+        @param load: reads the configuration anew for a reload (from the
+            C{--config} file), raising L{lbproxy.config.ConfigError} or
+            L{lbproxy.configfile.ConfigFileError}; L{None} if there is no
+            file to reload.
+        """
+        super().__init__()
+        self.config = config
+        self.site = site
+        self.client = client
+        self._reactor = reactor
+        self._load = load
+        self._listeners: dict[str, IService] = {}
+        self._checkers: list[HealthChecker] = []
+        self._previous_sighup: Any = None
+        self._start_checkers()
+        for description in config.listen:
+            self._listeners[description] = self._listener(description)
+
+    @property
+    def resource(self) -> Any:
+        """
+        The proxy resource.
+        """
+        return self.site.resource
+
+    def _listener(self, description: str) -> IService:
+        service = strports.service(description, self.site, reactor=self._reactor)
+        # Fail at start (port in use) rather than log and run deaf.
+        service._raiseSynchronously = True  # type: ignore[attr-defined]
+        return service
+
+    def _start_checkers(self) -> None:
+        for pool in self.resource.router.pools.values():
+            health = pool.config.health
+            if health.enabled:
+                probe = agent_probe(self._reactor, health.path, health.timeout, health.host)
+                checker = HealthChecker(pool, probe, self._reactor)
+                self._checkers.append(checker)
+                if self.running:
+                    checker.startService()
+
+    def startService(self) -> None:
+        """
+        Start health checks and listeners, and reload on SIGHUP.
+        """
+        super().startService()
+        for checker in self._checkers:
+            checker.startService()
+        for listener in self._listeners.values():
+            listener.startService()
+        if self._load is not None:
+            self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+
+    def listening_ports(self) -> Deferred[list[Any]]:
+        """
+        The listening ports, once they listen (for C{tcp:0}, tests and
+        logs learn the port number here).
+        """
+        return gatherResults(
+            [listener._waitingForPort for listener in self._listeners.values()]  # type: ignore[attr-defined]
+        )
+
+    def _sighup(self, signum: int, frame: object) -> None:
+        # Signal handlers run between bytecodes; do the work in the reactor.
+        self._reactor.callFromThread(self.reload)
+
+    def reload(self) -> bool:
+        """
+        Read the configuration file again and apply it if it is valid;
+        otherwise log every problem and keep the configuration in force.
+
+        @return: whether the new configuration was applied.
+        """
+        assert self._load is not None
+        try:
+            config = self._load()
+        except ValueError as e:
+            for problem in getattr(e, "problems", [str(e)]):
+                self._log.error("reload failed, configuration kept: {problem}", problem=problem)
+            return False
+        self.apply(config)
+        self._log.info("reloaded: {summary}", summary=summary(config))
+        return True
+
+    def apply(self, config: Config) -> None:
+        """
+        Put C{config} in force; see the module docstring.
+        """
+        old_router = self.resource.router
+        known = {_key(s): s for pool in old_router.pools.values() for s in pool.servers}
+        self.resource.router = build_router(config, self.client.clock, known)
+        self.client.connect_timeout = config.connect_timeout
+        self.client.read_timeout = config.read_timeout
+        self.client.keepalive = config.upstream_keepalive
+        self.client.idle_timeout = config.upstream_idle_timeout
+        kept = {_key(s) for pool in self.resource.router.pools.values() for s in pool.servers}
+        for key, server in known.items():
+            if key not in kept:
+                self.client.forget_server(server)
+        self.site.apply(config)
+        for checker in self._checkers:
+            checker.stopService()
+        self._checkers = []
+        self._start_checkers()
+        self._apply_listeners(config.listen)
+        self.config = config
+
+    def _apply_listeners(self, listen: tuple[str, ...]) -> None:
+        for description in list(self._listeners):
+            if description not in listen:
+                self._log.info("no longer listening on {endpoint}", endpoint=description)
+                self._listeners.pop(description).stopService()
+        for description in listen:
+            if description not in self._listeners:
+                listener = self._listeners[description] = self._listener(description)
+                if self.running:
+                    try:
+                        listener.startService()
+                    except Exception as e:
+                        self._listeners.pop(description)
+                        self._log.error(
+                            "cannot listen on {endpoint}: {error}", endpoint=description, error=e
+                        )
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop accepting, let requests in flight finish for up to
+        C{drain_timeout} seconds, then stop everything else.
+        """
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        stopping = [listener.stopService() for listener in self._listeners.values()]
+        listening: Deferred[Any] = DeferredList(
+            [d for d in stopping if isinstance(d, Deferred)], consumeErrors=True
+        )
+        listening.addCallback(lambda _: self._drain())
+        listening.addCallback(lambda _: self._stop_rest())
+        return listening
+
+    def _drain(self) -> Deferred[None]:
+        in_flight = self.resource.in_flight
+        if in_flight:
+            self._log.info(
+                "stopping: waiting up to {timeout:g} s for {count} request(s) in flight",
+                timeout=self.config.drain_timeout,
+                count=in_flight,
+            )
+        drained = self.resource.drained()
+        drained.addTimeout(self.config.drain_timeout, self._reactor)
+
+        def gave_up(reason: Failure) -> None:
+            reason.trap(TimeoutError)
+            self._log.warn(
+                "stopping: {count} request(s) still in flight after {timeout:g} s; closing them",
+                count=self.resource.in_flight,
+                timeout=self.config.drain_timeout,
+            )
+            self.resource.abort_all()
+
+        return drained.addErrback(gave_up)
+
+    def _stop_rest(self) -> Any:
+        for checker in self._checkers:
+            checker.stopService()
+        return super().stopService()
+
+
+def summary(config: Config) -> str:
+    """
+    A one-line summary of a configuration: pools, servers, routes, listeners.
+    """
+    servers = sum(len(pool.servers) for pool in config.pools)
+    return (
+        f"{len(config.pools)} pool(s), {servers} server(s), {len(config.routes)} route(s), "
+        f"listening on {', '.join(config.listen)}"
+    )
