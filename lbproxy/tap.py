@@ -447,7 +447,7 @@ class _UpstreamClientService(TimerService):
     """
 
     def __init__(self, client: UpstreamClient) -> None:
-        super().__init__(max(client.idle_timeout / 2, 0.5), client.sweep_idle)
+        super().__init__(1.0, client.sweep_idle)
         self.clock = client.clock
         self._client = client
 

@@ -1,0 +1,342 @@
+"""
+Unit tests for L{lbproxy.upstream}: one upstream connection driven with a
+L{StringTransport} and a L{Clock}, and the idle pool.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbproxy.config import ServerConfig
+from lbproxy.pool import Server
+from lbproxy.upstream import (
+    InvalidResponse,
+    ReadTimeout,
+    ResponseTruncated,
+    StaleConnection,
+    UpstreamClient,
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamRequest,
+    serialize_request_head,
+)
+
+
+class RecordingSink:
+    """
+    An L{IResponseSink} that records what it is told.
+    """
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.done = False
+        self.error: UpstreamError | None = None
+        self.producer: object = None
+
+    def response_headers(self, status, reason, headers, producer) -> None:
+        self.status, self.reason, self.headers, self.producer = status, reason, headers, producer
+
+    def response_body(self, data: bytes) -> None:
+        self.body += data
+
+    def response_done(self) -> None:
+        self.done = True
+
+    def response_failed(self, error: UpstreamError) -> None:
+        self.error = error
+
+
+def _request(method: bytes = b"GET") -> UpstreamRequest:
+    return UpstreamRequest(method, b"%s / HTTP/1.1\r\nHost: x\r\n\r\n" % method, b"")
+
+
+class ConnectionTests(SynchronousTestCase):
+    """
+    L{UpstreamConnection} sends one request and parses its answer.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = UpstreamClient(None, self.clock, read_timeout=60.0, idle_timeout=4.0)
+        self.server = Server(ServerConfig("127.0.0.1", 3000))
+        self.transport = StringTransport()
+        self.connection = UpstreamConnection(self.client, self.server)
+        self.connection.makeConnection(self.transport)
+        self.sink = RecordingSink()
+
+    def _send(self, method: bytes = b"GET", reused: bool = False) -> None:
+        self.connection.send(_request(method), self.sink, reused=reused)
+
+    def test_serialize(self) -> None:
+        """
+        The head is the request line, the headers in order, a blank line.
+        """
+        head = serialize_request_head(b"GET", b"/a?b", [(b"Host", b"x"), (b"X-A", b"1")])
+        self.assertEqual(head, b"GET /a?b HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\n")
+
+    def test_answer_relayed_and_pooled(self) -> None:
+        """
+        Status, reason, headers in order and body reach the sink; the
+        connection then waits in the pool.
+        """
+        self._send()
+        self.assertEqual(self.transport.value(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.connection.dataReceived(
+            b"HTTP/1.1 404 Not Here\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+            b"Content-Length: 4\r\n\r\nnope"
+        )
+        self.assertEqual((self.sink.status, self.sink.reason), (404, b"Not Here"))
+        self.assertEqual(
+            self.sink.headers,
+            [(b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2"), (b"Content-Length", b"4")],
+        )
+        self.assertEqual((self.sink.body, self.sink.done), (b"nope", True))
+        self.assertEqual(self.client.idle_count(self.server), 1)
+
+    def test_answer_in_pieces(self) -> None:
+        """
+        An answer split anywhere, chunked, is reassembled.
+        """
+        self._send()
+        data = (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
+        for index in range(len(data)):
+            self.connection.dataReceived(data[index : index + 1])
+        self.assertEqual((self.sink.body, self.sink.done), (b"hello world", True))
+
+    def test_connection_close_not_pooled(self) -> None:
+        """
+        An answer with C{Connection: close} ends the connection after it.
+        """
+        self._send()
+        self.connection.dataReceived(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+        )
+        self.assertTrue(self.sink.done)
+        self.assertEqual(self.client.idle_count(self.server), 0)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_garbage(self) -> None:
+        """
+        Bytes that are not HTTP fail the exchange with L{InvalidResponse}.
+        """
+        self._send()
+        self.connection.dataReceived(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        self.assertIsInstance(self.sink.error, InvalidResponse)
+        self.assertIsNone(self.sink.status)
+
+    def test_head_has_no_body(self) -> None:
+        """
+        A HEAD answer ends with its headers whatever its Content-Length
+        says, and the connection is reusable for the next exchange.
+        """
+        self._send(b"HEAD")
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        self.assertTrue(self.sink.done)
+        self.assertEqual(self.client.idle_count(self.server), 1)
+        second = RecordingSink()
+        self.connection.send(_request(), second, reused=True)
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual((second.body, second.done), (b"ok", True))
+
+    def test_interim_skipped(self) -> None:
+        """
+        Interim 1xx answers are skipped; the final one is relayed.
+        """
+        self._send()
+        self.connection.dataReceived(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.assertEqual((self.sink.status, self.sink.headers), (201, [(b"Content-Length", b"0")]))
+        self.assertTrue(self.sink.done)
+
+    def test_body_until_close(self) -> None:
+        """
+        An answer without length or chunking ends when the connection
+        closes, complete, and the connection is not pooled.
+        """
+        self._send()
+        self.connection.dataReceived(b"HTTP/1.0 200 OK\r\n\r\nall of ")
+        self.connection.dataReceived(b"it")
+        self.assertFalse(self.sink.done)
+        self.connection.connectionLost()
+        self.assertEqual((self.sink.body, self.sink.done), (b"all of it", True))
+        self.assertEqual(self.client.idle_count(self.server), 0)
+
+    def test_truncated_body(self) -> None:
+        """
+        A close before the promised length is L{ResponseTruncated}.
+        """
+        self._send()
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        self.connection.connectionLost()
+        self.assertIsInstance(self.sink.error, ResponseTruncated)
+        self.assertFalse(self.sink.done)
+
+    def test_stale_reused_connection(self) -> None:
+        """
+        A reused connection closed before any byte of an answer is
+        L{StaleConnection} (may be retried); a new one is not.
+        """
+        self._send(reused=True)
+        self.connection.connectionLost()
+        self.assertIsInstance(self.sink.error, StaleConnection)
+        fresh = UpstreamConnection(self.client, self.server)
+        fresh.makeConnection(StringTransport())
+        sink = RecordingSink()
+        fresh.send(_request(), sink, reused=False)
+        fresh.connectionLost()
+        self.assertIsInstance(sink.error, ResponseTruncated)
+
+    def test_read_timeout(self) -> None:
+        """
+        Silence for the read timeout fails with L{ReadTimeout} (a 504);
+        any byte received restarts it.
+        """
+        self._send()
+        self.clock.advance(59)
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+        self.clock.advance(59)
+        self.assertIsNone(self.sink.error)
+        self.clock.advance(2)
+        self.assertIsInstance(self.sink.error, ReadTimeout)
+        self.assertEqual(self.sink.error.status, 504)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_paused_does_not_time_out(self) -> None:
+        """
+        While the client side holds the connection paused (a slow reader)
+        the read timeout does not run.
+        """
+        self._send()
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+        self.connection.pauseProducing()
+        self.clock.advance(600)
+        self.assertIsNone(self.sink.error)
+        self.connection.resumeProducing()
+        self.clock.advance(61)
+        self.assertIsInstance(self.sink.error, ReadTimeout)
+
+    def test_pause_resume_transport(self) -> None:
+        """
+        Pausing the connection (the client is slow) pauses reading from
+        the app server; resuming resumes it; the sink got the producer.
+        """
+        self._send()
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+        self.assertIs(self.sink.producer, self.connection)
+        self.connection.pauseProducing()
+        self.assertEqual(self.transport.producerState, "paused")
+        self.connection.resumeProducing()
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_pooled_connection_resumed(self) -> None:
+        """
+        A connection paused at the end of its answer is resumed when pooled,
+        so that a close by the app server is noticed.
+        """
+        self._send()
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+        self.connection.pauseProducing()
+        self.connection.dataReceived(b"cde")
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_abort(self) -> None:
+        """
+        Abandoning the exchange drops the connection; it is never pooled.
+        """
+        self._send()
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+        self.connection.abort()
+        self.assertTrue(self.transport.disconnecting)
+        self.connection.connectionLost()
+        self.assertEqual(self.client.idle_count(self.server), 0)
+        self.assertFalse(self.sink.done)
+        self.assertIsNone(self.sink.error)
+
+    def test_closed_while_idle_leaves_pool(self) -> None:
+        """
+        A pooled connection the app server closes leaves the pool at once.
+        """
+        self._send()
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(self.client.idle_count(self.server), 1)
+        self.connection.connectionLost()
+        self.assertEqual(self.client.idle_count(self.server), 0)
+
+
+class IdlePoolTests(SynchronousTestCase):
+    """
+    The idle pool: LIFO reuse, idle timeout, keepalive trimming.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = Server(ServerConfig("127.0.0.1", 3000))
+
+    def _client(self, keepalive: int) -> UpstreamClient:
+        return UpstreamClient(None, self.clock, keepalive=keepalive, idle_timeout=4.0)
+
+    def _pooled(self, client: UpstreamClient) -> UpstreamConnection:
+        connection = UpstreamConnection(client, self.server)
+        connection.makeConnection(StringTransport())
+        connection.send(_request(), RecordingSink(), reused=False)
+        connection.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        return connection
+
+    def test_most_recent_first(self) -> None:
+        """
+        The most recently used idle connection is taken first.
+        """
+        client = self._client(32)
+        first = self._pooled(client)
+        self.clock.advance(1)
+        second = self._pooled(client)
+        self.assertIs(client._take_idle(self.server), second)
+        self.assertIs(client._take_idle(self.server), first)
+
+    def test_expired_not_used(self) -> None:
+        """
+        A connection idle longer than the idle timeout is closed, not used.
+        """
+        client = self._client(32)
+        old = self._pooled(client)
+        self.clock.advance(4.5)
+        self.assertIsNone(client._take_idle(self.server))
+        self.assertTrue(old.transport.disconnecting)
+
+    def test_sweep_trims_to_keepalive(self) -> None:
+        """
+        A burst may leave more than C{keepalive} idle connections; the
+        sweep closes the oldest beyond it, and the expired.
+        """
+        client = self._client(2)
+        connections = []
+        for _ in range(4):
+            connections.append(self._pooled(client))
+            self.clock.advance(0.1)
+        client.sweep_idle()
+        self.assertEqual(client.idle_count(self.server), 2)
+        self.assertEqual(
+            [c.transport.disconnecting for c in connections], [True, True, False, False]
+        )
+        self.clock.advance(5)
+        client.sweep_idle()
+        self.assertEqual(client.idle_count(self.server), 0)
+
+    def test_keepalive_zero(self) -> None:
+        """
+        With C{keepalive} 0 every connection closes after its exchange.
+        """
+        client = self._client(0)
+        connection = self._pooled(client)
+        self.assertEqual(client.idle_count(self.server), 0)
+        self.assertTrue(connection.transport.disconnecting)
