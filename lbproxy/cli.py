@@ -4,7 +4,10 @@ The C{lbproxy} console script.
 
   - C{lbproxy --version}: the version;
   - C{lbproxy check FILE}: check a configuration file, as C{nginx -t} does:
-    a one-line summary and exit status 0, or every problem and status 1.
+    a one-line summary and exit status 0, or every problem and status 1;
+  - C{lbproxy selftest URL}: send the malformed-input corpus to a running
+    proxy chain and print what passed (status 0 if everything did, 1 if
+    not; see L{lbproxy.selftest}).
 
 The proxy itself runs under C{twistd lbproxy} (see README.rst).
 """
@@ -17,7 +20,7 @@ from collections.abc import Sequence
 
 from lbproxy import __version__
 
-__all__ = ["check", "main"]
+__all__ = ["check", "main", "selftest"]
 
 
 def check(path: str) -> int:
@@ -39,6 +42,39 @@ def check(path: str) -> int:
     return 0
 
 
+def selftest(url: str, timeout: float = 5.0) -> int:
+    """
+    Send the corpus to C{url}, print the table of outcomes.
+
+    It runs the global reactor, so it can be called once per process.
+
+    @return: the exit status: 0 if every case passed, 1 if not, 2 for a
+        bad URL.
+    """
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import react
+
+    from lbproxy.selftest import format_table, parse_target, run_selftest
+
+    try:
+        parse_target(url)
+    except ValueError as e:
+        print(f"lbproxy selftest: {e}", file=sys.stderr)
+        return 2
+
+    async def run(reactor: object) -> None:
+        outcomes = await run_selftest(reactor, url, timeout)
+        print(format_table(url, outcomes))
+        if not all(outcome.passed for outcome in outcomes):
+            raise SystemExit(1)
+
+    try:
+        react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """
     Run the console script.
@@ -56,9 +92,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     check_parser = commands.add_parser("check", help="check a configuration file (like nginx -t)")
     check_parser.add_argument("file", help="the TOML configuration file")
+    selftest_parser = commands.add_parser(
+        "selftest", help="send the malformed-input corpus to a running proxy and report"
+    )
+    selftest_parser.add_argument("url", help="the proxy chain's URL, e.g. http://127.0.0.1:8080/")
+    selftest_parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for each answer (default 5)"
+    )
     arguments = parser.parse_args(argv)
     if arguments.command == "check":
         return check(arguments.file)
+    if arguments.command == "selftest":
+        return selftest(arguments.url, arguments.timeout)
     parser.print_help()
     return 0
 

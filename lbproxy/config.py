@@ -39,7 +39,7 @@ class ServerConfig:
 
     @ivar host: a host name or IP address (IPv6 without brackets).
     @ivar port: the TCP port.
-    @ivar scheme: C{"http"} (C{"https"} arrives with upstream TLS).
+    @ivar scheme: C{"http"}, or C{"https"} for TLS to the server.
     @ivar weight: relative share of requests, as nginx's C{weight=}.
     @ivar backup: only used while every primary server is down.
     """
@@ -55,8 +55,10 @@ class ServerConfig:
             raise ConfigError("upstream server has an empty host name")
         if not 0 < self.port < 65536:
             raise ConfigError(f"upstream port {self.port} is not in 1-65535")
-        if self.scheme != "http":
-            raise ConfigError(f"upstream scheme {self.scheme!r} is not supported (use http)")
+        if self.scheme not in ("http", "https"):
+            raise ConfigError(
+                f"upstream scheme {self.scheme!r} is not supported (use http or https)"
+            )
         if self.weight < 1:
             raise ConfigError(f"upstream weight {self.weight} must be at least 1")
 
@@ -192,6 +194,14 @@ class Config:
     max_header_line: int = 8192
     max_headers_size: int = 65536
     max_headers: int = 100
+    # TLS (lbproxy.tls): listener certificates by SNI, upstream trust, and
+    # the HTTPS policies of the client side; "" and 0 are off.
+    tls_cert_dir: str = ""
+    upstream_ca: str = ""
+    upstream_client_cert: str = ""
+    upstream_insecure: bool = False
+    redirect_https: int = 0
+    hsts: int = 0
 
     def __post_init__(self) -> None:
         if not self.pools:
@@ -217,14 +227,20 @@ class Config:
             raise ConfigError("access log: give a file path, '-' or 'off'")
         if self.upstream_keepalive < 0:
             raise ConfigError(f"upstream keepalive {self.upstream_keepalive} must be 0 or more")
+        if self.upstream_insecure and self.upstream_ca:
+            raise ConfigError("upstream insecure and upstream CA contradict: give one of them")
+        if not 0 <= self.redirect_https < 65536:
+            raise ConfigError(f"redirect https port {self.redirect_https} is not in 1-65535")
+        if self.hsts < 0:
+            raise ConfigError(f"hsts {self.hsts} must be 0 or more seconds")
 
 
 def parse_server(text: str) -> ServerConfig:
     """
     Parse one upstream address.
 
-    Accepts C{host:port}, C{http://host:port}, C{[::1]:3000} and
-    C{http://[::1]:3000}.  A trailing C{/} is allowed; any other path is not
+    Accepts C{host:port}, C{http://host:port}, C{https://host:port},
+    C{[::1]:3000} and C{http://[::1]:3000}.  A trailing C{/} is allowed; any other path is not
     (lbproxy forwards the client's path unchanged, as nginx's C{proxy_pass}
     without a URI does).
 
@@ -241,7 +257,7 @@ def parse_server(text: str) -> ServerConfig:
         port = parts.port
     except ValueError as e:
         raise ConfigError(f"bad upstream address {text!r}: {e}") from None
-    if parts.scheme != "http":
+    if parts.scheme not in ("http", "https"):
         raise ConfigError(
             f"bad upstream address {text!r}: scheme {parts.scheme!r} is not supported"
         )

@@ -76,7 +76,6 @@ __all__ = [
     "RequestLine",
     "check_head",
     "error_response",
-    "frame_request",
     "parse_header_line",
     "parse_request_line",
     "response_framing_error",
@@ -110,6 +109,7 @@ _HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?:
 # obs-text; its surrounding OWS is stripped afterwards (a regular expression
 # that excluded it would backtrack quadratically on long runs of spaces).
 _FIELD_RE = re.compile(rb"(" + _TOKEN + rb"):([\t\x20-\x7e\x80-\xff]*)")
+_FIELD_MATCH = _FIELD_RE.fullmatch
 # A chunk size line, RFC 9112 section 7.1 (without BWS).
 _QUOTED = rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"'
 _CHUNK_LINE_RE = re.compile(
@@ -303,40 +303,24 @@ def _field_problem(line: bytes) -> str:
     return "invalid character in a header value"
 
 
-def frame_request(
-    request_line: RequestLine, fields: Iterable[Header], limits: Limits = DEFAULT_LIMITS
+def _decide(
+    request_line: RequestLine,
+    headers: list[Header],
+    hosts: int,
+    host_at: int,
+    lengths: list[bytes],
+    codings: list[bytes],
+    limits: Limits,
 ) -> RequestHead:
     """
-    Decide the framing of a request from its parsed line and fields.
+    Decide the framing of a complete head, from what L{HeadReader} found
+    in its header lines: the headers to forward (without underscores or
+    framing headers), how many C{Host} headers and where the first is, and
+    the C{Content-Length} and C{Transfer-Encoding} values.
 
-    @param request_line: from L{parse_request_line}.
-    @param fields: from L{parse_header_line}, in order.
-    @param limits: for the body size.
-    @return: the normalised head.
     @raise FramingError: 400, 413 or 501, as the module docstring says.
     """
     version = request_line.version
-    headers: list[Header] = []
-    host_at = -1
-    hosts = 0
-    lengths: list[bytes] = []
-    codings: list[bytes] = []
-    for name, value in fields:
-        if b"_" in name:
-            continue
-        lower = name.lower()
-        if lower == b"host":
-            hosts += 1
-            if _HOST_RE.fullmatch(value) is None:
-                raise FramingError(400, "invalid Host header")
-            host_at = len(headers)
-        elif lower == b"content-length":
-            lengths.append(value)
-            continue
-        elif lower == b"transfer-encoding":
-            codings.append(value)
-            continue
-        headers.append((name, value))
     if hosts > 1:
         raise FramingError(400, "more than one Host header")
     authority = request_line.authority
@@ -409,24 +393,49 @@ class HeadReader:
     """
     Collects one request head line by line and passes it through the gate.
 
-    Limits are checked as each line arrives, so a huge head is refused
-    without being held; syntax too, so a bad line is answered at once.
-    After each complete head it is ready for the next request.
+    Limits and syntax are checked as each line arrives, so a huge or broken
+    head is refused at once, without being held.  The framing headers are
+    picked out in the same pass; the empty line that ends the head brings
+    the decision.  After each complete head the reader is ready for the
+    next request.
     """
 
-    __slots__ = ("_limits", "_request_line", "_fields", "_size", "_blank_skipped")
+    __slots__ = (
+        "_limits",
+        "_max_header_line",
+        "_max_headers_size",
+        "_max_headers",
+        "_request_line",
+        "_headers",
+        "_count",
+        "_size",
+        "_hosts",
+        "_host_at",
+        "_lengths",
+        "_codings",
+        "_blank_skipped",
+    )
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         """
         @param limits: the size limits to enforce.
         """
         self._limits = limits
+        # Copied out of limits: line() runs for every header of every request.
+        self._max_header_line = limits.max_header_line
+        self._max_headers_size = limits.max_headers_size
+        self._max_headers = limits.max_headers
         self._reset()
 
     def _reset(self) -> None:
         self._request_line: RequestLine | None = None
-        self._fields: list[Header] = []
+        self._headers: list[Header] = []
+        self._count = 0
         self._size = 0
+        self._hosts = 0
+        self._host_at = -1
+        self._lengths: list[bytes] = []
+        self._codings: list[bytes] = []
         self._blank_skipped = False
 
     def line(self, line: bytes) -> RequestHead | None:
@@ -438,33 +447,63 @@ class HeadReader:
             L{None}.
         @raise FramingError: if the head is refused.
         """
-        limits = self._limits
         request_line = self._request_line
-        if request_line is None:
-            if not line and not self._blank_skipped:
-                # RFC 9112 section 2.2: ignore at least one empty line
-                # before a request line (some clients send CRLF after a
-                # POST body).
-                self._blank_skipped = True
+        if request_line is not None:
+            if line:
+                # A header line: the common case, kept short.
+                length = len(line)
+                if length > self._max_header_line:
+                    raise self.line_too_long()
+                self._size += length + 2
+                self._count += 1
+                if self._size > self._max_headers_size:
+                    raise FramingError(431, f"headers larger than {self._max_headers_size} bytes")
+                if self._count > self._max_headers:
+                    raise FramingError(431, f"more than {self._max_headers} headers")
+                match = _FIELD_MATCH(line)
+                if match is None:
+                    raise FramingError(400, _field_problem(line))
+                name, value = match.groups()
+                if b"_" in name:
+                    return None  # dropped, as nginx does
+                value = value.strip(b" \t")
+                # Only names of these lengths can be framing headers.
+                size = len(name)
+                if size == 4 or size == 14 or size == 17:
+                    lower = name.lower()
+                    if lower == b"host":
+                        if _HOST_RE.fullmatch(value) is None:
+                            raise FramingError(400, "invalid Host header")
+                        self._hosts += 1
+                        self._host_at = len(self._headers)
+                    elif lower == b"content-length":
+                        self._lengths.append(value)
+                        return None
+                    elif lower == b"transfer-encoding":
+                        self._codings.append(value)
+                        return None
+                self._headers.append((name, value))
                 return None
-            if len(line) > limits.max_request_line:
-                raise self.line_too_long()
-            self._request_line = parse_request_line(line)
+            head = _decide(
+                request_line,
+                self._headers,
+                self._hosts,
+                self._host_at,
+                self._lengths,
+                self._codings,
+                self._limits,
+            )
+            self._reset()
+            return head
+        if not line and not self._blank_skipped:
+            # RFC 9112 section 2.2: ignore at least one empty line before a
+            # request line (some clients send CRLF after a POST body).
+            self._blank_skipped = True
             return None
-        if line:
-            if len(line) > limits.max_header_line:
-                raise self.line_too_long()
-            self._size += len(line) + 2
-            if self._size > limits.max_headers_size:
-                raise FramingError(431, f"headers larger than {limits.max_headers_size} bytes")
-            fields = self._fields
-            if len(fields) >= limits.max_headers:
-                raise FramingError(431, f"more than {limits.max_headers} headers")
-            fields.append(parse_header_line(line))
-            return None
-        head = frame_request(request_line, self._fields, limits)
-        self._reset()
-        return head
+        if len(line) > self._limits.max_request_line:
+            raise self.line_too_long()
+        self._request_line = parse_request_line(line)
+        return None
 
     def line_too_long(self) -> FramingError:
         """
@@ -576,10 +615,11 @@ class ChunkedDecoder:
                     self._state = _DATA_END
                 self._deliver(piece)
             elif state == _DATA_END:
-                if end - position < 2:
-                    break
-                if data[position : position + 2] != b"\r\n":
+                ending = data[position : position + 2]
+                if ending != b"\r\n" and ending != b"\r":
                     raise FramingError(400, "chunk data not followed by CRLF")
+                if len(ending) < 2:
+                    break
                 position += 2
                 self._state = _SIZE
             elif state == _DONE:
@@ -589,6 +629,10 @@ class ChunkedDecoder:
                 if line_end == -1:
                     if end - position > _MAX_CHUNK_LINE:
                         raise FramingError(400, "chunk size line too long")
+                    if data.find(b"\n", position) != -1:
+                        # Any LF here is bare (a CRLF would have been found):
+                        # refuse now rather than wait for a CRLF.
+                        raise FramingError(400, "bare LF in a chunked body")
                     break
                 line = data[position:line_end]
                 position = line_end + 2

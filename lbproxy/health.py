@@ -27,11 +27,18 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseDone,
+    _HTTP11ClientFactory,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from lbproxy.pool import Pool, Server
+from lbproxy.tls import UpstreamTLS
 
 __all__ = ["HealthChecker", "Probe", "agent_probe"]
 
@@ -52,7 +59,19 @@ class _Discard(Protocol):
         self._done.callback(None)
 
 
-def agent_probe(reactor: Any, path: str, timeout: float, host: str | None) -> Probe:
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    Twisted's HTTP/1.1 client factory, without the "Starting factory" log
+    lines it would write for every check (HTTPConnectionPool picks its
+    factory class from C{_factory}, meant to be overridden like this).
+    """
+
+    noisy = False
+
+
+def agent_probe(
+    reactor: Any, path: str, timeout: float, host: str | None, tls: UpstreamTLS | None = None
+) -> Probe:
     """
     A probe that sends C{GET path} with Twisted's L{Agent}.
 
@@ -60,11 +79,16 @@ def agent_probe(reactor: Any, path: str, timeout: float, host: str | None) -> Pr
     @param path: the check's target.
     @param timeout: seconds for connecting and answering.
     @param host: the C{Host} header, or L{None} for the server's address.
+    @param tls: the TLS settings for C{https} servers, the proxy's own so
+        that a check verifies what requests verify; platform trust if
+        L{None}.
     """
-    agent = Agent(reactor, connectTimeout=timeout, pool=HTTPConnectionPool(reactor, False))
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = _QuietClientFactory
+    agent = Agent(reactor, tls or BrowserLikePolicyForHTTPS(), connectTimeout=timeout, pool=pool)
 
     def probe(server: Server) -> Deferred[int]:
-        url = f"http://{server.address}{path}".encode("ascii")
+        url = f"{server.config.scheme}://{server.address}{path}".encode("ascii")
         headers = Headers({b"Host": [(host or server.address).encode("ascii")]})
         requested = agent.request(b"GET", url, headers)
 

@@ -30,9 +30,10 @@ from lbproxy.health import HealthChecker, agent_probe
 from lbproxy.pool import Pool, Server
 from lbproxy.routes import Router
 from lbproxy.site import ProxySite
+from lbproxy.tls import server_endpoint
 from lbproxy.upstream import UpstreamClient
 
-__all__ = ["ProxyService", "build_router"]
+__all__ = ["ProxyService", "build_router", "summary", "with_default_backlog"]
 
 ServerKey = tuple[str, str, int]
 
@@ -113,7 +114,13 @@ class ProxyService(MultiService):
         return self.site.resource
 
     def _listener(self, description: str) -> IService:
+        description = with_default_backlog(description)
         service = strports.service(description, self.site, reactor=self._reactor)
+        if self.config.tls_cert_dir:
+            # An ssl: listener also serves the directory's certificates, by SNI.
+            service.endpoint = server_endpoint(  # type: ignore[attr-defined]
+                self._reactor, description, self.config.tls_cert_dir
+            )
         # Fail at start (port in use) rather than log and run deaf.
         service._raiseSynchronously = True  # type: ignore[attr-defined]
         return service
@@ -122,7 +129,9 @@ class ProxyService(MultiService):
         for pool in self.resource.router.pools.values():
             health = pool.config.health
             if health.enabled:
-                probe = agent_probe(self._reactor, health.path, health.timeout, health.host)
+                probe = agent_probe(
+                    self._reactor, health.path, health.timeout, health.host, self.client.tls
+                )
                 checker = HealthChecker(pool, probe, self._reactor)
                 self._checkers.append(checker)
                 if self.running:
@@ -252,7 +261,30 @@ class ProxyService(MultiService):
     def _stop_rest(self) -> Any:
         for checker in self._checkers:
             checker.stopService()
-        return super().stopService()
+        # Let the last answers reach their clients before the reactor stops
+        # (it would drop what is still buffered), at most 2 seconds more.
+        closing = self.site.close_connections()
+        closing.addTimeout(2.0, self._reactor)
+        closing.addErrback(lambda reason: reason.trap(TimeoutError))
+        closing.addCallback(lambda _: super(ProxyService, self).stopService())
+        return closing
+
+
+#: nginx's listen backlog on Linux.  Twisted's default, 50, makes a burst
+#: of new clients (wrk -c256) wait for SYN retransmits: p99 632 ms against
+#: 56 ms with 511 on this machine.
+DEFAULT_BACKLOG = 511
+
+
+def with_default_backlog(description: str) -> str:
+    """
+    A listening endpoint description with nginx's backlog unless it names
+    one: C{tcp:8080} becomes C{tcp:8080:backlog=511}.
+    """
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
 
 
 def summary(config: Config) -> str:

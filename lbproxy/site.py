@@ -17,6 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -498,6 +499,7 @@ class ProxyRequest(server.Request):
     body_stream: StreamingBody | None = None
     _body_received = False
     _finish_waiting = False
+    _start_later = False
 
     def gotLength(self, length: int | None) -> None:
         """
@@ -512,13 +514,21 @@ class ProxyRequest(server.Request):
         # HTTP/2 streams have their own flow control: pause their transport.
         client = _ClientReader(channel) if isinstance(channel, ProxyChannel) else self.transport
         self.body_stream = StreamingBody(client, length)
-        self._proxy()
+        if isinstance(channel, ProxyChannel):
+            self._proxy()
+        else:
+            # An HTTP/2 stream calls this in the middle of its headers (at
+            # content-length), before the method and target are known:
+            # start with the first piece of the body, or at its end.
+            self._start_later = True
 
     def handleContentChunk(self, data: bytes) -> None:
         """
         A piece of the body: on its way upstream at once.
         """
         assert self.body_stream is not None
+        if self._start_later:
+            self._start_h2()
         self.body_stream.feed(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -531,6 +541,8 @@ class ProxyRequest(server.Request):
         untouched.
         """
         self._body_received = True
+        if self._start_later:
+            self._start_h2()
         if self.body_stream is not None:
             self.body_stream.end()
             if self._finish_waiting:
@@ -539,6 +551,14 @@ class ProxyRequest(server.Request):
         self.method = command
         self.uri = path
         self.clientproto = version
+        self._proxy()
+
+    def _start_h2(self) -> None:
+        stream = self.channel
+        self._start_later = False
+        self.method = stream.command
+        self.uri = stream.path
+        self.clientproto = b"HTTP/2"
         self._proxy()
 
     def _proxy(self) -> None:
@@ -602,6 +622,33 @@ class ProxyRequest(server.Request):
         return headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
 
 
+class _SiteConnection(_GenericHTTPChannelProtocol):
+    """
+    One client connection, HTTP/1.1 or HTTP/2, known to its site.
+
+    Twisted wraps every connection in this protocol and, when ALPN picks
+    h2, swaps the HTTP/1.1 channel inside for an HTTP/2 one without
+    closing the first; so the site counts connections here, where the
+    whole life of the connection is seen.
+    """
+
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Register with the site, then start as Twisted does.
+        """
+        self.connection_transport = transport
+        self.connection_site = self.factory
+        self.connection_site.connection_opened(self)
+        super().makeConnection(transport)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        As Twisted does, then leave the site's count.
+        """
+        super().connectionLost(reason)
+        self.connection_site.connection_closed(self)
+
+
 class ProxySite(server.Site):
     """
     The Site lbproxy listens with: L{ProxyRequest}s, an idle timeout for
@@ -618,7 +665,7 @@ class ProxySite(server.Site):
         A connection's protocol: L{ProxyChannel} for HTTP/1.x.
         """
         channel = ProxyChannel(self.limits, self.header_timeout, self.body_timeout, self.reactor)
-        return _GenericHTTPChannelProtocol(channel)
+        return _SiteConnection(channel)
 
     def __init__(
         self,
@@ -655,6 +702,9 @@ class ProxySite(server.Site):
             logFormatter=combined_log_line,
             reactor=reactor,
         )
+        self.channels: set[_SiteConnection] = set()
+        self._all_closed: list[Deferred[None]] = []
+        self._stop_when_closed = False
         self._access_log = access_log != "off"
         self.configure_clients(
             header_timeout=header_timeout,
@@ -719,6 +769,38 @@ class ProxySite(server.Site):
         self._flusher.start(1.0, now=False)
         return log_file
 
+    def connection_opened(self, channel: _SiteConnection) -> None:
+        """
+        A client connected.
+        """
+        self.channels.add(channel)
+
+    def connection_closed(self, channel: _SiteConnection) -> None:
+        """
+        A client connection closed.
+        """
+        self.channels.discard(channel)
+        if not self.channels and self._stop_when_closed:
+            self._stop_when_closed = False
+            self.stopFactory()
+        if not self.channels and self._all_closed:
+            waiters, self._all_closed = self._all_closed, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_connections(self) -> Deferred[None]:
+        """
+        Close every client connection once what is written to it has been
+        sent (on stop, after the drain); fires when all are closed.
+        """
+        if not self.channels:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._all_closed.append(waiter)
+        for channel in list(self.channels):
+            channel.connection_transport.loseConnection()
+        return waiter
+
     def apply(self, config: Config) -> None:
         """
         Take a reloaded configuration: the idle timeout (for new
@@ -748,8 +830,13 @@ class ProxySite(server.Site):
 
     def stopFactory(self) -> None:
         """
-        Stop flushing the access log; closing it (Twisted's part) flushes it.
+        Close the access log (flushing it) once the last client connection
+        has closed: the listening ports stop first, on SIGTERM, while the
+        requests in flight still have access lines to write.
         """
+        if self.channels:
+            self._stop_when_closed = True
+            return
         if self._flusher is not None and self._flusher.running:
             self._flusher.stop()
         super().stopFactory()

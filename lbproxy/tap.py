@@ -36,6 +36,7 @@ from lbproxy.demo import listen_demo_apps
 from lbproxy.resource import BalancingProxyResource
 from lbproxy.service import ProxyService, build_router, summary
 from lbproxy.site import ProxySite
+from lbproxy.tls import check_tls_files, https_request_factory, upstream_tls
 from lbproxy.upstream import UpstreamClient
 
 __all__ = ["Options", "build_site", "makeService", "make_proxy_service"]
@@ -92,6 +93,12 @@ class Options(usage.Options):
             None,
             "Start two small demo app servers on loopback (answering "
             "'PORT 3000' and 'PORT 3001') and proxy to them.",
+        ],
+        # TLS (lbproxy.tls).
+        [
+            "upstream-insecure",
+            None,
+            "Do not verify the certificates of https upstreams (a warning is logged at start).",
         ],
     ]
 
@@ -273,6 +280,43 @@ class Options(usage.Options):
             "Most request header lines, 431 beyond (HAProxy: tune.http.maxhdr 101).",
             _positive,
         ],
+        # TLS (lbproxy.tls).
+        [
+            "tls-cert-dir",
+            None,
+            "",
+            "A directory of PEM files (key, certificate, chain), one per host "
+            "name (example.com.pem, *.example.com.pem): ssl: listeners pick one "
+            "by SNI; their own certKey= is the default.",
+        ],
+        [
+            "upstream-ca",
+            None,
+            "",
+            "PEM file of the CA certificates that https upstreams must chain to "
+            "[default: the platform's trusted roots].",
+        ],
+        [
+            "upstream-client-cert",
+            None,
+            "",
+            "PEM file with a private key and certificate (and chain) presented "
+            "to https upstreams (mTLS).",
+        ],
+        [
+            "redirect-https",
+            None,
+            0,
+            "Answer requests on plain listeners with 308 to https on this port; 0 is off.",
+            _count,
+        ],
+        [
+            "hsts",
+            None,
+            0,
+            "Strict-Transport-Security max-age (seconds) on TLS responses; 0 is off.",
+            _count,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -380,7 +424,14 @@ class Options(usage.Options):
                 max_header_line=self["max-header-line"],
                 max_headers_size=self["max-headers-size"],
                 max_headers=self["max-headers"],
+                tls_cert_dir=self["tls-cert-dir"],
+                upstream_ca=self["upstream-ca"],
+                upstream_client_cert=self["upstream-client-cert"],
+                upstream_insecure=bool(self["upstream-insecure"]),
+                redirect_https=self["redirect-https"],
+                hsts=self["hsts"],
             )
+            check_tls_files(self.config)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -474,6 +525,7 @@ def build_site(config: Config, reactor: Any, clock: Any = None) -> tuple[ProxySi
         read_timeout=config.read_timeout,
         keepalive=config.upstream_keepalive,
         idle_timeout=config.upstream_idle_timeout,
+        tls=upstream_tls(config),
     )
     resource = BalancingProxyResource(build_router(config, clock), client)
     site = ProxySite(
@@ -489,6 +541,7 @@ def build_site(config: Config, reactor: Any, clock: Any = None) -> tuple[ProxySi
         max_headers=config.max_headers,
         reactor=clock,
     )
+    site.requestFactory = https_request_factory(config.redirect_https, config.hsts)
     return site, client
 
 

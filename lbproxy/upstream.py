@@ -30,15 +30,18 @@ from typing import Protocol as TypingProtocol
 import httptools
 from twisted.internet import error as ierror
 from twisted.internet import tcp
-from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
+    wrapClientTLS,
 )
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHandshakeListener,
+    INegotiated,
     IPushProducer,
     IReactorTime,
     ITCPTransport,
@@ -51,6 +54,7 @@ from zope.interface import implementer
 from lbproxy.body import StreamingBody
 from lbproxy.framing import response_framing_error
 from lbproxy.pool import Server
+from lbproxy.tls import UpstreamTLS, tls_failure_text
 
 __all__ = [
     "ConnectFailed",
@@ -190,7 +194,7 @@ class UpstreamRequest:
         self.head_only = method == b"HEAD"
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class UpstreamConnection(Protocol):
     """
     One keep-alive HTTP/1.1 connection to an app server.
@@ -224,6 +228,7 @@ class UpstreamConnection(Protocol):
         self._last_read = 0.0
         self.idle_since = 0.0
         self.connected = False
+        self._handshaking = False
 
     # Protocol
 
@@ -232,8 +237,16 @@ class UpstreamConnection(Protocol):
         Turn off Nagle: requests are small and latency matters.
         """
         self.connected = True
+        # Over TLS (https upstreams) the handshake is still to come.
+        self._handshaking = INegotiated.providedBy(self.transport)
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake succeeded: the server's certificate is verified.
+        """
+        self._handshaking = False
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -262,7 +275,12 @@ class UpstreamConnection(Protocol):
         self._client._forget(self)
         if self._sink is None:
             return
-        if self._headers_done and self._until_eof and not self._complete:
+        if self._handshaking:
+            # The request never left lbproxy (TLS buffers it until the
+            # handshake is done): a failed connect, safe to try elsewhere.
+            why = tls_failure_text(reason) or _reason_text(reason)
+            self._fail(ConnectFailed(f"TLS handshake failed: {why}"))
+        elif self._headers_done and self._until_eof and not self._complete:
             # The body was delimited by the end of the connection.
             self._complete = True
             self._reusable = False
@@ -569,6 +587,7 @@ class UpstreamClient:
         keepalive: int = 32,
         idle_timeout: float = 4.0,
         endpoint_factory: Callable[[Server], object] | None = None,
+        tls: UpstreamTLS | None = None,
     ) -> None:
         """
         @param reactor: what makes connections (C{IReactorTCP} and a name
@@ -580,7 +599,10 @@ class UpstreamClient:
         @param keepalive: idle connections kept per server.
         @param idle_timeout: seconds an idle connection may be reused for.
         @param endpoint_factory: makes the C{IStreamClientEndpoint} for a
-            server; defaults to a L{HostnameEndpoint}.
+            server; defaults to a L{HostnameEndpoint}, wrapped in TLS for
+            C{https} servers.
+        @param tls: the TLS settings for C{https} servers; platform trust
+            and full verification if L{None}.
         """
         self._reactor = reactor
         self.clock = clock
@@ -591,8 +613,21 @@ class UpstreamClient:
         self._endpoint_factory = endpoint_factory or self._hostname_endpoint
         self._idle: dict[Server, list[UpstreamConnection]] = {}
         self._endpoints: dict[Server, tuple[object, _ConnectionFactory]] = {}
+        self.tls = tls
 
     def _hostname_endpoint(self, server: Server) -> Any:
+        endpoint = self._tcp_endpoint(server)
+        if server.config.scheme != "https":
+            return endpoint
+        if self.tls is None:
+            self.tls = UpstreamTLS()
+        # The certificate is verified against the configured host name
+        # (service-identity), whatever address it resolved to.  The
+        # transport is then a TLSMemoryBIOProtocol, which _send_now leaves
+        # to its plain write.
+        return wrapClientTLS(self.tls.creator(server.config.host), endpoint)
+
+    def _tcp_endpoint(self, server: Server) -> Any:
         host = server.config.host
         if isIPAddress(host):
             # No name to resolve: skip HostnameEndpoint's resolver thread

@@ -108,9 +108,15 @@ class ParseServerTests(SynchronousTestCase):
 
     def test_https(self) -> None:
         """
-        C{https} upstreams are not supported yet.
+        C{https://host:port} is a TLS upstream.
         """
-        self.assertRejected("https://x:1", "'https'", "not supported")
+        self.assertEqual(parse_server("https://x:1"), ServerConfig("x", 1, scheme="https"))
+
+    def test_other_scheme(self) -> None:
+        """
+        Schemes other than C{http} and C{https} are rejected.
+        """
+        self.assertRejected("ftp://x:1", "'ftp'", "not supported")
 
     def test_path(self) -> None:
         """

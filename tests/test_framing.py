@@ -579,6 +579,16 @@ class ChunkedDecoderTests(SynchronousTestCase):
         """
         self._refused(b"5\nhello\r\n0\r\n\r\n")
 
+    def test_bare_lf_refused_at_once(self) -> None:
+        """
+        A bare LF is refused as soon as it arrives, without waiting for a
+        CRLF that a client using LF alone never sends.
+        """
+        self._refused(b"5\nhello\n0\n\n")
+        decoder = self._decoder()
+        decoder.dataReceived(b"5\r\nhello")
+        self.assertRaises(FramingError, decoder.dataReceived, b"\n")
+
     def test_bad_trailer(self) -> None:
         """
         A trailer that is not a field line is a 400.

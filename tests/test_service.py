@@ -192,8 +192,13 @@ class DrainTests(TestCase):
     def _start(self, drain: float):
         app, _, port = start_app(self, "A")
         path = self.mktemp()
+        self.access_log = self.mktemp()
         with open(path, "w") as f:
-            f.write(_toml([port]).replace("drain-timeout = 5", f"drain-timeout = {drain}"))
+            f.write(
+                _toml([port])
+                .replace("drain-timeout = 5", f"drain-timeout = {drain}")
+                .replace('access-log = "off"', f'access-log = "{self.access_log}"')
+            )
         service, _ = make_proxy_service(load_config(path), reactor, path)
         service.startService()
         proxy_port = (yield service.listening_ports())[0].getHost().port
@@ -213,9 +218,16 @@ class DrainTests(TestCase):
         yield deferLater(reactor, 0.05, lambda: None)
         self.assertNoResult(stopped)
         release_held(app)
+        yield stopped
+        # Every client connection was closed cleanly (its answer flushed)
+        # before the stop finished: twistd then stops the reactor, which
+        # would drop whatever was still unsent.
+        self.assertEqual(service.site.channels, set())
         response = yield slow
         self.assertEqual(response.body, b"held by A")
-        yield stopped
+        # Its access line was written although the listener had stopped.
+        with open(self.access_log) as f:
+            self.assertIn('"GET /hold HTTP/1.1" 200', f.read())
 
     @inlineCallbacks
     def test_drain_timeout(self):
@@ -232,3 +244,25 @@ class DrainTests(TestCase):
         self.assertEqual(client.received, b"")
         # The app's side of the aborted exchange is gone too.
         self.assertTrue(app.held[0]._disconnected)
+
+
+class BacklogTests(TestCase):
+    """
+    Listeners get nginx's backlog unless the endpoint names one.
+    """
+
+    def test_default_backlog(self) -> None:
+        """
+        C{tcp:}, C{tcp6:}, C{ssl:} and C{unix:} endpoints get C{backlog=511};
+        an explicit backlog and other endpoint kinds are left alone.
+        """
+        from lbproxy.service import with_default_backlog
+
+        self.assertEqual(with_default_backlog("tcp:8080"), "tcp:8080:backlog=511")
+        self.assertEqual(
+            with_default_backlog("tcp:8080:interface=127.0.0.1"),
+            "tcp:8080:interface=127.0.0.1:backlog=511",
+        )
+        self.assertEqual(with_default_backlog("unix:/run/lb.sock"), "unix:/run/lb.sock:backlog=511")
+        self.assertEqual(with_default_backlog("tcp:8080:backlog=64"), "tcp:8080:backlog=64")
+        self.assertEqual(with_default_backlog("haproxy:tcp:8080"), "haproxy:tcp:8080")

@@ -1,14 +1,24 @@
 """
-Tests for L{lbproxy.site}: the access log line and the client channel.
+Tests for L{lbproxy.site}: the access log line and the client channel
+(its framing gate, limits and timeouts, driven by hand on a L{Clock}).
 """
 
 from __future__ import annotations
 
-from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.http_headers import Headers
+from typing import Any
 
-from lbproxy.site import combined_log_line
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from lbproxy.site import ProxyRequest, ProxySite, combined_log_line
+from tests.support import get, parse_responses, raw_request, start_app, start_proxy
 
 
 class _FinishedRequest:
@@ -79,3 +89,448 @@ class CombinedLogLineTests(SynchronousTestCase):
         """
         line = combined_log_line(_TIME, _FinishedRequest(address=UNIXAddress(b"/run/lb.sock")))
         self.assertTrue(line.startswith("- - - ["), line)
+
+
+class _Resource(Resource):
+    """
+    A leaf resource that keeps every request it renders, unanswered.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[ProxyRequest] = []
+
+    def render(self, request: ProxyRequest) -> int:  # type: ignore[override]
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+class _Exchange:
+    """
+    Stands for a L{lbproxy.resource.ProxyExchange}: records being
+    abandoned.
+    """
+
+    gone = False
+
+    def client_gone(self) -> None:
+        self.gone = True
+
+
+class _HalfClosingTransport(StringTransport):
+    """
+    A transport that can close its write side, as TCP can.
+    """
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+def _connect(
+    site: ProxySite, transport: StringTransport | None = None
+) -> tuple[Any, StringTransport]:
+    protocol = site.buildProtocol(None)
+    transport = transport or StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+class _ChannelTestCase(SynchronousTestCase):
+    """
+    A L{ProxySite} on a L{Clock} with a resource that records requests.
+    """
+
+    def site(self, **settings: Any) -> ProxySite:
+        self.clock = Clock()
+        self.resource = _Resource()
+        settings.setdefault("access_log", "off")
+        return ProxySite(self.resource, client_timeout=60.0, reactor=self.clock, **settings)
+
+    def assertRefused(self, transport: StringTransport, status: int) -> None:
+        responses = parse_responses(transport.value())
+        self.assertEqual([r.status for r in responses], [status], transport.value())
+        self.assertEqual(responses[0].header(b"connection"), [b"close"])
+        self.assertTrue(transport.disconnecting or getattr(transport, "write_closed", False))
+
+
+class ChannelGateTests(_ChannelTestCase):
+    """
+    L{ProxyChannel} passes every request head through the framing gate
+    before C{twisted.web} sees it.
+    """
+
+    def test_valid_request_normalised(self) -> None:
+        """
+        A request that passes reaches the resource normalised: target in
+        origin-form, Host from the absolute-form target, headers with
+        underscores dropped.
+        """
+        protocol, transport = _connect(self.site())
+        protocol.dataReceived(
+            b"GET http://app.example/p?q=1 HTTP/1.1\r\nHost: other\r\nX_Forwarded_For: 1.2.3.4\r\n"
+            b"X-A:  1 \r\n\r\n"
+        )
+        [request] = self.resource.requests
+        self.assertEqual((request.method, request.uri), (b"GET", b"/p?q=1"))
+        headers = request.requestHeaders
+        self.assertEqual(headers.getRawHeaders(b"host"), [b"app.example"])
+        self.assertEqual(headers.getRawHeaders(b"x-a"), [b"1"])
+        self.assertFalse(headers.hasHeader(b"x_forwarded_for"))
+        self.assertEqual(transport.value(), b"")
+
+    def test_refused_head_never_proxied(self) -> None:
+        """
+        A refused head gets its status with C{Connection: close}, the
+        connection closes, and the resource never sees the request.
+        """
+        protocol, transport = _connect(self.site())
+        protocol.dataReceived(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        )
+        self.assertRefused(transport, 400)
+        self.assertEqual(self.resource.requests, [])
+
+    def test_nothing_read_after_refusal(self) -> None:
+        """
+        After a refusal, later bytes (a valid request) are ignored.
+        """
+        protocol, transport = _connect(self.site())
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        protocol.dataReceived(b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertRefused(transport, 400)
+        self.assertEqual(self.resource.requests, [])
+
+    def test_bare_lf_refused_at_once(self) -> None:
+        """
+        A head with bare LF line endings is refused as soon as it arrives,
+        without waiting for a CRLF.
+        """
+        protocol, transport = _connect(self.site())
+        protocol.dataReceived(b"GET / HTTP/1.1\nHost: a\n\n")
+        self.assertRefused(transport, 400)
+
+    def test_long_request_line(self) -> None:
+        """
+        A request line over 8 kB is a 414 before its end arrives.
+        """
+        protocol, transport = _connect(self.site())
+        protocol.dataReceived(b"GET /" + b"a" * 9000)
+        self.assertRefused(transport, 414)
+
+    def test_long_header_line(self) -> None:
+        """
+        A header line over 8 kB is a 431 before its end arrives.
+        """
+        protocol, transport = _connect(self.site())
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nX-A: " + b"a" * 9000)
+        self.assertRefused(transport, 431)
+
+    def test_limits_configurable(self) -> None:
+        """
+        The site's limits apply: 3 headers allowed, 4 are a 431.
+        """
+        protocol, transport = _connect(self.site(max_headers=3))
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 1\r\nC: 1\r\n\r\n")
+        self.assertRefused(transport, 431)
+
+    def test_bad_chunk_then_pipelined_request(self) -> None:
+        """
+        A bad chunk in a body already on its way upstream: 400, its exchange
+        abandoned, and the request pipelined after it never proxied.
+        """
+        protocol, transport = _connect(self.site())
+        protocol.dataReceived(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        [request] = self.resource.requests
+        request.exchange = exchange = _Exchange()  # type: ignore[assignment]
+        protocol.dataReceived(b"0x5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertRefused(transport, 400)
+        self.assertTrue(exchange.gone)
+        self.assertEqual(len(self.resource.requests), 1)
+
+    def test_chunked_body_over_limit(self) -> None:
+        """
+        A chunked body growing past the maximum is a 413 and its exchange
+        is abandoned.
+        """
+        protocol, transport = _connect(self.site(max_body_size=8))
+        protocol.dataReceived(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        )
+        [request] = self.resource.requests
+        request.exchange = exchange = _Exchange()  # type: ignore[assignment]
+        protocol.dataReceived(b"5\r\nworld\r\n0\r\n\r\n")
+        self.assertRefused(transport, 413)
+        self.assertTrue(exchange.gone)
+
+    def test_length_over_limit(self) -> None:
+        """
+        A Content-Length over the maximum is a 413 before any proxying.
+        """
+        protocol, transport = _connect(self.site(max_body_size=8))
+        protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\n")
+        self.assertRefused(transport, 413)
+        self.assertEqual(self.resource.requests, [])
+
+    def test_error_after_answer_started_aborts(self) -> None:
+        """
+        When the answer has begun (an early answer to a streaming upload),
+        a framing error aborts the connection instead of writing a second
+        status line.
+        """
+        protocol, transport = _connect(self.site())
+        protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        [request] = self.resource.requests
+        request.write(b"early")
+        written = transport.value()
+        protocol.dataReceived(b"zz\r\n")
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(transport.value(), written)
+
+    def test_lingering_close(self) -> None:
+        """
+        On a transport that can half-close, a refusal sends the answer and
+        a FIN, drops what the client still sends, and aborts after 5 s.
+        """
+        protocol, transport = _connect(self.site(), _HalfClosingTransport())
+        protocol.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertRefused(transport, 400)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(b"more body bytes")
+        self.clock.advance(5)
+        self.assertTrue(transport.disconnected)
+
+
+class ChannelTimeoutTests(_ChannelTestCase):
+    """
+    The header and body timeouts of L{ProxyChannel} (nginx's
+    C{client_header_timeout} and C{client_body_timeout}).
+    """
+
+    def test_slowloris(self) -> None:
+        """
+        A client sending a head one byte a second gets 408 when the header
+        timeout (2 s here) has passed since its first byte, not later.
+        """
+        protocol, transport = _connect(self.site(header_timeout=2.0))
+        head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        for i in range(2):
+            protocol.dataReceived(head[i : i + 1])
+            self.clock.advance(1)
+        self.assertRefused(transport, 408)
+        self.assertEqual(self.clock.seconds(), 2.0)
+
+    def test_not_before_timeout(self) -> None:
+        """
+        A head completed just within the header timeout is served.
+        """
+        protocol, transport = _connect(self.site(header_timeout=2.0))
+        protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.clock.advance(1.9)
+        protocol.dataReceived(b"Host: a\r\n\r\n")
+        self.clock.advance(10)
+        self.assertEqual(len(self.resource.requests), 1)
+        self.assertEqual(transport.value(), b"")
+
+    def test_counts_from_first_byte(self) -> None:
+        """
+        The header timeout starts at the first byte of a head, not at the
+        connection: a keep-alive connection may wait (up to the idle
+        timeout) before its request.
+        """
+        protocol, transport = _connect(self.site(header_timeout=2.0))
+        self.clock.advance(30)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.clock.advance(1)
+        protocol.dataReceived(b"Host: a\r\n\r\n")
+        self.assertEqual(len(self.resource.requests), 1)
+        self.assertEqual(transport.value(), b"")
+
+    def test_each_request_has_its_own_window(self) -> None:
+        """
+        The second request on a connection gets a full header timeout of
+        its own.
+        """
+        protocol, transport = _connect(self.site(header_timeout=2.0))
+        protocol.dataReceived(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.clock.advance(1.5)
+        self.resource.requests[0].finish()
+        protocol.dataReceived(b"GET /2 HTTP/1.1\r\n")
+        self.clock.advance(1.5)
+        protocol.dataReceived(b"Host: a\r\n\r\n")
+        self.assertEqual([r.uri for r in self.resource.requests], [b"/1", b"/2"])
+        self.assertNotIn(b"408", transport.value())
+
+    def test_idle_timeout_between_requests(self) -> None:
+        """
+        Between requests the idle timeout closes the connection quietly,
+        with no 408.
+        """
+        protocol, transport = _connect(self.site())
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.resource.requests[0].finish()
+        answered = transport.value()
+        self.clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), answered)
+
+    def test_idle_timeout_suspended_during_head(self) -> None:
+        """
+        A head in progress is governed by the header timeout alone, even
+        when it is longer than the idle timeout.
+        """
+        protocol, transport = _connect(self.site(header_timeout=90.0))
+        protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.clock.advance(80)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(10)
+        self.assertRefused(transport, 408)
+
+    def test_body_stall(self) -> None:
+        """
+        A body that stalls for the body timeout gets 408 and its exchange
+        is abandoned.
+        """
+        protocol, transport = _connect(self.site(body_timeout=2.0))
+        protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
+        [request] = self.resource.requests
+        request.exchange = exchange = _Exchange()  # type: ignore[assignment]
+        self.clock.advance(1.9)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(0.1)
+        self.assertRefused(transport, 408)
+        self.assertTrue(exchange.gone)
+
+    def test_body_progress(self) -> None:
+        """
+        The body timeout is between two reads: a slow but steady body is
+        not cut.
+        """
+        protocol, transport = _connect(self.site(body_timeout=2.0))
+        protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+        for byte in b"12345":
+            self.clock.advance(1.5)
+            protocol.dataReceived(bytes([byte]))
+        self.clock.advance(10)
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(self.resource.requests[0]._body_received)
+
+    def test_paused_body(self) -> None:
+        """
+        While lbproxy holds the body back (the app server is not reading),
+        the client is not at fault: past the body timeout the answer is a
+        504, not a 408.
+        """
+        protocol, transport = _connect(self.site(body_timeout=2.0))
+        protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
+        channel = protocol._channel
+        channel.pause_body()
+        self.clock.advance(2)
+        self.assertRefused(transport, 504)
+
+    def test_resumed_body_gets_full_timeout(self) -> None:
+        """
+        After lbproxy resumes reading, the client has the whole body timeout
+        again.
+        """
+        protocol, transport = _connect(self.site(body_timeout=2.0))
+        protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
+        channel = protocol._channel
+        channel.pause_body()
+        self.clock.advance(1.5)
+        channel.resume_body()
+        self.clock.advance(1.9)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(0.1)
+        self.assertRefused(transport, 408)
+
+    def test_configure_clients(self) -> None:
+        """
+        New limits and timeouts apply to connections made afterwards.
+        """
+        site = self.site()
+        site.configure_clients(
+            header_timeout=1.0,
+            body_timeout=1.0,
+            max_body_size=0,
+            max_request_line=8192,
+            max_header_line=8192,
+            max_headers_size=65536,
+            max_headers=100,
+        )
+        protocol, transport = _connect(site)
+        protocol.dataReceived(b"G")
+        self.clock.advance(1)
+        self.assertRefused(transport, 408)
+
+
+class SlowlorisTests(TestCase):
+    """
+    Many slow clients on real sockets, with the header timeout on a
+    L{Clock}: they hold connections, not the proxy.
+    """
+
+    @inlineCallbacks
+    def test_thousand_slow_clients(self):
+        """
+        1,000 clients sending a head one byte per (simulated) second do not
+        stop a normal client from being served, and each gets 408 when the
+        2 s header timeout has passed.
+        """
+        count = 1000
+        _, _, app_port = start_app(self, "3000")
+        clock = Clock()
+        proxy_port, site, _ = start_proxy(self, [app_port], clock=clock, client_header_timeout=2.0)
+        channels: list[Any] = []
+        build = site.buildProtocol
+
+        def build_protocol(addr: Any) -> Any:
+            protocol = build(addr)
+            channels.append(protocol._channel)
+            return protocol
+
+        site.buildProtocol = build_protocol  # type: ignore[method-assign]
+        head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        clients: list[Any] = []
+        self.addCleanup(lambda: [c.transport.abortConnection() for c, _ in clients if c.transport])
+        # In batches of 50, Twisted's listen backlog, so no SYN is dropped
+        # (a dropped SYN is retried a second later).
+        for batch in range(50, count + 1, 50):
+            clients += [raw_request(proxy_port, head[:1]) for _ in range(50)]
+            yield _until(lambda batch=batch: len(channels) == batch)
+        yield _until(lambda: sum(c._head_started is not None for c in channels) == count)
+
+        response = yield get(proxy_port)
+        self.assertEqual((response.status, response.body), (200, b"PORT 3000"))
+
+        clock.advance(1)
+        for client, _ in clients:
+            client.transport.write(head[1:2])
+        yield _until(lambda: sum(len(c._buffer) == 2 for c in channels) == count)
+        self.assertEqual([data for c, _ in clients for data in [c.received] if data], [])
+
+        clock.advance(1)
+        answers = yield gatherResults([done for _, done in clients])
+        statuses = {parse_responses(answer)[0].status for answer in answers}
+        self.assertEqual(statuses, {408})
+
+
+def _until(condition: Any, timeout: float = 30.0) -> Deferred[None]:
+    """
+    Fires once C{condition()} is true, polling the reactor (no sleeping).
+    """
+
+    async def poll() -> None:
+        for _ in range(int(timeout / 0.01)):
+            if condition():
+                return
+            await deferLater(reactor, 0.01, lambda: None)
+        raise AssertionError("condition never became true")
+
+    return Deferred.fromCoroutine(poll())
