@@ -233,6 +233,12 @@ class Config:
             raise ConfigError(f"redirect https port {self.redirect_https} is not in 1-65535")
         if self.hsts < 0:
             raise ConfigError(f"hsts {self.hsts} must be 0 or more seconds")
+        for name in ("max_request_line", "max_header_line", "max_headers_size", "max_headers"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(f"{name.replace('_', '-')} {value} must be 1 or more")
+        if self.max_body_size < 0:
+            raise ConfigError(f"max-body-size {self.max_body_size} must be 0 (no limit) or more")
 
 
 def parse_server(text: str) -> ServerConfig:

@@ -36,8 +36,8 @@ The rules (RFC 9110 and RFC 9112, strict where they allow a choice):
   - C{Host}: required on HTTP/1.1, exactly once, and a valid
     C{host[:port]} (RFC 9112 section 3.2); an empty one is a 400, as in
     nginx.
-  - C{Content-Length}: exactly one header whose value is 1 to 19 ASCII
-    digits below 2**63.  C{5, 5} and two equal headers are a 400 (RFC 9110
+  - C{Content-Length}: exactly one header whose value is ASCII digits
+    only, below 2**63.  C{5, 5} and two equal headers are a 400 (RFC 9110
     section 8.6 allows taking the one value; nginx rejects, and so does
     lbproxy).  C{+5}, C{0x10}, C{1_0}, C{-1}, an empty value: 400.
   - C{Transfer-Encoding}: at most one header, not on HTTP/1.0, never with
@@ -45,7 +45,7 @@ The rules (RFC 9110 and RFC 9112, strict where they allow a choice):
     C{chunked}, which appears once (else 400, RFC 9112 section 6.3 rule 4);
     codings before C{chunked} (C{gzip, chunked}) are 501 (RFC 9112 section
     6.1), since lbproxy forwards no transfer coding but chunked.
-  - Chunked bodies (L{ChunkedDecoder}): a chunk size is 1*HEXDIG below
+  - Chunked bodies (L{lbproxy.chunked.ChunkedDecoder}): a chunk size is 1*HEXDIG below
     2**63 with no sign, C{0x} or whitespace; extensions are
     C{;token[=token|quoted-string]} with no whitespace (RFC 9112 section
     7.1.1 allows BWS; no client sends it) and never a CR or LF; the data
@@ -62,18 +62,19 @@ adds the one check it lacks, a C{Transfer-Encoding} other than C{chunked}.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_LIMITS",
     "REASONS",
-    "ChunkedDecoder",
     "FramingError",
     "HeadReader",
+    "MAX_LENGTH",
     "Limits",
     "RequestHead",
     "RequestLine",
+    "TOKEN",
     "check_head",
     "error_response",
     "parse_header_line",
@@ -95,9 +96,9 @@ REASONS: dict[int, bytes] = {
     505: b"HTTP Version Not Supported",
 }
 
-# RFC 9110 section 5.6.2.
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_TOKEN_RE = re.compile(_TOKEN)
+#: A token (RFC 9110 section 5.6.2), as a regular expression.
+TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN_RE = re.compile(TOKEN)
 _VERSION_RE = re.compile(rb"HTTP/([0-9])\.[0-9]")
 # Visible ASCII but "#": a fragment is never sent (RFC 9112 section 3.2)
 # and servers disagree on what follows it.
@@ -108,18 +109,11 @@ _HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?:
 # A field line, RFC 9112 section 5: the value may hold HTAB, SP, VCHAR and
 # obs-text; its surrounding OWS is stripped afterwards (a regular expression
 # that excluded it would backtrack quadratically on long runs of spaces).
-_FIELD_RE = re.compile(rb"(" + _TOKEN + rb"):([\t\x20-\x7e\x80-\xff]*)")
+_FIELD_RE = re.compile(rb"(" + TOKEN + rb"):([\t\x20-\x7e\x80-\xff]*)")
 _FIELD_MATCH = _FIELD_RE.fullmatch
-# A chunk size line, RFC 9112 section 7.1 (without BWS).
-_QUOTED = rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"'
-_CHUNK_LINE_RE = re.compile(
-    rb"([0-9A-Fa-f]+)((?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*)"
-)
 
 #: The largest length lbproxy accepts, as most parsers use signed 64 bits.
-_MAX_LENGTH = 2**63 - 1
-#: Longest chunk size line (size and extensions); Twisted allows 1 kB.
-_MAX_CHUNK_LINE = 4096
+MAX_LENGTH = 2**63 - 1
 
 
 class FramingError(Exception):
@@ -384,7 +378,7 @@ def _content_length(value: bytes) -> int:
     if not value.isdigit() or len(value.lstrip(b"0")) > 19:
         raise FramingError(400, "invalid Content-Length")
     length = int(value)
-    if length > _MAX_LENGTH:
+    if length > MAX_LENGTH:
         raise FramingError(400, "invalid Content-Length")
     return length
 
@@ -505,6 +499,13 @@ class HeadReader:
         self._request_line = parse_request_line(line)
         return None
 
+    @property
+    def in_head(self) -> bool:
+        """
+        Whether a head has begun (its request line has arrived).
+        """
+        return self._request_line is not None
+
     def line_too_long(self) -> FramingError:
         """
         The error for a line over its limit at this point of the head.
@@ -539,143 +540,6 @@ def check_head(
     head = reader.line(b"")
     assert head is not None
     return head
-
-
-_SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
-
-
-class ChunkedDecoder:
-    """
-    Decodes a chunked request body strictly (RFC 9112 section 7.1).
-
-    It has the interface of C{twisted.web.http}'s chunked decoder (which
-    accepts chunk sizes of any magnitude), so an C{HTTPChannel} can use it
-    in that one's place.  Data is delivered as it arrives; a chunk that
-    would take the body over the size limit is refused before any of it is
-    delivered.  Trailer fields are checked and dropped (RFC 9110 section
-    6.5.1 lets a proxy discard them; lbproxy sends its own last chunk).
-    """
-
-    __slots__ = (
-        "_deliver",
-        "_finish",
-        "_max_body",
-        "_max_trailers",
-        "_buffer",
-        "_state",
-        "_remaining",
-        "_received",
-        "_trailer_size",
-    )
-
-    def __init__(
-        self,
-        data_callback: Callable[[bytes], None],
-        finish_callback: Callable[[bytes], None],
-        limits: Limits = DEFAULT_LIMITS,
-    ) -> None:
-        """
-        @param data_callback: called with each piece of body data.
-        @param finish_callback: called once after the last chunk and the
-            trailers, with the bytes that followed them (a pipelined
-            request).
-        @param limits: C{max_body_size} bounds the body,
-            C{max_headers_size} the trailers.
-        """
-        self._deliver = data_callback
-        self._finish = finish_callback
-        self._max_body = limits.max_body_size
-        self._max_trailers = limits.max_headers_size
-        self._buffer = b""
-        self._state = _SIZE
-        self._remaining = 0
-        self._received = 0
-        self._trailer_size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        Decode the next bytes of the body.
-
-        @raise FramingError: 400 for invalid chunked framing, 413 for a body
-            over the limit, 431 for trailers over the limit.
-        """
-        if self._buffer:
-            data = self._buffer + data
-            self._buffer = b""
-        position = 0
-        end = len(data)
-        while position < end:
-            state = self._state
-            if state == _DATA:
-                take = min(self._remaining, end - position)
-                piece = data if take == end else data[position : position + take]
-                position += take
-                self._remaining -= take
-                if not self._remaining:
-                    self._state = _DATA_END
-                self._deliver(piece)
-            elif state == _DATA_END:
-                ending = data[position : position + 2]
-                if ending != b"\r\n" and ending != b"\r":
-                    raise FramingError(400, "chunk data not followed by CRLF")
-                if len(ending) < 2:
-                    break
-                position += 2
-                self._state = _SIZE
-            elif state == _DONE:
-                raise FramingError(400, "data after the end of a chunked body")
-            else:
-                line_end = data.find(b"\r\n", position)
-                if line_end == -1:
-                    if end - position > _MAX_CHUNK_LINE:
-                        raise FramingError(400, "chunk size line too long")
-                    if data.find(b"\n", position) != -1:
-                        # Any LF here is bare (a CRLF would have been found):
-                        # refuse now rather than wait for a CRLF.
-                        raise FramingError(400, "bare LF in a chunked body")
-                    break
-                line = data[position:line_end]
-                position = line_end + 2
-                if state == _SIZE:
-                    self._size_line(line)
-                elif self._trailer_line(line):
-                    self._state = _DONE
-                    self._finish(data[position:])
-                    return
-        self._buffer = data[position:]
-
-    def _size_line(self, line: bytes) -> None:
-        if len(line) > _MAX_CHUNK_LINE:
-            raise FramingError(400, "chunk size line too long")
-        match = _CHUNK_LINE_RE.fullmatch(line)
-        if match is None:
-            raise FramingError(400, "invalid chunk size line")
-        digits = match.group(1)
-        if len(digits.lstrip(b"0")) > 16:
-            raise FramingError(400, "chunk size too large")
-        size = int(digits, 16)
-        if size > _MAX_LENGTH:
-            raise FramingError(400, "chunk size too large")
-        if size == 0:
-            self._state = _TRAILER
-            return
-        self._received += size
-        if self._max_body is not None and self._received > self._max_body:
-            raise FramingError(413, f"body larger than {self._max_body} bytes")
-        self._remaining = size
-        self._state = _DATA
-
-    def _trailer_line(self, line: bytes) -> bool:
-        """
-        Check one trailer line; C{True} at the empty line that ends them.
-        """
-        if not line:
-            return True
-        self._trailer_size += len(line) + 2
-        if self._trailer_size > self._max_trailers:
-            raise FramingError(431, f"trailers larger than {self._max_trailers} bytes")
-        parse_header_line(line)
-        return False
 
 
 def error_response(error: FramingError, date: bytes | None = None) -> bytes:

@@ -36,13 +36,13 @@ from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 
 from lbproxy.body import StreamingBody
+from lbproxy.client import UpstreamClient
 from lbproxy.headers import end_to_end, upstream_request_headers
 from lbproxy.pool import Pool, Server
 from lbproxy.routes import Router
 from lbproxy.upstream import (
     ConnectFailed,
     StaleConnection,
-    UpstreamClient,
     UpstreamError,
     UpstreamRequest,
     serialize_request_head,

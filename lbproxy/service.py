@@ -25,13 +25,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbproxy.balance import RoundRobin
+from lbproxy.client import UpstreamClient
 from lbproxy.config import Config
 from lbproxy.health import HealthChecker, agent_probe
 from lbproxy.pool import Pool, Server
 from lbproxy.routes import Router
 from lbproxy.site import ProxySite
 from lbproxy.tls import server_endpoint
-from lbproxy.upstream import UpstreamClient
 
 __all__ = ["ProxyService", "build_router", "summary", "with_default_backlog"]
 

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from lbproxy import __version__
+from lbproxy.client import UpstreamClient
 from lbproxy.config import (
     Config,
     ConfigError,
@@ -37,7 +38,6 @@ from lbproxy.resource import BalancingProxyResource
 from lbproxy.service import ProxyService, build_router, summary
 from lbproxy.site import ProxySite
 from lbproxy.tls import check_tls_files, https_request_factory, upstream_tls
-from lbproxy.upstream import UpstreamClient
 
 __all__ = ["Options", "build_site", "makeService", "make_proxy_service"]
 
@@ -254,8 +254,7 @@ class Options(usage.Options):
             "max-request-line",
             None,
             8192,
-            "Longest request line in bytes, 414 beyond "
-            "(nginx: large_client_header_buffers 4 8k).",
+            "Longest request line in bytes, 414 beyond (nginx: large_client_header_buffers 4 8k).",
             _positive,
         ],
         [

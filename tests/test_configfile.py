@@ -206,3 +206,19 @@ class CheckCommandTests(SynchronousTestCase):
         self.assertEqual(len(err.splitlines()), 1)
         self.assertIn(f"{path}: upstream.web.color: unknown key", err)
         self.assertNotIn("Traceback", err)
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    The framing limits are checked when the file is read, not at start.
+    """
+
+    def test_zero_limit(self) -> None:
+        """
+        A limit of 0 is a problem naming the key.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('max-request-line = 0\n[upstream.web]\nservers = ["a:1"]\n')
+        error = self.assertRaises(ConfigFileError, load_config, path)
+        self.assertEqual(error.problems, [f"{path}: max-request-line 0 must be 1 or more"])

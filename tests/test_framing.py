@@ -11,8 +11,8 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from lbproxy.chunked import ChunkedDecoder
 from lbproxy.framing import (
-    ChunkedDecoder,
     FramingError,
     HeadReader,
     Limits,

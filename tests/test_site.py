@@ -15,8 +15,9 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Site
 
+from lbproxy.corpus import CASES
 from lbproxy.site import ProxyRequest, ProxySite, combined_log_line
 from tests.support import get, parse_responses, raw_request, start_app, start_proxy
 
@@ -534,3 +535,108 @@ def _until(condition: Any, timeout: float = 30.0) -> Deferred[None]:
         raise AssertionError("condition never became true")
 
     return Deferred.fromCoroutine(poll())
+
+
+class ChannelPathsTests(SynchronousTestCase):
+    """
+    A head that arrives whole takes a shorter path through L{ProxyChannel}
+    than one arriving in pieces; both must decide alike.
+    """
+
+    def _feed(self, payload: bytes, piece: int) -> tuple[bytes, list[bytes]]:
+        resource = _Resource()
+        site = ProxySite(resource, client_timeout=60.0, access_log="off", reactor=Clock())
+        protocol, transport = _connect(site)
+        for i in range(0, len(payload), piece):
+            protocol.dataReceived(payload[i : i + piece])
+        return transport.value(), [request.uri for request in resource.requests]
+
+    def test_head_ending_in_next_read(self) -> None:
+        """
+        A head whose final empty line arrives with the next, pipelined,
+        request: both requests are proxied, in order.
+        """
+        resource = _Resource()
+        site = ProxySite(resource, client_timeout=60.0, access_log="off", reactor=Clock())
+        protocol, transport = _connect(site)
+        protocol.dataReceived(b"GET /1 HTTP/1.1\r\nHost: a\r\n")
+        protocol.dataReceived(b"\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual([r.uri for r in resource.requests], [b"/1"])
+        resource.requests[0].finish()
+        self.assertEqual([r.uri for r in resource.requests], [b"/1", b"/2"])
+
+    def test_corpus_whole_and_byte_by_byte(self) -> None:
+        """
+        Every corpus case gives the same answer and proxies the same
+        requests whether sent whole or a byte at a time.
+        """
+        for case in CASES:
+            payload = case.render(b"lbproxy.test")
+            whole = self._feed(payload, len(payload))
+            if len(payload) > 20000:
+                pieces = self._feed(payload, 997)
+            else:
+                pieces = self._feed(payload, 1)
+            self.assertEqual(
+                [r.status for r in parse_responses(whole[0])],
+                [r.status for r in parse_responses(pieces[0])],
+                case.name,
+            )
+            self.assertEqual(whole[1], pieces[1], case.name)
+
+
+class _HoldingApp(Resource):
+    """
+    An app server that holds C{/slow} until released and answers anything
+    else at once with its path.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bytes] = []
+        self.held: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        self.seen.append(request.path)
+        if request.path == b"/slow":
+            self.held.append(request)
+            return NOT_DONE_YET
+        return request.path
+
+
+class PipeliningTests(TestCase):
+    """
+    Pipelined requests go upstream one at a time, in order, and their
+    answers come back in order (CVE-2023-46137, CVE-2024-41671).
+    """
+
+    @inlineCallbacks
+    def test_slow_first_answer(self):
+        """
+        While the first request's answer is slow, the second has not been
+        sent to any app server; once the first is answered, the second
+        follows, and the client gets both answers in order.
+        """
+        app = _HoldingApp()
+        app_site = Site(app)
+        port = reactor.listenTCP(0, app_site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        proxy_port, _, _ = start_proxy(self, [port.getHost().port, port.getHost().port])
+        client, done = raw_request(
+            proxy_port,
+            b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /fast HTTP/1.1\r\nHost: a\r\n"
+            b"Connection: close\r\n\r\n",
+        )
+        yield _until(lambda: app.held)
+        for _ in range(10):  # give a wrongly forwarded second request time to arrive
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(app.seen, [b"/slow"])
+        self.assertEqual(client.received, b"")
+        held = app.held.pop()
+        held.write(b"/slow")
+        held.finish()
+        responses = parse_responses((yield done))
+        self.assertEqual([r.body for r in responses], [b"/slow", b"/fast"])
+        self.assertEqual(app.seen, [b"/slow", b"/fast"])

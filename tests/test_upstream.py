@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from lbproxy.client import UpstreamClient
 from lbproxy.config import ServerConfig
 from lbproxy.pool import Server
 from lbproxy.upstream import (
@@ -16,7 +17,6 @@ from lbproxy.upstream import (
     ReadTimeout,
     ResponseTruncated,
     StaleConnection,
-    UpstreamClient,
     UpstreamConnection,
     UpstreamError,
     UpstreamRequest,
