@@ -21,8 +21,11 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, gatherResults
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from lbproxy.balance import RoundRobin
 from lbproxy.client import UpstreamClient
@@ -33,7 +36,13 @@ from lbproxy.routes import Router
 from lbproxy.site import ProxySite
 from lbproxy.tls import server_endpoint
 
-__all__ = ["ProxyService", "build_router", "summary", "with_default_backlog"]
+__all__ = [
+    "ProxyService",
+    "ReloadableTLS",
+    "build_router",
+    "summary",
+    "with_default_backlog",
+]
 
 ServerKey = tuple[str, str, int]
 
@@ -100,6 +109,7 @@ class ProxyService(MultiService):
         self._reactor = reactor
         self._load = load
         self._listeners: dict[str, IService] = {}
+        self._tls: dict[str, ReloadableTLS] = {}
         self._checkers: list[HealthChecker] = []
         self._previous_sighup: Any = None
         self._start_checkers()
@@ -114,13 +124,15 @@ class ProxyService(MultiService):
         return self.site.resource
 
     def _listener(self, description: str) -> IService:
+        given = description
         description = with_default_backlog(description)
         service = strports.service(description, self.site, reactor=self._reactor)
-        if self.config.tls_cert_dir:
-            # An ssl: listener also serves the directory's certificates, by SNI.
-            service.endpoint = server_endpoint(  # type: ignore[attr-defined]
-                self._reactor, description, self.config.tls_cert_dir
-            )
+        endpoint = service.endpoint  # type: ignore[attr-defined]
+        if isinstance(endpoint, SSL4ServerEndpoint):
+            # Certificates (and the SNI directory) are read again on reload.
+            tls = ReloadableTLS(self._reactor, description, self.config.tls_cert_dir or None)
+            endpoint._sslContextFactory = tls  # type: ignore[attr-defined]
+            self._tls[given] = tls
         # Fail at start (port in use) rather than log and run deaf.
         service._raiseSynchronously = True  # type: ignore[attr-defined]
         return service
@@ -201,11 +213,32 @@ class ProxyService(MultiService):
         self._checkers = []
         self._start_checkers()
         self._apply_listeners(config.listen)
+        self._reload_certificates(config)
         self.config = config
+
+    def _reload_certificates(self, config: Config) -> None:
+        """
+        Read the certificates of the TLS listeners kept by a reload again
+        (renewed files on disk); a listener whose files are now unusable
+        keeps the certificates it had.
+        """
+        for description, tls in list(self._tls.items()):
+            if description not in self._listeners:
+                del self._tls[description]
+                continue
+            try:
+                tls.reload(config.tls_cert_dir or None)
+            except Exception as e:
+                self._log.error(
+                    "TLS certificates of {endpoint} not reloaded, keeping the old ones: {error}",
+                    endpoint=description,
+                    error=e,
+                )
 
     def _apply_listeners(self, listen: tuple[str, ...]) -> None:
         for description in list(self._listeners):
             if description not in listen:
+                self._tls.pop(description, None)
                 self._log.info("no longer listening on {endpoint}", endpoint=description)
                 self._listeners.pop(description).stopService()
         for description in listen:
@@ -285,6 +318,43 @@ def with_default_backlog(description: str) -> str:
     if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
         return f"{description}:backlog={DEFAULT_BACKLOG}"
     return description
+
+
+@implementer(IOpenSSLContextFactory)
+class ReloadableTLS:
+    """
+    The context factory of an C{ssl:} listener, built from its endpoint
+    description (and C{--tls-cert-dir}), that can read its files again.
+
+    Twisted asks the listener's context factory for a context for every
+    new connection, so after L{reload} new connections get the renewed
+    certificates and connections in progress keep theirs.
+    """
+
+    def __init__(self, reactor: Any, description: str, cert_dir: str | None) -> None:
+        self._reactor = reactor
+        self._description = description
+        self._factory = self._build(cert_dir)
+
+    def _build(self, cert_dir: str | None) -> Any:
+        endpoint = server_endpoint(self._reactor, self._description, cert_dir)
+        return endpoint._sslContextFactory  # type: ignore[attr-defined]
+
+    def reload(self, cert_dir: str | None) -> None:
+        """
+        Read the key, certificates and SNI directory again.
+
+        @raise Exception: if they cannot be read; the old ones stay.
+        """
+        factory = self._build(cert_dir)
+        factory.getContext()  # load now, so that a bad file fails here
+        self._factory = factory
+
+    def getContext(self) -> Any:
+        """
+        The context for a new connection.
+        """
+        return self._factory.getContext()
 
 
 def summary(config: Config) -> str:

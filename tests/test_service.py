@@ -266,3 +266,48 @@ class BacklogTests(TestCase):
         self.assertEqual(with_default_backlog("unix:/run/lb.sock"), "unix:/run/lb.sock:backlog=511")
         self.assertEqual(with_default_backlog("tcp:8080:backlog=64"), "tcp:8080:backlog=64")
         self.assertEqual(with_default_backlog("haproxy:tcp:8080"), "haproxy:tcp:8080")
+
+
+class TLSReloadTests(TestCase):
+    """
+    A reload reads the certificates of C{ssl:} listeners again.
+    """
+
+    @inlineCallbacks
+    def test_renewed_certificate(self):
+        """
+        After the certificate files are replaced and the configuration is
+        reloaded, new TLS connections get the new certificate; a reload
+        with unusable files keeps the one in use.
+        """
+        from tests.certs import CA
+        from tests.test_tls import tls_get
+
+        _, _, port = start_app(self, "A")
+        directory = self.mktemp()
+        os.makedirs(directory)
+        old_ca, new_ca = CA("old CA"), CA("new CA")
+        key, cert = old_ca.issue("localhost").write_split(directory, "server")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                _toml(
+                    [port],
+                    listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+                )
+            )
+        service, _ = make_proxy_service(load_config(path), reactor, path)
+        service.startService()
+        self.addCleanup(service.stopService)
+        tls_port = (yield service.listening_ports())[0].getHost().port
+        self.assertEqual((yield tls_get(self, tls_port, "localhost", old_ca)).body, b"PORT A")
+
+        new_ca.issue("localhost").write_split(directory, "server")
+        self.assertTrue(service.reload())
+        self.assertEqual((yield tls_get(self, tls_port, "localhost", new_ca)).body, b"PORT A")
+
+        with open(cert, "w") as f:
+            f.write("not a certificate")
+        self.assertTrue(service.reload())
+        self.assertEqual((yield tls_get(self, tls_port, "localhost", new_ca)).body, b"PORT A")
+        self.flushLoggedErrors()
