@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from lbproxy.config import Config
     from lbproxy.resource import ProxyExchange
 
-__all__ = ["ProxyChannel", "ProxyRequest", "ProxySite", "combined_log_line"]
+__all__ = ["ProxyChannel", "ProxyRequest", "ProxySite", "client_settings", "combined_log_line"]
 
 
 #: Bytes that need escaping in a log field: non-printables, C{"} and C{\}.
@@ -260,6 +260,22 @@ class _SiteConnection(_GenericHTTPChannelProtocol):
         self.connection_site.connection_closed(self)
 
 
+def client_settings(config: Config) -> dict[str, Any]:
+    """
+    The keyword arguments of L{ProxySite.configure_clients} that C{config}
+    gives (at start and on reload).
+    """
+    return {
+        "header_timeout": config.client_header_timeout,
+        "body_timeout": config.client_body_timeout,
+        "max_body_size": config.max_body_size,
+        "max_request_line": config.max_request_line,
+        "max_header_line": config.max_header_line,
+        "max_headers_size": config.max_headers_size,
+        "max_headers": config.max_headers,
+    }
+
+
 class ProxySite(server.Site):
     """
     The Site lbproxy listens with: L{ProxyRequest}s, an idle timeout for
@@ -419,15 +435,7 @@ class ProxySite(server.Site):
         same, so that logrotate can move it away and then send SIGHUP.
         """
         self.timeOut = config.client_timeout
-        self.configure_clients(
-            header_timeout=config.client_header_timeout,
-            body_timeout=config.client_body_timeout,
-            max_body_size=config.max_body_size,
-            max_request_line=config.max_request_line,
-            max_header_line=config.max_header_line,
-            max_headers_size=config.max_headers_size,
-            max_headers=config.max_headers,
-        )
+        self.configure_clients(**client_settings(config))
         self._access_log = config.access_log != "off"
         path = None if config.access_log in ("-", "off") else config.access_log
         self.logPath = path

@@ -36,7 +36,7 @@ from lbproxy.configfile import ConfigFileError, load_config
 from lbproxy.demo import listen_demo_apps
 from lbproxy.resource import BalancingProxyResource
 from lbproxy.service import ProxyService, build_router, summary
-from lbproxy.site import ProxySite
+from lbproxy.site import ProxySite, client_settings
 from lbproxy.tls import check_tls_files, https_request_factory, upstream_tls
 
 __all__ = ["Options", "build_site", "makeService", "make_proxy_service"]
@@ -531,14 +531,8 @@ def build_site(config: Config, reactor: Any, clock: Any = None) -> tuple[ProxySi
         resource,
         client_timeout=config.client_timeout,
         access_log=config.access_log,
-        header_timeout=config.client_header_timeout,
-        body_timeout=config.client_body_timeout,
-        max_body_size=config.max_body_size,
-        max_request_line=config.max_request_line,
-        max_header_line=config.max_header_line,
-        max_headers_size=config.max_headers_size,
-        max_headers=config.max_headers,
         reactor=clock,
+        **client_settings(config),
     )
     site.requestFactory = https_request_factory(config.redirect_https, config.hsts)
     return site, client
