@@ -22,6 +22,7 @@ from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, gatherResults
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -156,8 +157,14 @@ class ProxyService(MultiService):
         super().startService()
         for checker in self._checkers:
             checker.startService()
-        for listener in self._listeners.values():
-            listener.startService()
+        for description, listener in self._listeners.items():
+            try:
+                listener.startService()
+            except CannotListenError as e:
+                # One line, not a traceback: the usual cause is a port in use.
+                message = f"lbproxy: cannot listen on {description}: {e.socketError}"
+                self._log.error("{message}", message=message)
+                raise SystemExit(message) from None
         if self._load is not None:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
 

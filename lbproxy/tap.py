@@ -370,6 +370,22 @@ class Options(usage.Options):
         print(f"lbproxy {__version__}")
         raise SystemExit(0)
 
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse, and under twistd turn a usage error into one line on stderr
+        and exit status 1.
+
+        twistd answers a subcommand's C{UsageError} by printing its whole
+        usage (over 100 lines) before the error; lbproxy's own tests and
+        callers (no parent command) still get the C{UsageError}.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            raise SystemExit(f"twistd lbproxy: {e}") from None
+
     def postOptions(self) -> None:
         """
         Check the options together and build the L{Config}.

@@ -311,3 +311,29 @@ class TLSReloadTests(TestCase):
         self.assertTrue(service.reload())
         self.assertEqual((yield tls_get(self, tls_port, "localhost", new_ca)).body, b"PORT A")
         self.flushLoggedErrors()
+
+
+class ListenErrorTests(TestCase):
+    """
+    A port that cannot be listened on stops the start with one line.
+    """
+
+    @inlineCallbacks
+    def test_port_in_use(self):
+        """
+        Starting on a port in use exits with a one-line message naming the
+        endpoint, not a traceback.
+        """
+        from tests.support import listen
+
+        _, _, app_port = start_app(self, "A")
+        taken = listen(self, Factory())
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(_toml([app_port], listen=f"tcp:{taken}:interface=127.0.0.1"))
+        service, _ = make_proxy_service(load_config(path), reactor, path)
+        error = self.assertRaises(SystemExit, service.startService)
+        self.assertIn(f"cannot listen on tcp:{taken}:interface=127.0.0.1", str(error))
+        self.assertIn("Address already in use", str(error))
+        self.flushLoggedErrors()
+        yield service.stopService()
