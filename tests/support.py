@@ -212,12 +212,26 @@ def start_app(testcase: TestCase, name: str) -> tuple[AppServer, CountingSite, i
 
 def refused_port(testcase: TestCase) -> int:
     """
-    A loopback port where nothing listens (bound, then released).
+    A loopback port that refuses connections for the whole test: bound but
+    not listening, so that nothing else (the proxy under test included,
+    listening on port 0) can be given it.  A released port could be, and
+    then the proxy would proxy to itself.
+    """
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    testcase.addCleanup(holder.close)
+    return holder.getsockname()[1]
+
+
+def free_port() -> int:
+    """
+    A loopback port nothing uses now (bound, then released at once), for a
+    test that listens on it later.
     """
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     number = probe.getsockname()[1]
-    probe.close()  # closed at once, unlike a Twisted port
+    probe.close()
     return number
 
 

@@ -19,11 +19,11 @@ from twisted.trial.unittest import TestCase
 from lbproxy.configfile import load_config
 from lbproxy.tap import make_proxy_service
 from tests.support import (
+    free_port,
     get,
     held_request,
     parse_responses,
     raw_request,
-    refused_port,
     release_held,
     start_app,
 )
@@ -133,7 +133,7 @@ class ReloadTests(TestCase):
         """
         _, _, port_a = start_app(self, "A")
         service, first_port = yield self._start(_toml([port_a]))
-        number = refused_port(self)
+        number = free_port()
         self._write(_toml([port_a], listen=f"tcp:{number}:interface=127.0.0.1"))
         service.reload()
         self.assertEqual((yield get(number)).body, b"PORT A")
