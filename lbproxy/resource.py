@@ -24,6 +24,7 @@ and decides what happens when an attempt fails:
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,13 @@ if TYPE_CHECKING:
 __all__ = ["BalancingProxyResource", "ProxyExchange"]
 
 Header = tuple[bytes, bytes]
+
+#: Names this process in the C{Via} header it adds (RFC 9110 section 7.6.3),
+#: so that a request coming back to it is recognised as a loop (508) rather
+#: than forwarded until its headers overflow; other lbproxy processes in a
+#: chain have other names.
+VIA_TOKEN = b"lbproxy-" + secrets.token_hex(4).encode("ascii")
+_VIA = b"1.1 " + VIA_TOKEN
 
 #: RFC 9110 section 9.2.2.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -195,7 +203,14 @@ class ProxyExchange:
         request.exchange = self
         resource = self._resource
         resource.exchanges.add(self)
-        self._pool = resource.router.route(
+        via = request.requestHeaders.getRawHeaders(b"via")
+        if via is not None and any(VIA_TOKEN in value for value in via):
+            # This request already passed through this very process: the
+            # configuration points lbproxy at itself.
+            self._respond_error(508, b"Loop Detected", b"request loops through this proxy")
+            return
+        router = resource.router
+        self._pool = router.only or router.route(
             request.requestHeaders.getRawHeaders(b"host", [None])[0], request.uri
         )
         if self._pool is None:
@@ -391,5 +406,6 @@ def _build_upstream_request(request: ProxyRequest) -> UpstreamRequest:
         body = stream
     elif method in _BODY_METHODS or request.had_body_framing():
         headers.append((b"Content-Length", b"0"))
+    headers.append((b"Via", _VIA))
     head = serialize_request_head(method, _origin_form(request.uri), headers)
     return UpstreamRequest(method, head, body)

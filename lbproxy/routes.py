@@ -60,7 +60,8 @@ class Router(Generic[PoolT]):
         """
         self.pools = dict(pools)
         self._routes = [(route, self.pools[route.upstream]) for route in routes]
-        self._only = next(iter(self.pools.values())) if not routes else None
+        #: The one pool that takes every request when there are no routes.
+        self.only: PoolT | None = next(iter(self.pools.values())) if not routes else None
 
     def route(self, host_header: bytes | None, path: bytes) -> PoolT | None:
         """
@@ -69,8 +70,8 @@ class Router(Generic[PoolT]):
         @param host_header: the request's C{Host} header.
         @param path: the request target (its path is compared).
         """
-        if self._only is not None:
-            return self._only
+        if self.only is not None:
+            return self.only
         host = request_host(host_header)
         text = path.decode("latin-1")
         for route, pool in self._routes:

@@ -716,3 +716,47 @@ class _Uploader:
 
     def stopProducing(self) -> None:
         self.paused = True
+
+
+class LoopTests(TestCase):
+    """
+    lbproxy marks what it forwards with C{Via} and refuses its own loops.
+    """
+
+    @inlineCallbacks
+    def test_via_added(self):
+        """
+        The app server sees a C{Via} entry naming this lbproxy, after any
+        the client sent.
+        """
+        from lbproxy.resource import VIA_TOKEN
+
+        app, _, port = start_app(self, "3000")
+        proxy_port, _, _ = start_proxy(self, [port])
+        yield get(proxy_port, headers=b"Via: 1.0 corporate-proxy\r\n")
+        self.assertEqual(
+            app.requests[0].headers[b"via"], [b"1.0 corporate-proxy", b"1.1 " + VIA_TOKEN]
+        )
+
+    @inlineCallbacks
+    def test_loop_is_508(self):
+        """
+        A proxy configured to send requests to itself answers 508 at the
+        second pass instead of forwarding until the headers overflow.
+        """
+        from lbproxy.config import Config, PoolConfig, ServerConfig
+        from lbproxy.tap import build_site
+        from tests.support import free_port
+
+        port = free_port()
+        config = Config(
+            pools=(PoolConfig("default", (ServerConfig("127.0.0.1", port),)),),
+            access_log="off",
+        )
+        site, client = build_site(config, reactor)
+        listening = reactor.listenTCP(port, site, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        self.addCleanup(client.close_idle)
+        response = yield get(port)
+        self.assertEqual(response.status, 508)
+        self.assertIn(b"loops", response.body)
