@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbproxy.pool import Server
-from lbproxy.tls import UpstreamTLS
+from lbproxy.tls import UpstreamTLS, tls_failure_text
 from lbproxy.upstream import (
     ConnectFailed,
     IResponseSink,
@@ -37,7 +37,7 @@ from lbproxy.upstream import (
     UpstreamRequest,
 )
 
-__all__ = ["UpstreamClient"]
+__all__ = ["UpstreamClient", "connect_failure_text"]
 
 
 class _ConnectionFactory(Factory):
@@ -189,7 +189,7 @@ class UpstreamClient:
         def failed(reason: Failure) -> None:
             if reason.check(CancelledError, ierror.ConnectingCancelledError):
                 return  # abandoned by the caller
-            sink.response_failed(ConnectFailed(_connect_failure_text(reason)))
+            sink.response_failed(ConnectFailed(connect_failure_text(reason)))
 
         connecting.addCallbacks(connected, failed)
 
@@ -280,7 +280,15 @@ class UpstreamClient:
                 connection.transport.loseConnection()
 
 
-def _connect_failure_text(reason: Failure) -> str:
+def connect_failure_text(reason: Failure) -> str:
+    """
+    A short reason why a connection to a server failed, for log lines (the
+    proxy's and the health checks'): refused, timed out, name not found,
+    or what the TLS handshake objected to.
+    """
+    tls = tls_failure_text(reason)
+    if tls is not None:
+        return f"TLS handshake failed: {tls}"
     if reason.check(ierror.ConnectionRefusedError):
         return "connection refused"
     if reason.check(ierror.TimeoutError):

@@ -37,6 +37,7 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from lbproxy.client import connect_failure_text
 from lbproxy.pool import Pool, Server
 from lbproxy.tls import UpstreamTLS
 
@@ -107,13 +108,14 @@ def _failure_reason(failure: Failure) -> str:
     """
     A short reason for a failed check, for the DOWN log line.
     """
-    if failure.check(error.ConnectionRefusedError):
-        return "connection refused"
     if failure.check(DeferredTimeoutError, error.TimeoutError):
         return "timed out"
-    if failure.check(error.DNSLookupError):
-        return "host name not found"
-    return failure.getErrorMessage() or failure.type.__name__
+    # Agent wraps what went wrong on the connection (a TLS failure, say)
+    # in ResponseNeverReceived and the like, with the causes in .reasons.
+    reasons = getattr(failure.value, "reasons", None)
+    if reasons:
+        failure = reasons[0]
+    return connect_failure_text(failure) or failure.type.__name__
 
 
 class HealthChecker(Service):

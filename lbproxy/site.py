@@ -260,6 +260,14 @@ class _SiteConnection(_GenericHTTPChannelProtocol):
         self.connection_site.connection_closed(self)
 
 
+def _log_path(access_log: str) -> str | None:
+    """
+    The access log file for an C{access_log} setting: none for C{"-"} (the
+    twistd log) and C{"off"}.
+    """
+    return None if access_log in ("-", "off") else access_log
+
+
 def client_settings(config: Config) -> dict[str, Any]:
     """
     The keyword arguments of L{ProxySite.configure_clients} that C{config}
@@ -321,10 +329,9 @@ class ProxySite(server.Site):
 
         The other parameters are those of L{configure_clients}.
         """
-        log_path = None if access_log in ("-", "off") else access_log
         super().__init__(
             resource,
-            logPath=log_path,
+            logPath=_log_path(access_log),
             timeout=client_timeout,
             logFormatter=combined_log_line,
             reactor=reactor,
@@ -437,7 +444,7 @@ class ProxySite(server.Site):
         self.timeOut = config.client_timeout
         self.configure_clients(**client_settings(config))
         self._access_log = config.access_log != "off"
-        path = None if config.access_log in ("-", "off") else config.access_log
+        path = _log_path(config.access_log)
         self.logPath = path
         if self._logFile is None:
             return  # not listening yet: startFactory opens it

@@ -201,7 +201,6 @@ class UpstreamConnection(Protocol):
         self._client = client
         self.server = server
         self._clock = client.clock
-        self._read_timeout = client.read_timeout
         self._parser = httptools.HttpResponseParser(self)
         self._sink: IResponseSink | None = None
         self._request: UpstreamRequest | None = None
@@ -304,7 +303,7 @@ class UpstreamConnection(Protocol):
         self._request = request
         self._reused = reused
         self._last_read = self._clock.seconds()
-        self._timer = self._clock.callLater(self._read_timeout, self._check_read_timeout)
+        self._timer = self._clock.callLater(self._client.read_timeout, self._check_read_timeout)
         body = request.body
         if isinstance(body, bytes):
             _send_now(self.transport, request.head + body if body else request.head)
@@ -475,11 +474,12 @@ class UpstreamConnection(Protocol):
             # server may wait for all of it, as nginx's proxy_read_timeout
             # starts after sending): the read timeout is not running.
             self._last_read = now
-        remaining = self._last_read + self._read_timeout - now
+        timeout = self._client.read_timeout  # may change on reload
+        remaining = self._last_read + timeout - now
         if remaining > 0:
             self._timer = self._clock.callLater(remaining, self._check_read_timeout)
             return
-        self._fail(ReadTimeout(f"no answer for {self._read_timeout:g} s (read timeout)"))
+        self._fail(ReadTimeout(f"no answer for {timeout:g} s (read timeout)"))
 
 
 def _send_now(transport: Any, data: bytes) -> None:

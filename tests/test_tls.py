@@ -31,7 +31,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from lbproxy.config import Config, ConfigError, PoolConfig, ServerConfig
-from lbproxy.health import agent_probe
+from lbproxy.health import _failure_reason, agent_probe
 from lbproxy.pool import Pool
 from lbproxy.tap import Options, build_site
 from lbproxy.tls import UpstreamTLS, server_endpoint
@@ -416,7 +416,11 @@ class UpstreamTLSTests(TLSTestCase):
         self.assertEqual(status, 200)
         other_path = CA("another CA").write(self.dir, "other.pem")
         bad = agent_probe(reactor, "/", 5.0, None, UpstreamTLS(other_path))
-        yield self.assertFailure(bad(server), Exception)
+        (failure,) = yield bad(server).addErrback(lambda reason: (reason,))
+        # The DOWN line says why in words, as the proxy's own log does.
+        reason = _failure_reason(failure)
+        self.assertTrue(reason.startswith("TLS handshake failed: "), reason)
+        self.assertIn("certificate verify failed", reason)
 
 
 class ListenerTests(TLSTestCase):

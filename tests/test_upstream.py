@@ -340,3 +340,29 @@ class IdlePoolTests(SynchronousTestCase):
         connection = self._pooled(client)
         self.assertEqual(client.idle_count(self.server), 0)
         self.assertTrue(connection.transport.disconnecting)
+
+
+class ReloadedTimeoutTests(SynchronousTestCase):
+    """
+    A pooled connection times its reads with the client's current read
+    timeout, so a reload that changes it applies to kept connections too.
+    """
+
+    def test_new_read_timeout_applies(self) -> None:
+        """
+        After the client's read timeout drops from 60 s to 5 s, the next
+        exchange on an already pooled connection times out after 5 s.
+        """
+        clock = Clock()
+        client = UpstreamClient(None, clock, read_timeout=60.0)
+        server = Server(ServerConfig("127.0.0.1", 3000))
+        connection = UpstreamConnection(client, server)
+        connection.makeConnection(StringTransport())
+        connection.send(_request(), RecordingSink(), reused=False)
+        connection.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        client.read_timeout = 5.0
+        sink = RecordingSink()
+        connection.send(_request(), sink, reused=True)
+        clock.advance(5.1)
+        self.assertIsInstance(sink.error, ReadTimeout)
+        self.assertIn("5 s", str(sink.error))
