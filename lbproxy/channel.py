@@ -31,6 +31,7 @@ from lbproxy.framing import (
     error_response,
 )
 from lbproxy.headers import connection_tokens
+from lbproxy.ratelog import RateLimitedLog
 
 __all__ = ["ProxyChannel"]
 
@@ -90,6 +91,7 @@ class ProxyChannel(HTTPChannel):
         header_timeout: float | None = 60.0,
         body_timeout: float | None = 60.0,
         clock: IReactorTime | None = None,
+        refusals: RateLimitedLog | None = None,
     ) -> None:
         """
         @param limits: the size limits of the framing gate.
@@ -101,6 +103,9 @@ class ProxyChannel(HTTPChannel):
         @param clock: what tells the time; the global reactor if L{None}.
             Timers use C{callLater}, which the site sets to the same
             reactor's.
+        @param refusals: where refused requests are logged, shared by the
+            site's connections so that a scan is summed up; one of this
+            connection's own if L{None}.
         """
         super().__init__()
         self.limits = limits
@@ -109,6 +114,7 @@ class ProxyChannel(HTTPChannel):
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self._clock = clock
+        self._refusals = refusals if refusals is not None else RateLimitedLog(clock)
         self._head_reader = HeadReader(limits)
         self.MAX_LENGTH = max(limits.max_request_line, limits.max_header_line)
 
@@ -376,9 +382,7 @@ class ProxyChannel(HTTPChannel):
         self._body_reading = False
         self._cancel_timer()
         self.setTimeout(None)
-        self._log.info(
-            "refused a request from {peer}: {error}", peer=_peer(self.transport), error=str(error)
-        )
+        self._refusals.refused(str(error), _peer(self.transport))
         request = self.requests[-1] if self.requests else None
         if request is not None:
             exchange = getattr(request, "exchange", None)

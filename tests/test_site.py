@@ -10,9 +10,12 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientCreator, Factory, Protocol
 from twisted.internet.task import Clock, deferLater
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
@@ -44,6 +47,7 @@ class _FinishedRequest:
 
 
 _TIME = "[25/Nov/2026:12:00:00 +0000]"
+_PEER = IPv4Address("TCP", "10.0.0.5", 40000)
 
 
 class CombinedLogLineTests(SynchronousTestCase):
@@ -305,6 +309,39 @@ class ChannelGateTests(_ChannelTestCase):
         protocol.dataReceived(b"more body bytes")
         self.clock.advance(5)
         self.assertTrue(transport.disconnected)
+
+
+class RefusalLogTests(_ChannelTestCase):
+    """
+    Refused requests are logged at most once a second per reason, with a
+    count, however many connections they come on.
+    """
+
+    def test_scan(self) -> None:
+        """
+        1,000 bad requests in one second, each on its own connection: one
+        line at once, one line with the count after the second, and no
+        timer left once the site stops.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        site = self.site()
+        for _ in range(1000):
+            protocol, _ = _connect(site, StringTransport(peerAddress=_PEER))
+            protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: 1\r\n\r\n")
+            protocol.connectionLost(Failure(ConnectionDone()))
+            self.clock.advance(0.0009)
+        self.clock.advance(1.0 - self.clock.seconds())
+        lines = [formatEvent(e) for e in events if "refused" in e.get("log_format", "")]
+        detail = "400 Bad Request: invalid header name"
+        self.assertEqual(
+            lines,
+            [
+                f"refused a request from 10.0.0.5: {detail}",
+                f"refused 999 more requests in the last 1 s: {detail} (last from 10.0.0.5)",
+            ],
+        )
+        site.stopFactory()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class ChannelTimeoutTests(_ChannelTestCase):
