@@ -31,6 +31,7 @@ from lbproxy.framing import (
     error_response,
 )
 from lbproxy.headers import connection_tokens
+from lbproxy.ratelog import RateLimitedLog
 
 __all__ = ["ProxyChannel"]
 
@@ -60,6 +61,14 @@ class ProxyChannel(HTTPChannel):
     Twisted's C{checkPersistence} reads only the first C{Connection} header
     and splits it on spaces, so C{Connection: x-trace, close} keeps the
     connection open against the client's wish (RFC 9112 section 9.6).
+
+    Reading from the client has one owner, a L{_ReadPauses}: nothing else
+    pauses or resumes the transport.  C{HTTPChannel} pauses it for its own
+    reasons (the client's write buffer is full; pipelined requests wait
+    while one is answered) and L{pause_body} for the upload's (the app
+    server is not reading it); it reads again only once no reason is left.
+    Otherwise an answer draining to the client would resume reading an
+    upload the app server is not taking, and lbproxy would buffer all of it.
     """
 
     # The gate enforces lbproxy's limits; Twisted's own must never fire
@@ -72,7 +81,6 @@ class ProxyChannel(HTTPChannel):
     _rejected = False
     _head_started: float | None = None
     _body_reading = False
-    _body_paused = False
     _body_last_read = 0.0
     _timer: IDelayedCall | None = None
     _log = Logger()
@@ -83,6 +91,7 @@ class ProxyChannel(HTTPChannel):
         header_timeout: float | None = 60.0,
         body_timeout: float | None = 60.0,
         clock: IReactorTime | None = None,
+        refusals: RateLimitedLog | None = None,
     ) -> None:
         """
         @param limits: the size limits of the framing gate.
@@ -94,6 +103,9 @@ class ProxyChannel(HTTPChannel):
         @param clock: what tells the time; the global reactor if L{None}.
             Timers use C{callLater}, which the site sets to the same
             reactor's.
+        @param refusals: where refused requests are logged, shared by the
+            site's connections so that a scan is summed up; one of this
+            connection's own if L{None}.
         """
         super().__init__()
         self.limits = limits
@@ -102,8 +114,26 @@ class ProxyChannel(HTTPChannel):
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self._clock = clock
+        self._refusals = refusals if refusals is not None else RateLimitedLog(clock)
         self._head_reader = HeadReader(limits)
         self.MAX_LENGTH = max(limits.max_request_line, limits.max_header_line)
+
+    def connectionMade(self) -> None:
+        """
+        As C{HTTPChannel}, then put L{_ReadPauses} between it and the
+        transport: Twisted's own pauses and resumes go through it.
+        """
+        super().connectionMade()
+        self._reading = _ReadPauses(self._networkProducer)
+        self._networkProducer = self._reading
+
+    @property
+    def _body_paused(self) -> bool:
+        """
+        Whether reading is paused for the body (the app server's stall, not
+        the client's).
+        """
+        return self._reading.paused_for(_BODY)
 
     def getHost(self) -> object:
         """
@@ -240,11 +270,14 @@ class ProxyChannel(HTTPChannel):
 
     def allContentReceived(self) -> None:
         """
-        The body is complete: its timeout stops.
+        The body is complete: its timeout stops, and so does its pause (it
+        may have paused in the read that completed it), since what follows
+        is the next request, which C{HTTPChannel} holds back itself.
         """
         if self._rejected:
             return
         self._body_reading = False
+        self._reading.resume(_BODY)
         super().allContentReceived()
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -267,16 +300,16 @@ class ProxyChannel(HTTPChannel):
         Stop reading the body: the app server is not keeping up.  Time
         paused does not count against the client.
         """
-        self._body_paused = True
-        self.transport.pauseProducing()
+        self._reading.pause(_BODY)
 
     def resume_body(self) -> None:
         """
-        Read the body again.
+        Read the body again, once C{HTTPChannel} does not hold reading back
+        for a reason of its own.
         """
-        self._body_paused = False
-        self._body_last_read = self._clock.seconds()
-        self.transport.resumeProducing()
+        if self._reading.paused_for(_BODY):
+            self._body_last_read = self._clock.seconds()
+            self._reading.resume(_BODY)
 
     # Timeouts
 
@@ -349,9 +382,7 @@ class ProxyChannel(HTTPChannel):
         self._body_reading = False
         self._cancel_timer()
         self.setTimeout(None)
-        self._log.info(
-            "refused a request from {peer}: {error}", peer=_peer(self.transport), error=str(error)
-        )
+        self._refusals.refused(str(error), _peer(self.transport))
         request = self.requests[-1] if self.requests else None
         if request is not None:
             exchange = getattr(request, "exchange", None)
@@ -375,7 +406,7 @@ class ProxyChannel(HTTPChannel):
         # closing with unread input (a TCP reset) cannot destroy the answer
         # before the client reads it.
         lose_write()
-        transport.resumeProducing()
+        self._reading.release()
         self._timer = self.callLater(_LINGER, transport.abortConnection)
 
     def _cancel_timer(self) -> None:
@@ -415,6 +446,82 @@ class ProxyChannel(HTTPChannel):
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             return False
         return True
+
+
+#: The reason L{ProxyChannel.pause_body} pauses reading.
+_BODY = "body"
+#: The reason C{HTTPChannel} pauses reading (through C{_networkProducer}).
+_TWISTED = "twisted"
+
+
+class _ReadPauses:
+    """
+    The one owner of pausing a client transport: it is paused while any
+    reason holds it and resumed when the last is gone.
+
+    It stands in for the transport as C{HTTPChannel}'s C{_networkProducer},
+    so Twisted's pauses and resumes are one reason, L{_TWISTED} (its own
+    state keeps them consistent); the body's is L{_BODY}.  Registering
+    producers goes straight to the transport.
+    """
+
+    __slots__ = ("_reasons", "_transport")
+
+    def __init__(self, transport: Any) -> None:
+        """
+        @param transport: the client transport as an C{IPushProducer} (and
+            C{IConsumer}): what C{HTTPChannel} made its C{_networkProducer}.
+        """
+        self._transport = transport
+        self._reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        """
+        Hold reading back for C{reason}.
+        """
+        if not self._reasons:
+            self._transport.pauseProducing()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        """
+        C{reason} no longer holds reading back; read if nothing else does.
+        """
+        if reason in self._reasons:
+            self._reasons.discard(reason)
+            if not self._reasons:
+                self._transport.resumeProducing()
+
+    def paused_for(self, reason: str) -> bool:
+        """
+        Whether C{reason} holds reading back.
+        """
+        return reason in self._reasons
+
+    def release(self) -> None:
+        """
+        Read whatever holds reading back (a refused connection reads and
+        drops the rest, for a lingering close).
+        """
+        self._reasons.clear()
+        self._transport.resumeProducing()
+
+    # What HTTPChannel calls on its _networkProducer
+
+    def pauseProducing(self) -> None:
+        self.pause(_TWISTED)
+
+    def resumeProducing(self) -> None:
+        self.resume(_TWISTED)
+
+    def stopProducing(self) -> None:
+        self._transport.stopProducing()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._transport.unregisterProducer()
 
 
 class _ClientReader:

@@ -10,7 +10,10 @@ The checks of a pool's servers are spread over the interval so that they
 do not all fire at once.
 
 Probes use Twisted's own HTTP client (L{Agent}, non-persistent): checks are
-rare, so the upstream fast path's lean client is not needed here.
+rare, so the upstream fast path's lean client is not needed here.  A check
+passes only with a whole answer (its body read to the end) within the
+timeout; a check that fails aborts its connection, so a server that stalls
+mid-answer does not keep a socket per check.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from twisted.web.client import (
     ResponseDone,
     _HTTP11ClientFactory,
 )
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
@@ -48,16 +52,35 @@ __all__ = ["HealthChecker", "Probe", "agent_probe"]
 Probe = Callable[[Server], "Deferred[int]"]
 
 
+class _CutShort(Exception):
+    """
+    A check's answer ended before its body did.
+    """
+
+    def __str__(self) -> str:
+        return "answer cut short"
+
+
 class _Discard(Protocol):
     """
-    Reads a check's answer body to its end and drops it.
+    Reads a check's answer body to its end and drops it; C{done} fails if
+    the body was cut short.
     """
 
     def __init__(self, done: Deferred[None]) -> None:
         self._done = done
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        self._done.callback(None)
+        # A body without a length ends with the connection (RFC 9112
+        # section 6.3, rule 8: what HTTP/1.0 servers send); Twisted reports
+        # it as PotentialDataLoss since it cannot tell, but nothing was
+        # promised and not delivered, so it is whole (nginx and HAProxy
+        # accept it too).  Anything else (ResponseFailed: a Content-Length
+        # or a chunked body not complete) is a server failing mid-answer.
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._done.callback(None)
+        else:
+            self._done.errback(Failure(_CutShort()))
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -68,6 +91,59 @@ class _QuietClientFactory(_HTTP11ClientFactory):
     """
 
     noisy = False
+
+
+class _CheckConnections(HTTPConnectionPool):
+    """
+    The connections of one check: never kept for another (a check also
+    proves that a new connection can be made), and aborted when the check
+    fails.
+
+    Twisted aborts a connection when a request is cancelled before its
+    answer's head, but not once the body is being read: a server stalled
+    mid-body kept the socket open for good (over TLS even closing it
+    gracefully would wait for the server's close_notify).  A check that
+    passed closes its connection gracefully, as Twisted does.
+    """
+
+    _factory = _QuietClientFactory
+
+    def __init__(self, reactor: Any) -> None:
+        """
+        @param reactor: what connects.
+        """
+        super().__init__(reactor, persistent=False)
+        self._made: list[Any] = []
+
+    def getConnection(self, key: Any, endpoint: Any) -> Deferred[Any]:
+        """
+        A new connection, as L{HTTPConnectionPool}, remembered.
+        """
+        return super().getConnection(key, endpoint).addCallback(self._remember)
+
+    def _remember(self, connection: Any) -> Any:
+        self._made.append(connection)
+        return connection
+
+    def abort(self) -> None:
+        """
+        Abort every connection of this check (those already closed do not
+        mind).
+        """
+        connections, self._made = self._made, []
+        for connection in connections:
+            connection.transport.abortConnection()
+
+
+def _timed_out(result: object, timeout: float) -> object:
+    """
+    The result of a check its timeout cancelled: always a timeout, since
+    L{Agent} reports a cancelled wait for the answer as
+    C{ResponseNeverReceived}, not C{CancelledError}.
+    """
+    if isinstance(result, Failure):
+        raise DeferredTimeoutError(timeout, "health check")
+    return result
 
 
 def agent_probe(
@@ -84,22 +160,29 @@ def agent_probe(
         that a check verifies what requests verify; platform trust if
         L{None}.
     """
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    pool._factory = _QuietClientFactory
-    agent = Agent(reactor, tls or BrowserLikePolicyForHTTPS(), connectTimeout=timeout, pool=pool)
+    policy = tls or BrowserLikePolicyForHTTPS()
 
     def probe(server: Server) -> Deferred[int]:
         url = f"{server.config.scheme}://{server.address}{path}".encode("ascii")
         headers = Headers({b"Host": [(host or server.address).encode("ascii")]})
-        requested = agent.request(b"GET", url, headers)
+        # An agent per check (cheap: checks are seconds apart) so that its
+        # connection is this check's alone to abort.
+        connections = _CheckConnections(reactor)
+        agent = Agent(reactor, policy, connectTimeout=timeout, pool=connections)
+        checking = agent.request(b"GET", url, headers)
 
         def got_response(response: IResponse) -> Deferred[int]:
             done: Deferred[None] = Deferred()
             response.deliverBody(_Discard(done))
             return done.addCallback(lambda _: response.code)
 
-        requested.addCallback(got_response)
-        return requested.addTimeout(timeout, reactor)
+        def failed(reason: Failure) -> Failure:
+            connections.abort()
+            return reason
+
+        checking.addCallback(got_response)
+        checking.addTimeout(timeout, reactor, onTimeoutCancel=_timed_out)
+        return checking.addErrback(failed)
 
     return probe
 

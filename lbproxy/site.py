@@ -35,6 +35,7 @@ from lbproxy.channel import ProxyChannel, _ClientReader
 from lbproxy.framing import (
     Limits,
 )
+from lbproxy.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
     from lbproxy.config import Config
@@ -299,7 +300,9 @@ class ProxySite(server.Site):
         """
         A connection's protocol: L{ProxyChannel} for HTTP/1.x.
         """
-        channel = ProxyChannel(self.limits, self.header_timeout, self.body_timeout, self.reactor)
+        channel = ProxyChannel(
+            self.limits, self.header_timeout, self.body_timeout, self.reactor, self.refusals
+        )
         return _SiteConnection(channel)
 
     def __init__(
@@ -336,6 +339,9 @@ class ProxySite(server.Site):
             logFormatter=combined_log_line,
             reactor=reactor,
         )
+        #: Where refused requests are logged, at most once a second per
+        #: reason, for all of this site's connections.
+        self.refusals = RateLimitedLog(self.reactor)
         self.channels: set[_SiteConnection] = set()
         self._all_closed: list[Deferred[None]] = []
         self._stop_when_closed = False
@@ -465,6 +471,7 @@ class ProxySite(server.Site):
             return
         if self._flusher is not None and self._flusher.running:
             self._flusher.stop()
+        self.refusals.flush()
         super().stopFactory()
 
     def log(self, request: object) -> None:

@@ -5,20 +5,25 @@ backups (L{lbproxy.pool}), and what requests see when servers are down.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbproxy.balance import RoundRobin
 from lbproxy.config import HealthConfig, PoolConfig, ServerConfig
-from lbproxy.health import HealthChecker, agent_probe
+from lbproxy.health import HealthChecker, _failure_reason, agent_probe
 from lbproxy.pool import Pool, Server
+from lbproxy.tls import UpstreamTLS
+from tests.certs import CA
 from tests.support import AppServer, CountingSite, get, refused_port, start_app, start_proxy
 
 
@@ -176,6 +181,170 @@ class ActiveCheckTests(SynchronousTestCase):
         clock.advance(2.0)
         self.assertFalse(pool.servers[0].up)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+
+
+class AgentProbeTests(SynchronousTestCase):
+    """
+    L{agent_probe} on a L{MemoryReactorClock}: a check passes only with a
+    whole answer in time, and a check that fails leaves no connection open.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        server = _pool(self.reactor).servers[0]
+        self.checking = agent_probe(self.reactor, "/health", 1.0, None)(server)
+        [(_, _, factory, _, _)] = self.reactor.tcpClients
+        self.protocol = factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        self.assertTrue(self.transport.value().startswith(b"GET /health HTTP/1.1\r\n"))
+
+    def _answer(self, data: bytes, close: bool = True) -> None:
+        self.protocol.dataReceived(data)
+        if close:
+            self.protocol.connectionLost(Failure(ConnectionDone()))
+
+    def assertFailedWith(self, reason: str) -> None:
+        failure = self.failureResultOf(self.checking)
+        self.assertEqual(_failure_reason(failure), reason)
+
+    def test_no_answer(self) -> None:
+        """
+        A server that never answers: the check times out (so logged) and
+        its connection is aborted.
+        """
+        self.reactor.advance(1.0)
+        self.assertFailedWith("timed out")
+        self.assertTrue(self.transport.disconnected)
+
+    def test_head_then_silence(self) -> None:
+        """
+        A server that sends a head and then stalls mid-body: the check times
+        out and its connection is aborted, not left open for ever.
+        """
+        self._answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", close=False)
+        self.reactor.advance(1.0)
+        self.assertFailedWith("timed out")
+        self.assertTrue(self.transport.disconnected)
+
+    def test_truncated_body(self) -> None:
+        """
+        An answer that closes 10 bytes into a 100-byte body failed.
+        """
+        self._answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+        self.assertFailedWith("answer cut short")
+
+    def test_truncated_chunked_body(self) -> None:
+        """
+        A chunked answer that closes before its last chunk failed.
+        """
+        self._answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        self.assertFailedWith("answer cut short")
+
+    def test_body_until_close(self) -> None:
+        """
+        A body without a length, ended by the close (RFC 9112 section 6.3,
+        as HTTP/1.0 servers answer), is whole: the check passes.
+        """
+        self._answer(b"HTTP/1.0 200 OK\r\n\r\nfine")
+        self.assertEqual(self.successResultOf(self.checking), 200)
+
+    def test_whole_answer(self) -> None:
+        """
+        A whole answer passes, and its connection is closed gracefully.
+        """
+        self._answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", close=False)
+        self.assertEqual(self.successResultOf(self.checking), 200)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.transport.disconnected)
+        self.reactor.advance(1.0)
+        self.assertFalse(self.transport.disconnected)
+
+
+class _StallingServer(Protocol):
+    """
+    An app server that answers every request with C{answer} and then either
+    closes or (C{close} false) stays silent with the connection open.
+    """
+
+    def __init__(self, answer: bytes, close: bool, lost: list[Deferred[None]]) -> None:
+        self.answer = answer
+        self.close = close
+        self.lost: Deferred[None] = Deferred()
+        lost.append(self.lost)
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(self.answer)
+            if self.close:
+                self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost.callback(None)
+
+
+class AgentProbeSocketTests(TestCase):
+    """
+    L{agent_probe} against real app servers on loopback that stop halfway.
+    """
+
+    def _server(
+        self, answer: bytes, close: bool = False, tls: object = None
+    ) -> tuple[Server, list[Deferred[None]]]:
+        lost: list[Deferred[None]] = []
+        factory = Factory.forProtocol(lambda: _StallingServer(answer, close, lost))
+        if tls is None:
+            port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        else:
+            port = reactor.listenSSL(0, factory, tls, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        scheme = "http" if tls is None else "https"
+        config = ServerConfig("127.0.0.1", port.getHost().port, scheme=scheme)
+        return Pool(PoolConfig("p", (config,)), RoundRobin(), reactor).servers[0], lost
+
+    @inlineCallbacks
+    def _assert_stall_closed(self, server: Server, lost: list[Deferred[None]], probe) -> None:
+        (failure,) = yield probe(server).addCallbacks(self.fail, lambda reason: (reason,))
+        self.assertEqual(_failure_reason(failure), "timed out")
+        # The server sees the check's connection go at once, not never.
+        yield _until(lambda: lost and lost[0].called, limit=5.0)
+
+    def test_stall_after_head(self):
+        """
+        A server that sends a head and 10 of 100 body bytes, then stalls:
+        the check times out and its socket is closed.
+        """
+        server, lost = self._server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+        return self._assert_stall_closed(server, lost, agent_probe(reactor, "/", 0.2, None))
+
+    def test_stall_after_head_tls(self):
+        """
+        The same over TLS, where closing gracefully would wait for the
+        server's close_notify for ever: the socket is aborted.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        ca = CA()
+        ca_path = ca.write(directory)
+        options = ca.issue("127.0.0.1").options()
+        server, lost = self._server(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", tls=options
+        )
+        probe = agent_probe(reactor, "/", 0.5, None, UpstreamTLS(ca_path))
+        return self._assert_stall_closed(server, lost, probe)
+
+    @inlineCallbacks
+    def test_truncated_answer(self):
+        """
+        A server that sends 10 of 100 body bytes and closes fails the check.
+        """
+        server, _ = self._server(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", close=True
+        )
+        (failure,) = yield agent_probe(reactor, "/", 5.0, None)(server).addCallbacks(
+            self.fail, lambda reason: (reason,)
+        )
+        self.assertEqual(_failure_reason(failure), "answer cut short")
 
 
 class PassiveTests(SynchronousTestCase):

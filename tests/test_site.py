@@ -10,8 +10,12 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import ClientCreator, Factory, Protocol
 from twisted.internet.task import Clock, deferLater
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
@@ -19,7 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from lbproxy.corpus import CASES
 from lbproxy.site import ProxyRequest, ProxySite, combined_log_line
-from tests.support import get, parse_responses, raw_request, start_app, start_proxy
+from tests.support import get, listen, parse_responses, raw_request, start_app, start_proxy
 
 
 class _FinishedRequest:
@@ -43,6 +47,7 @@ class _FinishedRequest:
 
 
 _TIME = "[25/Nov/2026:12:00:00 +0000]"
+_PEER = IPv4Address("TCP", "10.0.0.5", 40000)
 
 
 class CombinedLogLineTests(SynchronousTestCase):
@@ -306,6 +311,39 @@ class ChannelGateTests(_ChannelTestCase):
         self.assertTrue(transport.disconnected)
 
 
+class RefusalLogTests(_ChannelTestCase):
+    """
+    Refused requests are logged at most once a second per reason, with a
+    count, however many connections they come on.
+    """
+
+    def test_scan(self) -> None:
+        """
+        1,000 bad requests in one second, each on its own connection: one
+        line at once, one line with the count after the second, and no
+        timer left once the site stops.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        site = self.site()
+        for _ in range(1000):
+            protocol, _ = _connect(site, StringTransport(peerAddress=_PEER))
+            protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: 1\r\n\r\n")
+            protocol.connectionLost(Failure(ConnectionDone()))
+            self.clock.advance(0.0009)
+        self.clock.advance(1.0 - self.clock.seconds())
+        lines = [formatEvent(e) for e in events if "refused" in e.get("log_format", "")]
+        detail = "400 Bad Request: invalid header name"
+        self.assertEqual(
+            lines,
+            [
+                f"refused a request from 10.0.0.5: {detail}",
+                f"refused 999 more requests in the last 1 s: {detail} (last from 10.0.0.5)",
+            ],
+        )
+        site.stopFactory()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class ChannelTimeoutTests(_ChannelTestCase):
     """
     The header and body timeouts of L{ProxyChannel} (nginx's
@@ -471,6 +509,106 @@ class ChannelTimeoutTests(_ChannelTestCase):
         self.assertRefused(transport, 408)
 
 
+class ChannelReadPauseTests(_ChannelTestCase):
+    """
+    The client transport is paused for two owners, C{HTTPChannel} (its
+    write buffer is full, or pipelined requests wait) and the request body
+    (the app server is not reading the upload); it reads again only when
+    neither holds it.
+    """
+
+    def _upload(self, extra: bytes = b"") -> tuple[Any, StringTransport, StringTransport]:
+        """
+        Start a 1 MB upload whose app server has stopped reading: the
+        body's upstream transport pauses it.
+        """
+        protocol, transport = _connect(self.site())
+        protocol.dataReceived(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000 + extra
+        )
+        [request] = self.resource.requests
+        upstream = StringTransport()
+        request.body_stream.attach(upstream)
+        upstream.producer.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        return request, transport, upstream
+
+    def test_drain_keeps_body_pause(self) -> None:
+        """
+        An early answer written to the client fills its write buffer; when
+        that drains, Twisted resumes its own pause, but the upload stays
+        paused while the app server is not reading it.
+        """
+        request, transport, upstream = self._upload()
+        request.write(b"early answer")
+        transport.producer.pauseProducing()
+        transport.producer.resumeProducing()
+        self.assertEqual(transport.producerState, "paused")
+        upstream.producer.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_pipelined_answer_drain_keeps_body_pause(self) -> None:
+        """
+        A request pipelined behind an answer still being written: its body
+        goes into the pending buffer past its limit, and the earlier answer
+        draining does not resume reading the rest of it.
+        """
+        protocol, transport = _connect(self.site())
+        protocol.dataReceived(
+            b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 70000
+        )
+        first = self.resource.requests[0]
+        first.write(b"a long answer")
+        transport.producer.pauseProducing()  # the client is slow to read it
+        first.finish()
+        self.assertEqual([r.uri for r in self.resource.requests], [b"/1", b"/2"])
+        self.assertEqual(transport.producerState, "paused")
+        transport.producer.resumeProducing()
+        self.assertEqual(transport.producerState, "paused")
+        self.resource.requests[1].body_stream.attach(StringTransport())
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_body_resume_keeps_twisted_pause(self) -> None:
+        """
+        When the app server reads again while the client's write buffer is
+        still full, reading waits for that buffer to drain (Twisted's own
+        pause, which keeps answers from piling up).
+        """
+        request, transport, upstream = self._upload()
+        transport.producer.pauseProducing()
+        upstream.producer.resumeProducing()
+        self.assertEqual(transport.producerState, "paused")
+        transport.producer.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_complete_body_releases_its_pause(self) -> None:
+        """
+        A body paused by the read that also completed it holds nothing back
+        once it is complete: after its answer, the next request is read.
+        """
+        protocol, transport = _connect(self.site())
+        protocol.dataReceived(
+            b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 70000\r\n\r\n"
+            + b"x" * 70000
+            + b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        self.resource.requests[0].finish()
+        self.assertEqual([r.uri for r in self.resource.requests], [b"/1", b"/2"])
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_paused_time_is_not_the_clients(self) -> None:
+        """
+        Reading paused by the body and by Twisted at once: the body timeout
+        still blames the app server (504), since the body pause stands.
+        """
+        request, transport, upstream = self._upload()
+        transport.producer.pauseProducing()
+        transport.producer.resumeProducing()
+        self.clock.advance(60)
+        self.assertRefused(transport, 504)
+
+
 class SlowlorisTests(TestCase):
     """
     Many slow clients on real sockets, with the header timeout on a
@@ -520,6 +658,122 @@ class SlowlorisTests(TestCase):
         answers = yield gatherResults([done for _, done in clients])
         statuses = {parse_responses(answer)[0].status for answer in answers}
         self.assertEqual(statuses, {408})
+
+
+class _EarlyAnswerApp(Protocol):
+    """
+    An app server that, once a request's first bytes are in, stops reading
+    and answers with C{size} bytes at once.
+    """
+
+    def __init__(self, size: int, connections: list[_EarlyAnswerApp]) -> None:
+        self.size = size
+        connections.append(self)
+        self.answered = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.answered:
+            self.answered = True
+            self.transport.pauseProducing()
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.size
+            self.transport.write(head + b"a" * self.size)
+
+
+class _Uploader(Protocol):
+    """
+    A client that uploads C{total} bytes as fast as its transport takes
+    them (a push producer) while reading the answer; C{answered} fires once
+    C{size} bytes of answer body are in.
+    """
+
+    def __init__(self, total: int, size: int) -> None:
+        self.total = total
+        self.size = size
+        self.sent = 0
+        self.paused = False
+        self.head: bytes | None = b""
+        self.body = 0
+        self.answered: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % self.total
+        )
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        chunk = b"u" * 65536
+        while not self.paused and self.sent < self.total:
+            piece = chunk[: self.total - self.sent]
+            self.sent += len(piece)
+            self.transport.write(piece)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.head is not None:
+            self.head += data
+            if b"\r\n\r\n" not in self.head:
+                return
+            data = self.head.partition(b"\r\n\r\n")[2]
+            self.head = None
+        self.body += len(data)
+        if self.body >= self.size and not self.answered.called:
+            self.answered.callback(None)
+
+
+class EarlyAnswerUploadTests(TestCase):
+    """
+    On real sockets: an upload the app server stopped reading stays held
+    back while an early answer streams to the same client.
+    """
+
+    @inlineCallbacks
+    def test_answer_draining_does_not_read_held_upload(self):
+        """
+        The app server stops reading a 256 MB upload and answers 16 MB at
+        once.  While that answer streams to the client, whose write buffer
+        fills and drains many times, lbproxy keeps the upload paused: what
+        it holds for the app server stays under 1 MB instead of growing
+        with every drain.
+        """
+        size, total = 16 * 1024 * 1024, 256 * 1024 * 1024
+        apps: list[_EarlyAnswerApp] = []
+        app_port = listen(self, Factory.forProtocol(lambda: _EarlyAnswerApp(size, apps)))
+        proxy_port, site, _ = start_proxy(self, [app_port])
+        uploader = _Uploader(total, size)
+        connected = ClientCreator(reactor, lambda: uploader).connectTCP("127.0.0.1", proxy_port)
+        held: list[Any] = []
+        self.addCleanup(
+            _until,
+            lambda: not site.channels and all(upstream.disconnected for upstream in held),
+        )
+        self.addCleanup(lambda: uploader.transport.abortConnection())
+        self.addCleanup(lambda: [app.transport.abortConnection() for app in apps])
+        yield connected
+
+        def upstream_attached() -> bool:
+            for connection in site.channels:
+                requests = connection._channel.requests
+                stream = requests[0].body_stream if requests else None
+                if stream is not None and stream._upstream is not None:
+                    held.append(stream._upstream)
+                    return True
+            return False
+
+        yield _until(upstream_attached)
+        upstream = held[0]
+        yield uploader.answered
+        buffered = upstream._tempDataLen + len(upstream.dataBuffer) - upstream.offset
+        # One read past Twisted's 64 kB write buffer, not the answer's worth
+        # of upload (20 MB before the pause had one owner).
+        self.assertLess(buffered, 1024 * 1024)
 
 
 def _until(condition: Any, timeout: float = 30.0) -> Deferred[None]:
