@@ -32,6 +32,8 @@ from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import _parse as _parse_endpoint
+from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLContextFactory,
@@ -50,7 +52,7 @@ __all__ = [
     "HTTPSRequest",
     "SNIContextFactory",
     "UpstreamTLS",
-    "check_tls_files",
+    "check_listener_files",
     "https_request_factory",
     "load_cert_dir",
     "server_endpoint",
@@ -93,12 +95,43 @@ def _private_certificate(
     """
     pem = _read(path, what)
     certificates = _certificates(pem, path, what)
+    key = _key(pem, path, what)
     try:
-        key = ssl.KeyPair.load(pem, crypto.FILETYPE_PEM)
+        private = ssl.PrivateCertificate.fromCertificateAndKeyPair(certificates[0], key)
+    except VerifyError:
+        raise ConfigError(f"{what} {path!r}: private key and certificate do not match") from None
+    return private, certificates[1:]
+
+
+def _key(pem: bytes, path: str, what: str) -> ssl.KeyPair:
+    try:
+        return ssl.KeyPair.load(pem, crypto.FILETYPE_PEM)
     except crypto.Error:
         raise ConfigError(f"{what} {path!r}: no PEM private key in it") from None
-    private = ssl.PrivateCertificate.fromCertificateAndKeyPair(certificates[0], key)
-    return private, certificates[1:]
+
+
+def check_listener_files(description: str) -> None:
+    """
+    Read the key and certificate files of an C{ssl:} listener description
+    as Twisted's parser reads them (C{privateKey=}, default C{server.pem};
+    C{certKey=}, default the key's file), to say which file is wrong when
+    the parser fails with an OpenSSL error that names none.
+
+    @raise ConfigError: naming the file and what is wrong with it.
+    """
+    args, kwargs = _parse_endpoint(description)
+    if "ssl" not in args[:2]:  # ssl:..., or a wrapper such as haproxy:ssl:...
+        return
+    key_path = kwargs.get("privateKey", "server.pem")
+    cert_path = kwargs.get("certKey", key_path)
+    key = _key(_read(key_path, "TLS key"), key_path, "TLS key")
+    certificate = _certificates(_read(cert_path, "TLS certificate"), cert_path, "TLS certificate")
+    try:
+        ssl.PrivateCertificate.fromCertificateAndKeyPair(certificate[0], key)
+    except VerifyError:
+        raise ConfigError(
+            f"TLS key {key_path!r} and certificate {cert_path!r} do not match"
+        ) from None
 
 
 def tls_failure_text(reason: Failure) -> str | None:
@@ -243,18 +276,6 @@ def upstream_tls(config: Config) -> UpstreamTLS:
         config.upstream_client_cert or None,
         config.upstream_insecure,
     )
-
-
-def check_tls_files(config: Config) -> None:
-    """
-    Read every TLS file a configuration names, so that a bad one is
-    reported as a usage error at start rather than as a traceback.
-
-    @raise ConfigError: naming the file and what is wrong with it.
-    """
-    UpstreamTLS(config.upstream_ca or None, config.upstream_client_cert or None)
-    if config.tls_cert_dir:
-        load_cert_dir(config.tls_cert_dir)
 
 
 def load_cert_dir(path: str) -> dict[str, ssl.CertificateOptions]:

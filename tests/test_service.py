@@ -14,6 +14,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from lbproxy.configfile import load_config
@@ -27,6 +28,23 @@ from tests.support import (
     release_held,
     start_app,
 )
+
+
+def _collect_logs(testcase: TestCase) -> list[dict]:
+    """
+    Every log event from now until the end of the test.
+    """
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    testcase.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+def _errors(events: list[dict]) -> list[str]:
+    """
+    The text of the error events among C{events}.
+    """
+    return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
 
 
 def _toml(servers: list[int], listen: str = "tcp:0:interface=127.0.0.1", extra: str = "") -> str:
@@ -90,6 +108,29 @@ class ReloadTests(TestCase):
         response = yield get(proxy_port)
         self.assertEqual(response.body, b"PORT A")
         self.assertEqual(errors, [])
+
+    @inlineCallbacks
+    def test_reload_bad_endpoint_changes_nothing(self):
+        """
+        A file whose listen endpoint Twisted cannot parse is refused as a
+        whole: the routes stay (they used to be switched before the
+        listener raised) and the problem is logged as one line naming the
+        file, the key and the value.
+        """
+        events = _collect_logs(self)
+        app_a, _, port_a = start_app(self, "A")
+        _, _, port_b = start_app(self, "B")
+        service, proxy_port = yield self._start(_toml([port_a]))
+        self._write(_toml([port_b], listen="tcpp:1"))
+        self.assertFalse(service.reload())
+        self.assertEqual((yield get(proxy_port)).body, b"PORT A")
+        self.assertEqual(
+            _errors(events),
+            [
+                f"reload failed, configuration kept: {self.path}: listen[0]: "
+                "'tcpp:1': Unknown endpoint type: 'tcpp'"
+            ],
+        )
 
     @inlineCallbacks
     def test_reload_keeps_server_state(self):
@@ -274,43 +315,68 @@ class TLSReloadTests(TestCase):
     """
 
     @inlineCallbacks
-    def test_renewed_certificate(self):
+    def _start(self):
         """
-        After the certificate files are replaced and the configuration is
-        reloaded, new TLS connections get the new certificate; a reload
-        with unusable files keeps the one in use.
+        lbproxy on an C{ssl:} listener, with a certificate of an old CA,
+        over app server A; the renewed certificate's CA is C{self.new_ca}.
         """
         from tests.certs import CA
-        from tests.test_tls import tls_get
 
-        _, _, port = start_app(self, "A")
+        _, _, self.port_a = start_app(self, "A")
+        _, _, self.port_b = start_app(self, "B")
         directory = self.mktemp()
         os.makedirs(directory)
-        old_ca, new_ca = CA("old CA"), CA("new CA")
-        key, cert = old_ca.issue("localhost").write_split(directory, "server")
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write(
-                _toml(
-                    [port],
-                    listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
-                )
-            )
-        service, _ = make_proxy_service(load_config(path), reactor, path)
+        self.old_ca, self.new_ca = CA("old CA"), CA("new CA")
+        self.key, self.cert = self.old_ca.issue("localhost").write_split(directory, "server")
+        self.directory = directory
+        self.listen = f"ssl:0:interface=127.0.0.1:privateKey={self.key}:certKey={self.cert}"
+        self.path = self.mktemp()
+        with open(self.path, "w") as f:
+            f.write(_toml([self.port_a], listen=self.listen))
+        service, _ = make_proxy_service(load_config(self.path), reactor, self.path)
         service.startService()
         self.addCleanup(service.stopService)
         tls_port = (yield service.listening_ports())[0].getHost().port
-        self.assertEqual((yield tls_get(self, tls_port, "localhost", old_ca)).body, b"PORT A")
+        return service, tls_port
 
-        new_ca.issue("localhost").write_split(directory, "server")
+    @inlineCallbacks
+    def test_renewed_certificate(self):
+        """
+        After the certificate files are replaced and the configuration is
+        reloaded, new TLS connections get the new certificate.
+        """
+        from tests.test_tls import tls_get
+
+        service, tls_port = yield self._start()
+        self.assertEqual((yield tls_get(self, tls_port, "localhost", self.old_ca)).body, b"PORT A")
+        self.new_ca.issue("localhost").write_split(self.directory, "server")
         self.assertTrue(service.reload())
-        self.assertEqual((yield tls_get(self, tls_port, "localhost", new_ca)).body, b"PORT A")
+        self.assertEqual((yield tls_get(self, tls_port, "localhost", self.new_ca)).body, b"PORT A")
 
-        with open(cert, "w") as f:
+    @inlineCallbacks
+    def test_unusable_certificate_changes_nothing(self):
+        """
+        A reload while the listener's certificate file is unusable is
+        refused as a whole: the listener keeps the certificate it has, the
+        routes stay, and the log names the file.
+        """
+        from tests.test_tls import tls_get
+
+        events = _collect_logs(self)
+        service, tls_port = yield self._start()
+        with open(self.cert, "w") as f:
             f.write("not a certificate")
-        self.assertTrue(service.reload())
-        self.assertEqual((yield tls_get(self, tls_port, "localhost", new_ca)).body, b"PORT A")
-        self.flushLoggedErrors()
+        with open(self.path, "w") as f:
+            f.write(_toml([self.port_b], listen=self.listen))
+        self.assertFalse(service.reload())
+        self.assertEqual((yield tls_get(self, tls_port, "localhost", self.old_ca)).body, b"PORT A")
+        self.assertEqual(
+            _errors(events),
+            [
+                f"reload failed, configuration kept: {self.path}: listen[0]: "
+                f"{self.listen!r}: TLS certificate {self.cert!r}: no PEM certificate in it"
+            ],
+        )
 
 
 class ListenErrorTests(TestCase):
