@@ -34,7 +34,7 @@ from lbproxy.config import Config, ConfigError
 from lbproxy.configfile import ConfigFileError, load_config
 from lbproxy.tls import UpstreamTLS, check_listener_files, load_cert_dir
 
-__all__ = ["Problem", "check_config", "load_checked"]
+__all__ = ["Problem", "check_config", "error_text", "load_checked"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,7 @@ def _listener_problem(reactor: Any, description: str) -> str | None:
             return str(named)
         except Exception:
             pass
-        return _error_text(e)
+        return error_text(e)
     # Twisted's parser takes any integer; the kernel does not.
     inner = getattr(endpoint, "_wrappedEndpoint", endpoint)
     port = getattr(inner, "_port", None)
@@ -165,7 +165,7 @@ def _tls_problems(key: str, load: Any, path: str) -> list[Problem]:
     except ConfigError as e:
         return [Problem(key, None, str(e))]
     except Exception as e:
-        return [Problem(key, None, f"{path!r}: {_error_text(e)}")]
+        return [Problem(key, None, f"{path!r}: {error_text(e)}")]
     return []
 
 
@@ -187,7 +187,7 @@ def _access_log_problem(path: str) -> str | None:
     return None
 
 
-def _error_text(error: Exception) -> str:
+def error_text(error: Exception) -> str:
     """
     One readable line for an exception of Twisted's endpoint parser or of
     OpenSSL.

@@ -23,6 +23,7 @@ from tests.support import (
     free_port,
     get,
     held_request,
+    listen,
     parse_responses,
     raw_request,
     release_held,
@@ -47,10 +48,18 @@ def _errors(events: list[dict]) -> list[str]:
     return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
 
 
-def _toml(servers: list[int], listen: str = "tcp:0:interface=127.0.0.1", extra: str = "") -> str:
+def _toml(
+    servers: list[int], listen: str | list[str] = "tcp:0:interface=127.0.0.1", extra: str = ""
+) -> str:
+    """
+    A configuration file over app servers on loopback C{servers}, health
+    checks off, listening on C{listen} (one endpoint or several).
+    """
     addresses = ", ".join(f'"127.0.0.1:{port}"' for port in servers)
+    listen = [listen] if isinstance(listen, str) else listen
+    endpoints = ", ".join(f'"{endpoint}"' for endpoint in listen)
     return (
-        f'listen = ["{listen}"]\naccess-log = "off"\ndrain-timeout = 5\n{extra}'
+        f'listen = [{endpoints}]\naccess-log = "off"\ndrain-timeout = 5\n{extra}'
         f"[upstream.web]\nservers = [{addresses}]\nhealth = {{ enabled = false }}\n"
     )
 
@@ -87,7 +96,7 @@ class ReloadTests(TestCase):
         slow = get(proxy_port, b"/hold")
         yield held_request(app_a)
         self._write(_toml([port_b]))
-        self.assertTrue(service.reload())
+        self.assertTrue((yield service.reload()))
         after = yield get(proxy_port)
         self.assertEqual(after.body, b"PORT B")
         release_held(app_a)
@@ -100,14 +109,21 @@ class ReloadTests(TestCase):
         A broken file is refused, its problems logged; the old
         configuration keeps serving.
         """
+        events = _collect_logs(self)
         app_a, _, port_a = start_app(self, "A")
         service, proxy_port = yield self._start(_toml([port_a]))
         self._write('[upstream.web]\nservers = ["nope"]\n')
-        self.assertFalse(service.reload())
-        errors = [e for e in self.flushLoggedErrors()] if False else []
+        self.assertFalse((yield service.reload()))
         response = yield get(proxy_port)
         self.assertEqual(response.body, b"PORT A")
-        self.assertEqual(errors, [])
+        self.assertEqual(
+            _errors(events),
+            [
+                f"reload failed, configuration kept: {self.path}: upstream.web.servers[0].address: "
+                "bad upstream address 'nope': expected HOST:PORT"
+            ],
+        )
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     @inlineCallbacks
     def test_reload_bad_endpoint_changes_nothing(self):
@@ -122,13 +138,112 @@ class ReloadTests(TestCase):
         _, _, port_b = start_app(self, "B")
         service, proxy_port = yield self._start(_toml([port_a]))
         self._write(_toml([port_b], listen="tcpp:1"))
-        self.assertFalse(service.reload())
+        self.assertFalse((yield service.reload()))
         self.assertEqual((yield get(proxy_port)).body, b"PORT A")
         self.assertEqual(
             _errors(events),
             [
                 f"reload failed, configuration kept: {self.path}: listen[0]: "
                 "'tcpp:1': Unknown endpoint type: 'tcpp'"
+            ],
+        )
+
+    @inlineCallbacks
+    def test_reload_port_in_use_changes_nothing(self):
+        """
+        A reload whose new listener cannot bind (its port is in use)
+        changes nothing: the old routes and listeners keep serving, the
+        listener the reload had bound meanwhile is closed again, and the
+        log says why in one line.
+        """
+        events = _collect_logs(self)
+        _, _, port_a = start_app(self, "A")
+        _, _, port_b = start_app(self, "B")
+        service, proxy_port = yield self._start(_toml([port_a]))
+        router = service.resource.router
+        taken = listen(self, Factory())
+        free = free_port()
+        self._write(
+            _toml(
+                [port_b],
+                listen=[
+                    f"tcp:{free}:interface=127.0.0.1",
+                    f"tcp:{taken}:interface=127.0.0.1",
+                ],
+            )
+        )
+        self.assertFalse((yield service.reload()))
+        self.assertEqual((yield get(proxy_port)).body, b"PORT A")
+        self.assertIs(service.resource.router, router)
+        self.assertEqual(service.config.pools[0].servers[0].port, port_a)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", free)
+        yield self.assertFailure(endpoint.connect(Factory()), ConnectionRefusedError)
+        self.assertEqual(
+            _errors(events),
+            [
+                f"reload failed, configuration kept: cannot listen on "
+                f"tcp:{taken}:interface=127.0.0.1: [Errno 98] Address already in use"
+            ],
+        )
+        # The next reload, with the port free, applies.
+        self._write(_toml([port_b], listen=f"tcp:{free}:interface=127.0.0.1"))
+        self.assertTrue((yield service.reload()))
+        self.assertEqual((yield get(free)).body, b"PORT B")
+
+    @inlineCallbacks
+    def test_apply_unchecked_listener_changes_nothing(self):
+        """
+        L{ProxyService.apply} refuses a listener it cannot build as a whole
+        even when the configuration did not go through the checks (here,
+        loaded without them): routes and health checks stay as they were.
+        """
+        events = _collect_logs(self)
+        _, _, port_a = start_app(self, "A")
+        _, _, port_b = start_app(self, "B")
+        service, proxy_port = yield self._start(_toml([port_a]))
+        router, checkers = service.resource.router, list(service._checkers)
+        self._write(_toml([port_b], listen="tcpp:1"))
+        service._load = lambda: load_config(self.path)
+        self.assertFalse((yield service.reload()))
+        self.assertEqual((yield get(proxy_port)).body, b"PORT A")
+        self.assertIs(service.resource.router, router)
+        self.assertEqual(service._checkers, checkers)
+        self.assertEqual(
+            _errors(events),
+            [
+                "reload failed, configuration kept: cannot listen on tcpp:1: "
+                "Unknown endpoint type: 'tcpp'"
+            ],
+        )
+
+    @inlineCallbacks
+    def test_apply_access_log_unusable_changes_nothing(self):
+        """
+        An access log file that cannot be opened when the reload applies
+        (here, unchecked: in a directory that does not exist) refuses the
+        reload as a whole; a listener the reload had bound is closed again.
+        """
+        events = _collect_logs(self)
+        _, _, port_a = start_app(self, "A")
+        _, _, port_b = start_app(self, "B")
+        service, proxy_port = yield self._start(_toml([port_a]))
+        free = free_port()
+        log_path = os.path.join(self.mktemp(), "access.log")
+        self._write(
+            _toml([port_b], listen=f"tcp:{free}:interface=127.0.0.1").replace(
+                'access-log = "off"', f'access-log = "{log_path}"'
+            )
+        )
+        service._load = lambda: load_config(self.path)
+        self.assertFalse((yield service.reload()))
+        self.assertEqual((yield get(proxy_port)).body, b"PORT A")
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", free)
+        yield self.assertFailure(endpoint.connect(Factory()), ConnectionRefusedError)
+        self.assertEqual(
+            _errors(events),
+            [
+                f"reload failed, configuration kept: access log {log_path!r}: "
+                "No such file or directory"
             ],
         )
 
@@ -145,7 +260,7 @@ class ReloadTests(TestCase):
         old.checked_up = False
         old.up = False
         self._write(_toml([port_a, port_b]))
-        service.reload()
+        yield service.reload()
         servers = service.resource.router.pools["web"].servers
         self.assertIs(servers[0], old)
         self.assertFalse(servers[0].up)
@@ -176,7 +291,7 @@ class ReloadTests(TestCase):
         service, first_port = yield self._start(_toml([port_a]))
         number = free_port()
         self._write(_toml([port_a], listen=f"tcp:{number}:interface=127.0.0.1"))
-        service.reload()
+        yield service.reload()
         self.assertEqual((yield get(number)).body, b"PORT A")
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", first_port)
         yield self.assertFailure(endpoint.connect(Factory()), ConnectionRefusedError)
@@ -350,7 +465,7 @@ class TLSReloadTests(TestCase):
         service, tls_port = yield self._start()
         self.assertEqual((yield tls_get(self, tls_port, "localhost", self.old_ca)).body, b"PORT A")
         self.new_ca.issue("localhost").write_split(self.directory, "server")
-        self.assertTrue(service.reload())
+        self.assertTrue((yield service.reload()))
         self.assertEqual((yield tls_get(self, tls_port, "localhost", self.new_ca)).body, b"PORT A")
 
     @inlineCallbacks
@@ -368,7 +483,7 @@ class TLSReloadTests(TestCase):
             f.write("not a certificate")
         with open(self.path, "w") as f:
             f.write(_toml([self.port_b], listen=self.listen))
-        self.assertFalse(service.reload())
+        self.assertFalse((yield service.reload()))
         self.assertEqual((yield tls_get(self, tls_port, "localhost", self.old_ca)).body, b"PORT A")
         self.assertEqual(
             _errors(events),
@@ -390,8 +505,6 @@ class ListenErrorTests(TestCase):
         Starting on a port in use exits with a one-line message naming the
         endpoint, not a traceback.
         """
-        from tests.support import listen
-
         _, _, app_port = start_app(self, "A")
         taken = listen(self, Factory())
         path = self.mktemp()
