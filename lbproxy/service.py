@@ -41,12 +41,12 @@ from zope.interface import implementer
 
 from lbproxy.balance import RoundRobin
 from lbproxy.client import UpstreamClient
-from lbproxy.config import Config
+from lbproxy.config import Config, ConfigError
 from lbproxy.health import HealthChecker, agent_probe
 from lbproxy.pool import Pool, Server
 from lbproxy.routes import Router
 from lbproxy.site import ProxySite
-from lbproxy.tls import server_endpoint
+from lbproxy.tls import UpstreamTLS, https_request_factory, server_endpoint, upstream_tls
 from lbproxy.validate import error_text
 
 __all__ = [
@@ -299,6 +299,16 @@ class ProxyService(MultiService):
                     certificates[description] = tls.prepare(config.tls_cert_dir or None)
                 except Exception as e:
                     problems.append(f"TLS certificates of {description}: {e}")
+        upstream = self.client.tls
+        try:
+            # Read again even if the file names are the same (renewed
+            # files); kept if nothing changed, so that pooled connections
+            # to https servers are kept too.
+            new = upstream_tls(config, warn=False)
+            if upstream is None or new.source != upstream.source:
+                upstream = new
+        except ConfigError as e:
+            problems.append(str(e))
         log_file = None
         try:
             log_file = self.site.open_access_log(config.access_log)
@@ -308,7 +318,7 @@ class ProxyService(MultiService):
         def bound(results: list[tuple[bool, Any]]) -> Deferred[None]:
             problems.extend(str(result.value) for ok, result in results if not ok)
             if not problems:
-                self._switch(config, added, certificates, log_file)
+                self._switch(config, added, certificates, upstream, log_file)
                 return succeed(None)
             if log_file is not None:
                 log_file.close()
@@ -348,6 +358,7 @@ class ProxyService(MultiService):
         config: Config,
         added: Mapping[str, tuple[IService, ReloadableTLS | None]],
         certificates: Mapping[str, Any],
+        upstream: UpstreamTLS | None,
         log_file: Any,
     ) -> None:
         """
@@ -359,15 +370,22 @@ class ProxyService(MultiService):
         # Built here, not made ready before: adopting a kept server updates
         # its weight and backup flag.
         self.resource.router = build_router(config, self.client.clock, known)
-        self.client.connect_timeout = config.connect_timeout
-        self.client.read_timeout = config.read_timeout
-        self.client.keepalive = config.upstream_keepalive
-        self.client.idle_timeout = config.upstream_idle_timeout
+        if upstream is not None and upstream is not self.client.tls:
+            upstream.warn_if_insecure()
+        self.client.reconfigure(
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            keepalive=config.upstream_keepalive,
+            idle_timeout=config.upstream_idle_timeout,
+            tls=upstream,
+        )
         kept = {_key(s) for pool in self.resource.router.pools.values() for s in pool.servers}
         for key, server in known.items():
             if key not in kept:
                 self.client.forget_server(server)
         self.site.apply(config, log_file)
+        # Each connection takes the site's request class when it is made.
+        self.site.requestFactory = https_request_factory(config.redirect_https, config.hsts)
         for checker in self._checkers:
             checker.stopService()
         self._checkers = []

@@ -93,7 +93,12 @@ def _private_certificate(
     @return: the key with its certificate, and the chain certificates.
     @raise ConfigError: if the file cannot be read or lacks either part.
     """
-    pem = _read(path, what)
+    return _private_certificate_from(_read(path, what), path, what)
+
+
+def _private_certificate_from(
+    pem: bytes, path: str, what: str
+) -> tuple[ssl.PrivateCertificate, list[ssl.Certificate]]:
     certificates = _certificates(pem, path, what)
     key = _key(pem, path, what)
     try:
@@ -161,6 +166,8 @@ class UpstreamTLS:
     and the health checks.
 
     @ivar insecure: certificates are not verified at all.
+    @ivar source: what the settings were made from (the contents of the
+        files, not their names), to tell whether a reload changes them.
     """
 
     _log = Logger()
@@ -176,23 +183,35 @@ class UpstreamTLS:
             the platform's roots.
         @param client_cert_path: a PEM file with a private key and its
             certificate (and chain), presented to upstreams (mTLS).
-        @param insecure: do not verify upstream certificates; logged as a
-            warning, since it lets anyone on the path read the traffic.
+        @param insecure: do not verify upstream certificates (see
+            L{warn_if_insecure}).
         @raise ConfigError: if a file cannot be read or parsed.
         """
         self.insecure = insecure
         self._trust: Any = None
+        ca_pem = client_pem = None
         if ca_path is not None:
-            pem = _read(ca_path, "upstream CA")
-            self._trust = ssl.trustRootFromCertificates(_certificates(pem, ca_path, "upstream CA"))
+            ca_pem = _read(ca_path, "upstream CA")
+            self._trust = ssl.trustRootFromCertificates(
+                _certificates(ca_pem, ca_path, "upstream CA")
+            )
         self._client: ssl.PrivateCertificate | None = None
         self._client_chain: list[ssl.Certificate] = []
         if client_cert_path is not None:
-            self._client, self._client_chain = _private_certificate(
-                client_cert_path, "upstream client certificate"
+            what = "upstream client certificate"
+            client_pem = _read(client_cert_path, what)
+            self._client, self._client_chain = _private_certificate_from(
+                client_pem, client_cert_path, what
             )
+        self.source = (insecure, ca_pem, client_pem)
         self._creators: dict[str, Any] = {}
-        if insecure:
+
+    def warn_if_insecure(self) -> None:
+        """
+        Log a warning if certificates are not verified: it lets anyone on
+        the path read the traffic.
+        """
+        if self.insecure:
             self._log.warn(
                 "--upstream-insecure: certificates of https upstreams are NOT "
                 "verified; anyone on the path can impersonate them"
@@ -264,18 +283,21 @@ class _UnverifiedCreator:
         return connection
 
 
-def upstream_tls(config: Config) -> UpstreamTLS:
+def upstream_tls(config: Config, warn: bool = True) -> UpstreamTLS:
     """
-    The upstream TLS settings of a configuration (logs the warning of
-    C{--upstream-insecure}).
+    The upstream TLS settings of a configuration.
 
+    @param warn: log the warning of C{--upstream-insecure} (at start).
     @raise ConfigError: if a file cannot be read or parsed.
     """
-    return UpstreamTLS(
+    tls = UpstreamTLS(
         config.upstream_ca or None,
         config.upstream_client_cert or None,
         config.upstream_insecure,
     )
+    if warn:
+        tls.warn_if_insecure()
+    return tls
 
 
 def load_cert_dir(path: str) -> dict[str, ssl.CertificateOptions]:

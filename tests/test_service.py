@@ -15,7 +15,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbproxy.configfile import load_config
 from lbproxy.tap import make_proxy_service
@@ -29,6 +29,7 @@ from tests.support import (
     release_held,
     start_app,
 )
+from tests.test_tls import _close_upstream, start_tls_app, tls_get
 
 
 def _collect_logs(testcase: TestCase) -> list[dict]:
@@ -49,18 +50,23 @@ def _errors(events: list[dict]) -> list[str]:
 
 
 def _toml(
-    servers: list[int], listen: str | list[str] = "tcp:0:interface=127.0.0.1", extra: str = ""
+    servers: list[int],
+    listen: str | list[str] = "tcp:0:interface=127.0.0.1",
+    extra: str = "",
+    scheme: str = "http",
+    pool: str = "",
 ) -> str:
     """
     A configuration file over app servers on loopback C{servers}, health
-    checks off, listening on C{listen} (one endpoint or several).
+    checks off, listening on C{listen} (one endpoint or several), with the
+    top-level lines C{extra} and the lines C{pool} in the pool's table.
     """
-    addresses = ", ".join(f'"127.0.0.1:{port}"' for port in servers)
+    addresses = ", ".join(f'"{scheme}://127.0.0.1:{port}"' for port in servers)
     listen = [listen] if isinstance(listen, str) else listen
     endpoints = ", ".join(f'"{endpoint}"' for endpoint in listen)
     return (
         f'listen = [{endpoints}]\naccess-log = "off"\ndrain-timeout = 5\n{extra}'
-        f"[upstream.web]\nservers = [{addresses}]\nhealth = {{ enabled = false }}\n"
+        f"[upstream.web]\nservers = [{addresses}]\nhealth = {{ enabled = false }}\n{pool}"
     )
 
 
@@ -460,8 +466,6 @@ class TLSReloadTests(TestCase):
         After the certificate files are replaced and the configuration is
         reloaded, new TLS connections get the new certificate.
         """
-        from tests.test_tls import tls_get
-
         service, tls_port = yield self._start()
         self.assertEqual((yield tls_get(self, tls_port, "localhost", self.old_ca)).body, b"PORT A")
         self.new_ca.issue("localhost").write_split(self.directory, "server")
@@ -475,8 +479,6 @@ class TLSReloadTests(TestCase):
         refused as a whole: the listener keeps the certificate it has, the
         routes stay, and the log names the file.
         """
-        from tests.test_tls import tls_get
-
         events = _collect_logs(self)
         service, tls_port = yield self._start()
         with open(self.cert, "w") as f:
@@ -492,6 +494,230 @@ class TLSReloadTests(TestCase):
                 f"{self.listen!r}: TLS certificate {self.cert!r}: no PEM certificate in it"
             ],
         )
+
+
+def _https(port: int, extra: str = "") -> str:
+    """
+    A configuration file over an https app server on loopback C{port}, with
+    the top-level lines C{extra}; a failed request does not take the
+    server out (C{max-fails = 0}), so that the next one tries it again.
+    """
+    return _toml([port], extra=extra, scheme="https", pool="max-fails = 0\n")
+
+
+class ReloadSettingsTests(TestCase):
+    """
+    A reload applies every setting to new connections, including those the
+    upstream client and the site kept from the start (they used to keep
+    their old values silently).
+    """
+
+    def setUp(self) -> None:
+        from tests.certs import CA
+
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.ca = CA()
+        self.ca_path = self.ca.write(self.dir)
+        self.other_ca_path = CA("another CA").write(self.dir, "other.pem")
+        self.server_cert = self.ca.issue("localhost", "127.0.0.1")
+        self.path = self.mktemp()
+
+    @inlineCallbacks
+    def _start(self, text: str):
+        with open(self.path, "w") as f:
+            f.write(text)
+        service, _ = make_proxy_service(load_config(self.path), reactor, self.path)
+        service.startService()
+        self.addCleanup(service.stopService)
+        # First (cleanups run last in, first out): wait until the pooled
+        # TLS connections are closed.
+        self.addCleanup(_close_upstream, service.client)
+        ports = yield service.listening_ports()
+        return service, ports[0].getHost().port
+
+    def _write(self, text: str) -> None:
+        with open(self.path, "w") as f:
+            f.write(text)
+
+    @inlineCallbacks
+    def test_upstream_ca(self):
+        """
+        A new C{upstream-ca} is trusted after the reload: a server the old
+        CA file did not vouch for is now reached.
+        """
+
+        _, app_port = start_tls_app(self, "a", self.server_cert.options())
+        service, port = yield self._start(
+            _https(app_port, f'upstream-ca = "{self.other_ca_path}"\n')
+        )
+        self.assertEqual((yield get(port)).status, 502)
+        self._write(_https(app_port, f'upstream-ca = "{self.ca_path}"\n'))
+        self.assertTrue((yield service.reload()))
+        self.assertEqual((yield get(port)).body, b"PORT a")
+
+    @inlineCallbacks
+    def test_upstream_ca_pooled_connection(self):
+        """
+        A pooled connection verified under the old C{upstream-ca} is not
+        used after a reload that no longer trusts its server: the next
+        request makes a new connection, which fails verification.
+        """
+
+        app, app_port = start_tls_app(self, "a", self.server_cert.options())
+        service, port = yield self._start(_https(app_port, f'upstream-ca = "{self.ca_path}"\n'))
+        self.assertEqual((yield get(port)).body, b"PORT a")
+        self._write(_https(app_port, f'upstream-ca = "{self.other_ca_path}"\n'))
+        self.assertTrue((yield service.reload()))
+        self.assertEqual((yield get(port)).status, 502)
+        self.assertEqual(len(app.requests), 1)
+
+    @inlineCallbacks
+    def test_upstream_ca_in_flight(self):
+        """
+        A request in flight on a connection verified under the old
+        C{upstream-ca} finishes after the reload; its connection is then
+        closed rather than pooled.
+        """
+        app, app_port = start_tls_app(self, "a", self.server_cert.options())
+        service, port = yield self._start(_https(app_port, f'upstream-ca = "{self.ca_path}"\n'))
+        slow = get(port, b"/hold")
+        yield held_request(app)
+        self._write(_https(app_port, f'upstream-ca = "{self.other_ca_path}"\n'))
+        self.assertTrue((yield service.reload()))
+        release_held(app)
+        response = yield slow
+        self.assertEqual((response.status, response.body), (200, b"held by a"))
+        server = service.resource.router.pools["web"].servers[0]
+        self.assertEqual(service.client.idle_count(server), 0)
+
+    @inlineCallbacks
+    def test_same_tls_keeps_pooled_connections(self):
+        """
+        A reload that leaves the upstream TLS files as they were keeps the
+        pooled connections to https servers.
+        """
+        app, app_port = start_tls_app(self, "a", self.server_cert.options())
+        text = _https(app_port, f'upstream-ca = "{self.ca_path}"\n')
+        service, port = yield self._start(text)
+        self.assertEqual((yield get(port)).body, b"PORT a")
+        server = service.resource.router.pools["web"].servers[0]
+        self.assertEqual(service.client.idle_count(server), 1)
+        self.assertTrue((yield service.reload()))
+        self.assertEqual(service.client.idle_count(server), 1)
+        self.assertEqual((yield get(port)).body, b"PORT a")
+
+    @inlineCallbacks
+    def test_upstream_client_cert(self):
+        """
+        A new C{upstream-client-cert} is presented to app servers after the
+        reload.
+        """
+
+        options = self.server_cert.options(
+            verify=True,
+            caCerts=[self.ca.trust_root()._caCerts[0]],
+            requireCertificate=True,
+        )
+        _, app_port = start_tls_app(self, "a", options)
+        client_path = self.ca.issue("lbproxy", client=True).write(self.dir, "client.pem")
+        trust = f'upstream-ca = "{self.ca_path}"\n'
+        service, port = yield self._start(_https(app_port, trust))
+        self.assertEqual((yield get(port)).status, 502)
+        self._write(_https(app_port, trust + f'upstream-client-cert = "{client_path}"\n'))
+        self.assertTrue((yield service.reload()))
+        self.assertEqual((yield get(port)).body, b"PORT a")
+
+    @inlineCallbacks
+    def test_upstream_insecure(self):
+        """
+        C{upstream-insecure} turned on by a reload accepts any certificate
+        for new connections, and says so in the log.
+        """
+        from tests.certs import CA
+
+        events = _collect_logs(self)
+        other = CA("unknown CA").issue("127.0.0.1")
+        _, app_port = start_tls_app(self, "a", other.options())
+        service, port = yield self._start(_https(app_port))
+        self.assertEqual((yield get(port)).status, 502)
+        self._write(_https(app_port, "upstream-insecure = true\n"))
+        self.assertTrue((yield service.reload()))
+        self.assertEqual((yield get(port)).body, b"PORT a")
+        self.assertIn("NOT verified", "\n".join(formatEvent(e) for e in events))
+
+    @inlineCallbacks
+    def test_redirect_https(self):
+        """
+        C{redirect-https} set by a reload redirects requests on new plain
+        connections.
+        """
+        _, _, app_port = start_app(self, "A")
+        service, port = yield self._start(_toml([app_port]))
+        self.assertEqual((yield get(port)).body, b"PORT A")
+        self._write(_toml([app_port], extra="redirect-https = 8443\n"))
+        self.assertTrue((yield service.reload()))
+        response = yield get(port, b"/x")
+        self.assertEqual(response.status, 308)
+        self.assertEqual(response.header(b"location"), [b"https://test.example:8443/x"])
+
+    @inlineCallbacks
+    def test_hsts(self):
+        """
+        C{hsts} set by a reload adds C{Strict-Transport-Security} to
+        answers on new TLS connections.
+        """
+        _, _, app_port = start_app(self, "A")
+        key, cert = self.server_cert.write_split(self.dir, "server")
+        listener = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        service, port = yield self._start(_toml([app_port], listen=listener))
+        response = yield tls_get(self, port, "localhost", self.ca)
+        self.assertEqual(response.header(b"strict-transport-security"), [])
+        self._write(_toml([app_port], listen=listener, extra="hsts = 600\n"))
+        self.assertTrue((yield service.reload()))
+        response = yield tls_get(self, port, "localhost", self.ca)
+        self.assertEqual(response.header(b"strict-transport-security"), [b"max-age=600"])
+
+
+class ReloadConnectTimeoutTests(SynchronousTestCase):
+    """
+    A reloaded C{connect-timeout} applies to servers kept across the reload.
+    """
+
+    def test_connect_timeout_kept_server(self) -> None:
+        """
+        A server present before and after a reload is connected to with the
+        new connect timeout (its endpoint, cached by the upstream client,
+        used to keep the old one).
+        """
+        from dataclasses import replace
+
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+        from lbproxy.config import Config, HealthConfig, PoolConfig, ServerConfig
+
+        pool = PoolConfig(
+            "default", (ServerConfig("10.0.0.1", 3000),), health=HealthConfig(enabled=False)
+        )
+        config = Config(pools=(pool,), access_log="off", connect_timeout=5.0)
+        memory = MemoryReactorClock()
+        service, site = make_proxy_service(config, memory)
+        service.startService()
+        self.addCleanup(service.stopService)
+
+        def ask() -> float:
+            channel = site.buildProtocol(None)
+            channel.makeConnection(StringTransport())
+            channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            host, port, _, timeout, _ = memory.tcpClients[-1]
+            self.assertEqual((host, port), ("10.0.0.1", 3000))
+            return timeout
+
+        self.assertEqual(ask(), 5.0)
+        self.assertTrue(
+            self.successResultOf(service.apply(replace(config, connect_timeout=1.5))) is None
+        )
+        self.assertEqual(ask(), 1.5)
 
 
 class ListenErrorTests(TestCase):
