@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
@@ -53,6 +53,7 @@ __all__ = [
     "ApplyError",
     "ProxyService",
     "ReloadableTLS",
+    "StartError",
     "build_router",
     "listen_error",
     "summary",
@@ -85,6 +86,13 @@ def build_router(
             pool.adopt(known)
         pools[pool_config.name] = pool
     return Router(config.routes, pools)
+
+
+class StartError(Exception):
+    """
+    lbproxy cannot start (under a daemonising twistd; see
+    L{ProxyService._cannot_start}).
+    """
 
 
 class ApplyError(Exception):
@@ -127,6 +135,7 @@ class ProxyService(MultiService):
         site: ProxySite,
         client: UpstreamClient,
         load: Callable[[], Config] | None = None,
+        daemon: bool = False,
     ) -> None:
         """
         @param config: the configuration to start with; C{site}'s resource
@@ -138,6 +147,8 @@ class ProxyService(MultiService):
             C{--config} file), raising L{lbproxy.config.ConfigError} or
             L{lbproxy.configfile.ConfigFileError}; L{None} if there is no
             file to reload.
+        @param daemon: twistd daemonises (no C{-n}): a failed start raises
+            L{StartError}, not L{SystemExit}; see L{_cannot_start}.
         """
         super().__init__()
         self.config = config
@@ -145,11 +156,14 @@ class ProxyService(MultiService):
         self.client = client
         self._reactor = reactor
         self._load = load
+        self._daemon = daemon
         self._listeners: dict[str, IService] = {}
         self._tls: dict[str, ReloadableTLS] = {}
         self._checkers: list[HealthChecker] = []
         self._previous_sighup: Any = None
         self._reloading = DeferredLock()
+        self._listeners_bound = False
+        self._log_held = False
         self._start_checkers()
         for description in config.listen:
             listener, tls = self._listener(description, config.tls_cert_dir)
@@ -196,21 +210,75 @@ class ProxyService(MultiService):
                 if self.running:
                     checker.startService()
 
+    def privilegedStartService(self) -> None:
+        """
+        Bind the listeners: twistd calls this before it drops root
+        (C{--uid}/C{--gid}), so ports below 1024 can be used.
+
+        @raise SystemExit: with one line, if a listener cannot listen (a
+            port in use); twistd then exits with status 1.  (L{StartError}
+            when twistd daemonises.)
+        """
+        super().privilegedStartService()
+        # Binding starts the site, which opens a file access log: as root,
+        # a new file would be root's, and the user twistd switches to could
+        # not reopen it on SIGHUP.  startService opens it, as that user
+        # (no request is accepted before the reactor runs).
+        path, self.site.logPath = self.site.logPath, None
+        try:
+            self._bind()
+        finally:
+            self.site.logPath = path
+        self._log_held = path is not None
+
+    def _bind(self) -> None:
+        if self._listeners_bound:
+            return
+        self._listeners_bound = True
+        for description, listener in self._listeners.items():
+            try:
+                listener.privilegedStartService()
+            except CannotListenError as e:
+                # One line, not a traceback: the usual cause is a port in use.
+                self._cannot_start(listen_error(description, e))
+
+    def _cannot_start(self, problem: str) -> NoReturn:
+        """
+        End the start with one line (logged, and printed by twistd).
+
+        Under C{twistd -n}, L{SystemExit} prints the line and exits with
+        status 1.  A daemonising twistd reports only an L{Exception} to the
+        waiting parent (through its status pipe; the parent then prints it
+        and exits with status 1): on L{SystemExit} the parent waits for
+        ever.
+        """
+        message = f"lbproxy: {problem}"
+        self._log.error("{message}", message=message)
+        # (from None: the cause is in the message; twistd logs the rest.)
+        if self._daemon:
+            raise StartError(problem) from None
+        raise SystemExit(message) from None
+
     def startService(self) -> None:
         """
-        Start health checks and listeners, and reload on SIGHUP.
+        Start health checks and listeners (binding them now if
+        L{privilegedStartService} did not), and reload on SIGHUP.
+
+        @raise SystemExit: as L{privilegedStartService}, or if the access
+            log file cannot be opened.
         """
+        self._bind()
+        if self._log_held:
+            self._log_held = False
+            try:
+                self.site.apply(self.config, self.site.open_access_log(self.config.access_log))
+            except OSError as e:
+                self._cannot_start(f"cannot open access log {self.config.access_log}: {e.strerror}")
         super().startService()
         for checker in self._checkers:
             checker.startService()
-        for description, listener in self._listeners.items():
-            try:
-                listener.startService()
-            except CannotListenError as e:
-                # One line, not a traceback: the usual cause is a port in use.
-                message = f"lbproxy: {listen_error(description, e)}"
-                self._log.error("{message}", message=message)
-                raise SystemExit(message) from None
+        for listener in self._listeners.values():
+            listener.startService()  # already listening: only marks it running
         if self._load is not None:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
 

@@ -554,7 +554,7 @@ def build_site(config: Config, reactor: Any, clock: Any = None) -> tuple[ProxySi
 
 
 def make_proxy_service(
-    config: Config, reactor: Any, config_path: str | None = None
+    config: Config, reactor: Any, config_path: str | None = None, daemon: bool = False
 ) -> tuple[ProxyService, ProxySite]:
     """
     Build lbproxy's services from a configuration.
@@ -562,6 +562,7 @@ def make_proxy_service(
     @param config: the configuration.
     @param reactor: the reactor to connect, listen and time with.
     @param config_path: the file to re-read on SIGHUP, if any.
+    @param daemon: whether twistd daemonises (see L{ProxyService}).
     @return: the service (start it to serve) and the site, which tests use
         to reach the resource and client.
     """
@@ -577,7 +578,7 @@ def make_proxy_service(
     site, client = build_site(config, reactor)
     # A reload checks the file as lbproxy check and the start do.
     load = (lambda: load_checked(config_path, reactor)) if config_path else None
-    service = ProxyService(config, reactor, site, client, load)
+    service = ProxyService(config, reactor, site, client, load, daemon)
     if demo_ports:
         _ListeningPortsService(demo_ports).setServiceParent(service)
     _UpstreamClientService(client).setServiceParent(service)
@@ -595,5 +596,7 @@ def makeService(options: Options) -> IService:
     The twistd entry point: the service tree for these options.
     """
     path = getattr(options, "config_path", None)
-    service, _ = make_proxy_service(options.config, _reactor(), path)
+    twistd = getattr(options, "parent", None)
+    daemon = twistd is not None and not twistd.get("nodaemon", True)
+    service, _ = make_proxy_service(options.config, _reactor(), path, daemon)
     return service

@@ -742,3 +742,77 @@ class ListenErrorTests(TestCase):
         self.assertIn("Address already in use", str(error))
         self.flushLoggedErrors()
         yield service.stopService()
+
+    @inlineCallbacks
+    def test_port_in_use_privileged_start(self):
+        """
+        Under twistd the listeners are bound in C{privilegedStartService}:
+        a port in use ends the start there, with the same one line.
+        """
+        _, _, app_port = start_app(self, "A")
+        taken = listen(self, Factory())
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(_toml([app_port], listen=f"tcp:{taken}:interface=127.0.0.1"))
+        service, _ = make_proxy_service(load_config(path), reactor, path)
+        error = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertEqual(
+            str(error),
+            f"lbproxy: cannot listen on tcp:{taken}:interface=127.0.0.1: "
+            "[Errno 98] Address already in use",
+        )
+        yield service.stopService()
+
+    @inlineCallbacks
+    def test_port_in_use_daemon(self):
+        """
+        When twistd daemonises, a port in use raises L{StartError}, which
+        twistd reports to its waiting parent (which prints it and exits
+        with status 1); with L{SystemExit} the parent would wait for ever.
+        """
+        from lbproxy.service import StartError
+
+        _, _, app_port = start_app(self, "A")
+        taken = listen(self, Factory())
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(_toml([app_port], listen=f"tcp:{taken}:interface=127.0.0.1"))
+        service, _ = make_proxy_service(load_config(path), reactor, path, daemon=True)
+        error = self.assertRaises(StartError, service.privilegedStartService)
+        self.assertEqual(
+            str(error),
+            f"cannot listen on tcp:{taken}:interface=127.0.0.1: [Errno 98] Address already in use",
+        )
+        yield service.stopService()
+
+
+class PrivilegedStartTests(TestCase):
+    """
+    What twistd does with C{--uid}/C{--gid}: C{privilegedStartService}
+    (as root), then C{startService} (as the user).
+    """
+
+    @inlineCallbacks
+    def test_access_log_opened_after_privileges(self):
+        """
+        Binding as root starts the site, which would open (and create, as
+        root) the access log file; it is opened in C{startService}
+        instead, as the user twistd switched to, so that this user can
+        reopen it on SIGHUP.  Requests are logged to it.
+        """
+        _, _, app_port = start_app(self, "A")
+        access_log = os.path.abspath(self.mktemp())
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(_toml([app_port]).replace('access-log = "off"', f'access-log = "{access_log}"'))
+        service, site = make_proxy_service(load_config(path), reactor, path)
+        service.privilegedStartService()
+        self.addCleanup(service.stopService)
+        port = (yield service.listening_ports())[0].getHost().port
+        self.assertFalse(os.path.exists(access_log))
+        service.startService()
+        self.assertTrue(os.path.exists(access_log))
+        self.assertEqual((yield get(port)).body, b"PORT A")
+        site._logFile.flush()
+        with open(access_log) as f:
+            self.assertIn('"GET / HTTP/1.1" 200', f.read())
