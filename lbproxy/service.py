@@ -474,15 +474,22 @@ class ProxyService(MultiService):
     def stopService(self) -> Deferred[None]:
         """
         Stop accepting, let requests in flight finish for up to
-        C{drain_timeout} seconds, then stop everything else.
+        C{drain_timeout} seconds, then stop everything else.  If the start
+        failed (or never came), only the ports already bound are closed.
         """
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
-        stopping = [listener.stopService() for listener in self._listeners.values()]
+        stopping = [
+            listener.stopService()
+            for listener in self._listeners.values()
+            if listener._waitingForPort is not None  # type: ignore[attr-defined]
+        ]
         listening: Deferred[Any] = DeferredList(
             [d for d in stopping if isinstance(d, Deferred)], consumeErrors=True
         )
+        if not self.running:
+            return listening.addCallback(lambda _: None)
         listening.addCallback(lambda _: self._drain())
         listening.addCallback(lambda _: self._stop_rest())
         return listening

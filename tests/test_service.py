@@ -785,6 +785,30 @@ class ListenErrorTests(TestCase):
         )
         yield service.stopService()
 
+    @inlineCallbacks
+    def test_failed_start_closes_bound_ports(self):
+        """
+        Stopping after a start that failed on the second listener closes
+        the port the first one had bound (and stops nothing that never
+        started).
+        """
+        _, _, app_port = start_app(self, "A")
+        taken = listen(self, Factory())
+        free = free_port()
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                _toml(
+                    [app_port],
+                    listen=[f"tcp:{free}:interface=127.0.0.1", f"tcp:{taken}:interface=127.0.0.1"],
+                )
+            )
+        service, _ = make_proxy_service(load_config(path), reactor, path)
+        self.assertRaises(SystemExit, service.privilegedStartService)
+        yield service.stopService()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", free)
+        yield self.assertFailure(endpoint.connect(Factory()), ConnectionRefusedError)
+
 
 class PrivilegedStartTests(TestCase):
     """
