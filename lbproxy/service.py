@@ -321,6 +321,7 @@ class ProxyService(MultiService):
 
         def refused(reason: Failure) -> bool:
             reason.trap(ApplyError)
+            assert isinstance(reason.value, ApplyError)
             self._refused(reason.value.problems)
             return False
 
@@ -366,7 +367,7 @@ class ProxyService(MultiService):
                 try:
                     certificates[description] = tls.prepare(config.tls_cert_dir or None)
                 except Exception as e:
-                    problems.append(f"TLS certificates of {description}: {e}")
+                    problems.append(f"TLS certificates of {description}: {error_text(e)}")
         upstream = self.client.tls
         try:
             # Read again even if the file names are the same (renewed

@@ -124,7 +124,7 @@ def _listener_problem(reactor: Any, description: str) -> str | None:
         # must parse too).
         endpoint = serverFromString(reactor, with_default_backlog(description))
         if isinstance(endpoint, SSL4ServerEndpoint):
-            endpoint._sslContextFactory.getContext()  # type: ignore[attr-defined]
+            endpoint._sslContextFactory.getContext()
     except Exception as e:
         try:
             # OpenSSL's errors name no file: find the one at fault.
