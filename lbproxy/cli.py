@@ -3,8 +3,9 @@
 The C{lbproxy} console script.
 
   - C{lbproxy --version}: the version;
-  - C{lbproxy check FILE}: check a configuration file, as C{nginx -t} does:
-    a one-line summary and exit status 0, or every problem and status 1;
+  - C{lbproxy check FILE}: check a configuration file, as C{nginx -t} does
+    (endpoint strings, certificate and key files included): a one-line
+    summary and exit status 0, or every problem and status 1;
   - C{lbproxy selftest URL}: send the malformed-input corpus to a running
     proxy chain and print what passed (status 0 if everything did, 1 if
     not; see L{lbproxy.selftest}).
@@ -25,15 +26,20 @@ __all__ = ["check", "main", "selftest"]
 
 def check(path: str) -> int:
     """
-    Check the configuration file at C{path}, printing the result.
+    Check the configuration file at C{path}, printing the result: the same
+    checks as at start and on reload (L{lbproxy.validate.load_checked}),
+    so a file that passes can be put in force.
 
     @return: the exit status: 0 if it is valid, 1 if not.
     """
-    from lbproxy.configfile import ConfigFileError, load_config
+    from twisted.internet import reactor
+
+    from lbproxy.configfile import ConfigFileError
     from lbproxy.service import summary
+    from lbproxy.validate import load_checked
 
     try:
-        config = load_config(path)
+        config = load_checked(path, reactor)
     except ConfigFileError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)

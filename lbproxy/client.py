@@ -43,6 +43,9 @@ __all__ = ["UpstreamClient", "connect_failure_text"]
 class _ConnectionFactory(Factory):
     """
     Builds connections to one server for its L{UpstreamClient}.
+
+    @ivar tls: the client's TLS settings when this factory was made, which
+        its endpoint's connections are verified with.
     """
 
     noisy = False
@@ -50,9 +53,14 @@ class _ConnectionFactory(Factory):
     def __init__(self, client: UpstreamClient, server: Server) -> None:
         self._client = client
         self._server = server
+        self.tls = client.tls
 
     def buildProtocol(self, addr: object) -> UpstreamConnection:
-        return UpstreamConnection(self._client, self._server)
+        connection = UpstreamConnection(self._client, self._server)
+        # As Factory.buildProtocol does: the connection knows where it came
+        # from (the client checks its TLS settings when it is released).
+        connection.factory = self
+        return connection
 
 
 class UpstreamClient:
@@ -202,6 +210,39 @@ class UpstreamClient:
 
         return abandon
 
+    def reconfigure(
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        keepalive: int,
+        idle_timeout: float,
+        tls: UpstreamTLS | None,
+    ) -> None:
+        """
+        Take reloaded settings (see L{__init__}): new connections use them,
+        exchanges in flight finish with theirs.
+
+        The endpoints kept per server hold the connect timeout and the TLS
+        settings they were made with, so they are made anew.  When the TLS
+        settings change (another object), connections to C{https} servers
+        verified under the old ones are not used again: the idle ones are
+        closed, and those in flight are closed when their exchange ends.
+        """
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive = keepalive
+        self.idle_timeout = idle_timeout
+        self._endpoints.clear()
+        if tls is self.tls:
+            return
+        self.tls = tls
+        for server, idle in self._idle.items():
+            if server.config.scheme == "https":
+                for connection in idle:
+                    connection.transport.loseConnection()
+                idle.clear()
+
     def _take_idle(self, server: Server) -> UpstreamConnection | None:
         idle = self._idle.get(server)
         if not idle:
@@ -224,7 +265,10 @@ class UpstreamClient:
         again halved throughput at 256 clients.  L{sweep_idle} (every
         second) trims the pool back to C{keepalive}.
         """
-        if self.keepalive == 0:
+        factory = connection.factory
+        stale = isinstance(factory, _ConnectionFactory) and factory.tls is not self.tls
+        if self.keepalive == 0 or (stale and connection.server.config.scheme == "https"):
+            # (A stale one was verified under TLS settings since reloaded.)
             connection.transport.loseConnection()
             return
         connection.idle_since = self.clock.seconds()

@@ -9,6 +9,7 @@ L{ConfigError} with one readable line naming the bad value.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -24,6 +25,13 @@ __all__ = [
     "parse_server_list",
     "parse_status_ranges",
 ]
+
+
+#: A request target in origin form: visible ASCII, no space, no C{#}.
+_TARGET = re.compile(r"/[!-\"$-~]*")
+#: A C{Host} value: a name, an IPv4 address or a bracketed IPv6 address,
+#: and an optional port.
+_HOST = re.compile(r"([A-Za-z0-9._\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
 class ConfigError(ValueError):
@@ -103,6 +111,14 @@ class HealthConfig:
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
             raise ConfigError(f"health check path {self.path!r} must start with /")
+        # Both go into each probe's request as ASCII: refuse here what
+        # would fail every check.
+        if not _TARGET.fullmatch(self.path):
+            raise ConfigError(
+                f"health check path {self.path!r} must be visible ASCII without spaces or #"
+            )
+        if self.host is not None and not _HOST.fullmatch(self.host):
+            raise ConfigError(f"health check host {self.host!r} is not a HOST[:PORT]")
         if self.fall < 1 or self.rise < 1:
             raise ConfigError(f"fall {self.fall} and rise {self.rise} must be at least 1")
 

@@ -27,6 +27,7 @@ raised together in a L{ConfigFileError}.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import fields
 from typing import Any
@@ -99,6 +100,14 @@ def _scalar_fields() -> dict[str, Any]:
     }
 
 
+def _seconds(value: float) -> bool:
+    """
+    Whether C{value} is a usable number of seconds: positive and finite
+    (TOML has C{inf} and C{nan}; a C{nan} timeout never compares true).
+    """
+    return value > 0 and math.isfinite(value)
+
+
 def _check_type(value: Any, default: Any) -> str | None:
     """
     What is wrong with C{value} for a field whose default is C{default}.
@@ -106,7 +115,7 @@ def _check_type(value: Any, default: Any) -> str | None:
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "expected true or false"
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _seconds(value):
             return "expected a positive number of seconds"
         return None
     if isinstance(default, int):
@@ -290,7 +299,7 @@ def _number(value: Any, kind: str, where: str, problems: _Problems) -> float | i
         problems.add(where, f"expected a number, got {value!r}")
         return None
     if kind == "seconds":
-        if value <= 0:
+        if not _seconds(value):
             problems.add(where, f"expected a positive number of seconds, got {value!r}")
             return None
         return float(value)

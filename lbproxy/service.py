@@ -3,24 +3,35 @@
 The running proxy as a twistd service: listeners, pools, health checks,
 reload on SIGHUP and a graceful stop.
 
-L{ProxyService} owns what a configuration turns into.  L{ProxyService.apply}
-puts a configuration in place, at start and on reload: new requests use the
-new routes and pools at once, requests in flight finish on the pools they
-started with, servers present before and after keep their health state and
-pooled connections (they are the same L{Server} objects), listeners are
-started and stopped to match.  On stop it stops accepting, waits for the
-requests in flight up to C{drain_timeout} seconds, then lets the rest go.
+L{ProxyService} owns what a configuration turns into.  On reload,
+L{ProxyService.apply} puts a configuration in force, all of it or none of
+it: what can fail (new listeners bound, certificates and the access log
+read) is made ready first and undone if anything fails, leaving the old
+configuration serving.  Then, in one go, new requests use the new routes
+and pools, requests in flight finish on the pools they started with,
+servers present before and after keep their health state and pooled
+connections (they are the same L{Server} objects), listeners are started
+and stopped to match.  On stop it stops accepting, waits for the requests
+in flight up to C{drain_timeout} seconds, then lets the rest go.
 """
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError, gatherResults
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredLock,
+    TimeoutError,
+    fail,
+    gatherResults,
+    succeed,
+)
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IOpenSSLContextFactory
@@ -30,17 +41,21 @@ from zope.interface import implementer
 
 from lbproxy.balance import RoundRobin
 from lbproxy.client import UpstreamClient
-from lbproxy.config import Config
+from lbproxy.config import Config, ConfigError
 from lbproxy.health import HealthChecker, agent_probe
 from lbproxy.pool import Pool, Server
 from lbproxy.routes import Router
 from lbproxy.site import ProxySite
-from lbproxy.tls import server_endpoint
+from lbproxy.tls import UpstreamTLS, https_request_factory, server_endpoint, upstream_tls
+from lbproxy.validate import error_text
 
 __all__ = [
+    "ApplyError",
     "ProxyService",
     "ReloadableTLS",
+    "StartError",
     "build_router",
+    "listen_error",
     "summary",
     "with_default_backlog",
 ]
@@ -73,6 +88,35 @@ def build_router(
     return Router(config.routes, pools)
 
 
+class StartError(Exception):
+    """
+    lbproxy cannot start (under a daemonising twistd; see
+    L{ProxyService._cannot_start}).
+    """
+
+
+class ApplyError(Exception):
+    """
+    A configuration could not be put in force; nothing changed.
+
+    @ivar problems: one line per problem.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def listen_error(description: str, error: Exception) -> str:
+    """
+    One line saying why lbproxy cannot listen on C{description}: the
+    socket's error for a port in use, the parser's for a bad string.
+    """
+    if isinstance(error, CannotListenError):
+        return f"cannot listen on {description}: {error.socketError}"
+    return f"cannot listen on {description}: {error_text(error)}"
+
+
 class ProxyService(MultiService):
     """
     lbproxy's service tree: start it to serve.
@@ -91,6 +135,7 @@ class ProxyService(MultiService):
         site: ProxySite,
         client: UpstreamClient,
         load: Callable[[], Config] | None = None,
+        daemon: bool = False,
     ) -> None:
         """
         @param config: the configuration to start with; C{site}'s resource
@@ -102,6 +147,8 @@ class ProxyService(MultiService):
             C{--config} file), raising L{lbproxy.config.ConfigError} or
             L{lbproxy.configfile.ConfigFileError}; L{None} if there is no
             file to reload.
+        @param daemon: twistd daemonises (no C{-n}): a failed start raises
+            L{StartError}, not L{SystemExit}; see L{_cannot_start}.
         """
         super().__init__()
         self.config = config
@@ -109,13 +156,20 @@ class ProxyService(MultiService):
         self.client = client
         self._reactor = reactor
         self._load = load
+        self._daemon = daemon
         self._listeners: dict[str, IService] = {}
         self._tls: dict[str, ReloadableTLS] = {}
         self._checkers: list[HealthChecker] = []
         self._previous_sighup: Any = None
+        self._reloading = DeferredLock()
+        self._listeners_bound = False
+        self._log_held = False
         self._start_checkers()
         for description in config.listen:
-            self._listeners[description] = self._listener(description)
+            listener, tls = self._listener(description, config.tls_cert_dir)
+            self._listeners[description] = listener
+            if tls is not None:
+                self._tls[description] = tls
 
     @property
     def resource(self) -> Any:
@@ -124,19 +178,25 @@ class ProxyService(MultiService):
         """
         return self.site.resource
 
-    def _listener(self, description: str) -> IService:
-        given = description
+    def _listener(self, description: str, cert_dir: str) -> tuple[IService, ReloadableTLS | None]:
+        """
+        The service of one listener, not listening yet, and the reloadable
+        certificates of an C{ssl:} one.
+
+        @raise Exception: if the endpoint cannot be built (a string
+            Twisted cannot parse, unusable certificate files).
+        """
         description = with_default_backlog(description)
         service = strports.service(description, self.site, reactor=self._reactor)
         endpoint = service.endpoint  # type: ignore[attr-defined]
+        tls = None
         if isinstance(endpoint, SSL4ServerEndpoint):
             # Certificates (and the SNI directory) are read again on reload.
-            tls = ReloadableTLS(self._reactor, description, self.config.tls_cert_dir or None)
+            tls = ReloadableTLS(self._reactor, description, cert_dir or None)
             endpoint._sslContextFactory = tls  # type: ignore[attr-defined]
-            self._tls[given] = tls
-        # Fail at start (port in use) rather than log and run deaf.
+        # Fail at once (port in use) rather than log and run deaf.
         service._raiseSynchronously = True  # type: ignore[attr-defined]
-        return service
+        return service, tls
 
     def _start_checkers(self) -> None:
         for pool in self.resource.router.pools.values():
@@ -150,21 +210,75 @@ class ProxyService(MultiService):
                 if self.running:
                     checker.startService()
 
+    def privilegedStartService(self) -> None:
+        """
+        Bind the listeners: twistd calls this before it drops root
+        (C{--uid}/C{--gid}), so ports below 1024 can be used.
+
+        @raise SystemExit: with one line, if a listener cannot listen (a
+            port in use); twistd then exits with status 1.  (L{StartError}
+            when twistd daemonises.)
+        """
+        super().privilegedStartService()
+        # Binding starts the site, which opens a file access log: as root,
+        # a new file would be root's, and the user twistd switches to could
+        # not reopen it on SIGHUP.  startService opens it, as that user
+        # (no request is accepted before the reactor runs).
+        path, self.site.logPath = self.site.logPath, None
+        try:
+            self._bind()
+        finally:
+            self.site.logPath = path
+        self._log_held = path is not None
+
+    def _bind(self) -> None:
+        if self._listeners_bound:
+            return
+        self._listeners_bound = True
+        for description, listener in self._listeners.items():
+            try:
+                listener.privilegedStartService()
+            except CannotListenError as e:
+                # One line, not a traceback: the usual cause is a port in use.
+                self._cannot_start(listen_error(description, e))
+
+    def _cannot_start(self, problem: str) -> NoReturn:
+        """
+        End the start with one line (logged, and printed by twistd).
+
+        Under C{twistd -n}, L{SystemExit} prints the line and exits with
+        status 1.  A daemonising twistd reports only an L{Exception} to the
+        waiting parent (through its status pipe; the parent then prints it
+        and exits with status 1): on L{SystemExit} the parent waits for
+        ever.
+        """
+        message = f"lbproxy: {problem}"
+        self._log.error("{message}", message=message)
+        # (from None: the cause is in the message; twistd logs the rest.)
+        if self._daemon:
+            raise StartError(problem) from None
+        raise SystemExit(message) from None
+
     def startService(self) -> None:
         """
-        Start health checks and listeners, and reload on SIGHUP.
+        Start health checks and listeners (binding them now if
+        L{privilegedStartService} did not), and reload on SIGHUP.
+
+        @raise SystemExit: as L{privilegedStartService}, or if the access
+            log file cannot be opened.
         """
+        self._bind()
+        if self._log_held:
+            self._log_held = False
+            try:
+                self.site.apply(self.config, self.site.open_access_log(self.config.access_log))
+            except OSError as e:
+                self._cannot_start(f"cannot open access log {self.config.access_log}: {e.strerror}")
         super().startService()
         for checker in self._checkers:
             checker.startService()
-        for description, listener in self._listeners.items():
-            try:
-                listener.startService()
-            except CannotListenError as e:
-                # One line, not a traceback: the usual cause is a port in use.
-                message = f"lbproxy: cannot listen on {description}: {e.socketError}"
-                self._log.error("{message}", message=message)
-                raise SystemExit(message) from None
+        for listener in self._listeners.values():
+            listener.startService()  # already listening: only marks it running
         if self._load is not None:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
 
@@ -181,97 +295,202 @@ class ProxyService(MultiService):
         # Signal handlers run between bytecodes; do the work in the reactor.
         self._reactor.callFromThread(self.reload)
 
-    def reload(self) -> bool:
+    def reload(self) -> Deferred[bool]:
         """
-        Read the configuration file again and apply it if it is valid;
-        otherwise log every problem and keep the configuration in force.
+        Read the configuration file again and apply it if it is valid and
+        can be put in force as a whole; otherwise log every problem, one
+        line each, and keep the configuration in force.  Reloads run one
+        at a time, in order.
 
-        @return: whether the new configuration was applied.
+        @return: fires with whether the new configuration was applied
+            (at once, unless a listener binds asynchronously); never fails.
         """
+        return self._reloading.run(self._reload)
+
+    def _reload(self) -> Deferred[bool]:
         assert self._load is not None
         try:
             config = self._load()
         except ValueError as e:
-            for problem in getattr(e, "problems", [str(e)]):
-                self._log.error("reload failed, configuration kept: {problem}", problem=problem)
-            return False
-        self.apply(config)
-        self._log.info("reloaded: {summary}", summary=summary(config))
-        return True
+            self._refused(getattr(e, "problems", [str(e)]))
+            return succeed(False)
 
-    def apply(self, config: Config) -> None:
+        def applied(_: None) -> bool:
+            self._log.info("reloaded: {summary}", summary=summary(config))
+            return True
+
+        def refused(reason: Failure) -> bool:
+            reason.trap(ApplyError)
+            assert isinstance(reason.value, ApplyError)
+            self._refused(reason.value.problems)
+            return False
+
+        return self.apply(config).addCallbacks(applied, refused)
+
+    def _refused(self, problems: list[str]) -> None:
+        for problem in problems:
+            self._log.error("reload failed, configuration kept: {problem}", problem=problem)
+
+    def apply(self, config: Config) -> Deferred[None]:
         """
-        Put C{config} in force; see the module docstring.
+        Put C{config} in force, all of it or none of it.
+
+        First everything that can fail is made ready without changing what
+        serves: new listeners are built and bound (nginx binds new sockets
+        before old workers stop, too), the certificates of kept TLS
+        listeners and the access log are read and opened.  If anything
+        fails, what was started is stopped and nothing changes.  Then the
+        routes, pools, client settings, health checks, listeners and
+        certificates are switched in one go; see the module docstring.
+
+        @return: fires when C{config} is in force, or fails with
+            L{ApplyError} listing every problem when nothing changed.
+        """
+        problems: list[str] = []
+        added: dict[str, tuple[IService, ReloadableTLS | None]] = {}
+        binding: list[Deferred[Any]] = []
+        for description in config.listen:
+            if description in self._listeners or description in added:
+                continue
+            try:
+                listener, tls = self._listener(description, config.tls_cert_dir)
+                if self.running:
+                    listener.privilegedStartService()
+                    binding.append(self._bound(description, listener))
+            except Exception as e:
+                problems.append(listen_error(description, e))
+                continue
+            added[description] = (listener, tls)
+        certificates = {}
+        for description, tls in self._tls.items():
+            if description in config.listen:
+                try:
+                    certificates[description] = tls.prepare(config.tls_cert_dir or None)
+                except Exception as e:
+                    problems.append(f"TLS certificates of {description}: {error_text(e)}")
+        upstream = self.client.tls
+        try:
+            # Read again even if the file names are the same (renewed
+            # files); kept if nothing changed, so that pooled connections
+            # to https servers are kept too.
+            new = upstream_tls(config, warn=False)
+            if upstream is None or new.source != upstream.source:
+                upstream = new
+        except ConfigError as e:
+            problems.append(str(e))
+        log_file = None
+        try:
+            log_file = self.site.open_access_log(config.access_log)
+        except OSError as e:
+            problems.append(f"access log {config.access_log!r}: {e.strerror}")
+
+        def bound(results: list[tuple[bool, Any]]) -> Deferred[None]:
+            problems.extend(str(result.value) for ok, result in results if not ok)
+            if not problems:
+                self._switch(config, added, certificates, upstream, log_file)
+                return succeed(None)
+            if log_file is not None:
+                log_file.close()
+            stopping = [
+                listener.stopService() for listener, _ in added.values() if listener.running
+            ]
+            # Stopped (their ports closed) before the reload reports.
+            done: Deferred[Any] = DeferredList(
+                [d for d in stopping if isinstance(d, Deferred)], consumeErrors=True
+            )
+            return done.addCallback(lambda _: fail(ApplyError(problems)))
+
+        return DeferredList(binding, consumeErrors=True).addCallback(bound)
+
+    def _bound(self, description: str, listener: IService) -> Deferred[Any]:
+        """
+        Fires when C{listener} (started) listens, or fails with the reason
+        it cannot; it is running either way, so that it can be stopped.
+        """
+        listener.startService()
+        waiting: Deferred[Any] = Deferred()
+
+        def listening(port: Any) -> Any:
+            # StreamServerEndpointService logs an asynchronous failure
+            # itself and then has no port.
+            if port is None:
+                waiting.errback(Exception(f"cannot listen on {description}"))
+            else:
+                waiting.callback(port)
+            return port
+
+        listener._waitingForPort.addBoth(listening)  # type: ignore[attr-defined]
+        return waiting
+
+    def _switch(
+        self,
+        config: Config,
+        added: Mapping[str, tuple[IService, ReloadableTLS | None]],
+        certificates: Mapping[str, Any],
+        upstream: UpstreamTLS | None,
+        log_file: Any,
+    ) -> None:
+        """
+        Put C{config} in force with the pieces L{apply} made ready; nothing
+        here may fail.
         """
         old_router = self.resource.router
         known = {_key(s): s for pool in old_router.pools.values() for s in pool.servers}
+        # Built here, not made ready before: adopting a kept server updates
+        # its weight and backup flag.
         self.resource.router = build_router(config, self.client.clock, known)
-        self.client.connect_timeout = config.connect_timeout
-        self.client.read_timeout = config.read_timeout
-        self.client.keepalive = config.upstream_keepalive
-        self.client.idle_timeout = config.upstream_idle_timeout
+        if upstream is not None and upstream is not self.client.tls:
+            upstream.warn_if_insecure()
+        self.client.reconfigure(
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            keepalive=config.upstream_keepalive,
+            idle_timeout=config.upstream_idle_timeout,
+            tls=upstream,
+        )
         kept = {_key(s) for pool in self.resource.router.pools.values() for s in pool.servers}
         for key, server in known.items():
             if key not in kept:
                 self.client.forget_server(server)
-        self.site.apply(config)
+        self.site.apply(config, log_file)
+        # Each connection takes the site's request class when it is made.
+        self.site.requestFactory = https_request_factory(config.redirect_https, config.hsts)
         for checker in self._checkers:
             checker.stopService()
         self._checkers = []
         self._start_checkers()
-        self._apply_listeners(config.listen)
-        self._reload_certificates(config)
-        self.config = config
-
-    def _reload_certificates(self, config: Config) -> None:
-        """
-        Read the certificates of the TLS listeners kept by a reload again
-        (renewed files on disk); a listener whose files are now unusable
-        keeps the certificates it had.
-        """
-        for description, tls in list(self._tls.items()):
-            if description not in self._listeners:
-                del self._tls[description]
-                continue
-            try:
-                tls.reload(config.tls_cert_dir or None)
-            except Exception as e:
-                self._log.error(
-                    "TLS certificates of {endpoint} not reloaded, keeping the old ones: {error}",
-                    endpoint=description,
-                    error=e,
-                )
-
-    def _apply_listeners(self, listen: tuple[str, ...]) -> None:
         for description in list(self._listeners):
-            if description not in listen:
+            if description not in config.listen:
                 self._tls.pop(description, None)
                 self._log.info("no longer listening on {endpoint}", endpoint=description)
                 self._listeners.pop(description).stopService()
-        for description in listen:
-            if description not in self._listeners:
-                listener = self._listeners[description] = self._listener(description)
-                if self.running:
-                    try:
-                        listener.startService()
-                    except Exception as e:
-                        self._listeners.pop(description)
-                        self._log.error(
-                            "cannot listen on {endpoint}: {error}", endpoint=description, error=e
-                        )
+        for description, (listener, tls) in added.items():
+            self._listeners[description] = listener
+            if tls is not None:
+                self._tls[description] = tls
+        for description, factory in certificates.items():
+            self._tls[description].use(factory)
+        self.config = config
 
     def stopService(self) -> Deferred[None]:
         """
         Stop accepting, let requests in flight finish for up to
-        C{drain_timeout} seconds, then stop everything else.
+        C{drain_timeout} seconds, then stop everything else.  If the start
+        failed (or never came), only the ports already bound are closed.
         """
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
-        stopping = [listener.stopService() for listener in self._listeners.values()]
+        stopping = [
+            listener.stopService()
+            for listener in self._listeners.values()
+            if listener._waitingForPort is not None  # type: ignore[attr-defined]
+        ]
         listening: Deferred[Any] = DeferredList(
             [d for d in stopping if isinstance(d, Deferred)], consumeErrors=True
         )
+        if not self.running:
+            return listening.addCallback(lambda _: None)
         listening.addCallback(lambda _: self._drain())
         listening.addCallback(lambda _: self._stop_rest())
         return listening
@@ -347,14 +566,22 @@ class ReloadableTLS:
         endpoint = server_endpoint(self._reactor, self._description, cert_dir)
         return endpoint._sslContextFactory  # type: ignore[attr-defined]
 
-    def reload(self, cert_dir: str | None) -> None:
+    def prepare(self, cert_dir: str | None) -> Any:
         """
-        Read the key, certificates and SNI directory again.
+        Read the key, certificates and SNI directory again, for L{use}.
 
-        @raise Exception: if they cannot be read; the old ones stay.
+        @return: the new context factory.
+        @raise Exception: if they cannot be read.
         """
         factory = self._build(cert_dir)
         factory.getContext()  # load now, so that a bad file fails here
+        return factory
+
+    def use(self, factory: Any) -> None:
+        """
+        Give new connections the certificates of C{factory}, from
+        L{prepare}.
+        """
         self._factory = factory
 
     def getContext(self) -> Any:

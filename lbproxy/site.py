@@ -269,6 +269,13 @@ def _log_path(access_log: str) -> str | None:
     return None if access_log in ("-", "off") else access_log
 
 
+def _open_log(path: str) -> Any:
+    """
+    Open an access log file for appending, with a 64 KiB buffer.
+    """
+    return open(path, "a", buffering=64 * 1024, encoding="utf-8", newline="\n")  # noqa: SIM115
+
+
 def client_settings(config: Config) -> dict[str, Any]:
     """
     The keyword arguments of L{ProxySite.configure_clients} that C{config}
@@ -403,11 +410,27 @@ class ProxySite(server.Site):
         ... buffer=64k flush=1s}): a C{write} per request cost 8% of the
         CPU at 10k requests/s.
         """
-        log_file = open(path, "a", buffering=64 * 1024, encoding="utf-8", newline="\n")  # noqa: SIM115
+        return self._flushed(_open_log(path))
+
+    def _flushed(self, log_file: Any) -> Any:
         self._flusher = LoopingCall(log_file.flush)
         self._flusher.clock = self.reactor
         self._flusher.start(1.0, now=False)
         return log_file
+
+    def open_access_log(self, access_log: str) -> Any:
+        """
+        Open the file of an C{access_log} setting for L{apply}, so that a
+        reload fails on it before anything changes.
+
+        @return: the open file; L{None} for C{"-"} and C{"off"}, or while
+            the site has not started (it opens its log when it starts).
+        @raise OSError: if the file cannot be opened.
+        """
+        path = _log_path(access_log)
+        if path is None or self._logFile is None:
+            return None
+        return _open_log(path)
 
     def connection_opened(self, channel: _SiteConnection) -> None:
         """
@@ -441,11 +464,15 @@ class ProxySite(server.Site):
             channel.connection_transport.loseConnection()
         return waiter
 
-    def apply(self, config: Config) -> None:
+    def apply(self, config: Config, log_file: Any = None) -> None:
         """
-        Take a reloaded configuration: the idle timeout (for new
-        connections) and the access log, reopened even if its path is the
-        same, so that logrotate can move it away and then send SIGHUP.
+        Take a reloaded configuration: the idle timeout and framing limits
+        (for new connections) and the access log, reopened even if its
+        path is the same, so that logrotate can move it away and then send
+        SIGHUP.
+
+        @param log_file: the access log file from L{open_access_log}; it
+            is opened here if L{None} and the setting names a file.
         """
         self.timeOut = config.client_timeout
         self.configure_clients(**client_settings(config))
@@ -454,11 +481,13 @@ class ProxySite(server.Site):
         self.logPath = path
         if self._logFile is None:
             return  # not listening yet: startFactory opens it
+        if path is not None and log_file is None:
+            log_file = _open_log(path)
         if self._flusher is not None and self._flusher.running:
             self._flusher.stop()
         if self._logFile is not twisted_log.logfile:
             self._logFile.close()
-        self._logFile = self._openLogFile(path) if path else twisted_log.logfile
+        self._logFile = self._flushed(log_file) if path else twisted_log.logfile
 
     def stopFactory(self) -> None:
         """

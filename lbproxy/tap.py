@@ -15,7 +15,6 @@ from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, Service
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
@@ -32,12 +31,13 @@ from lbproxy.config import (
     parse_server_list,
     parse_status_ranges,
 )
-from lbproxy.configfile import ConfigFileError, load_config
+from lbproxy.configfile import ConfigFileError
 from lbproxy.demo import listen_demo_apps
 from lbproxy.resource import BalancingProxyResource
 from lbproxy.service import ProxyService, build_router, summary
 from lbproxy.site import ProxySite, client_settings
-from lbproxy.tls import check_tls_files, https_request_factory, upstream_tls
+from lbproxy.tls import https_request_factory, upstream_tls
+from lbproxy.validate import check_config, load_checked
 
 __all__ = ["Options", "build_site", "makeService", "make_proxy_service"]
 
@@ -339,13 +339,8 @@ class Options(usage.Options):
             raise usage.UsageError(f"--backup: {e}") from None
 
     def opt_listen(self, value: str) -> None:
-        # (Help text below.)
-        try:
-            # Parsing builds the endpoint without listening, so a typo is
-            # reported here, in one line, rather than as a traceback later.
-            serverFromString(_reactor(), value)
-        except (ValueError, KeyError, TypeError) as e:
-            raise usage.UsageError(f"--listen {value!r}: {e}") from None
+        # (Help text below; the value is checked in postOptions, with the
+        # rest, by lbproxy.validate.)
         self["listen"].append(value)
 
     opt_upstream.__doc__ = (
@@ -446,9 +441,13 @@ class Options(usage.Options):
                 redirect_https=self["redirect-https"],
                 hsts=self["hsts"],
             )
-            check_tls_files(self.config)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        # Endpoint strings, certificate and key files: one line each, here,
+        # rather than a traceback later.
+        problems = check_config(self.config, _reactor())
+        if problems:
+            raise usage.UsageError("; ".join(p.as_option() for p in problems))
 
     def _from_file(self, path: str) -> None:
         """
@@ -467,7 +466,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"--{given[0]}: with --config, set it in {path} instead")
         self.config_path = path
         try:
-            self.config = load_config(path)
+            self.config = load_checked(path, _reactor())
         except ConfigFileError as e:
             raise usage.UsageError("; ".join(e.problems)) from None
 
@@ -555,7 +554,7 @@ def build_site(config: Config, reactor: Any, clock: Any = None) -> tuple[ProxySi
 
 
 def make_proxy_service(
-    config: Config, reactor: Any, config_path: str | None = None
+    config: Config, reactor: Any, config_path: str | None = None, daemon: bool = False
 ) -> tuple[ProxyService, ProxySite]:
     """
     Build lbproxy's services from a configuration.
@@ -563,6 +562,7 @@ def make_proxy_service(
     @param config: the configuration.
     @param reactor: the reactor to connect, listen and time with.
     @param config_path: the file to re-read on SIGHUP, if any.
+    @param daemon: whether twistd daemonises (see L{ProxyService}).
     @return: the service (start it to serve) and the site, which tests use
         to reach the resource and client.
     """
@@ -576,8 +576,9 @@ def make_proxy_service(
             addresses=", ".join(s.address for s in servers),
         )
     site, client = build_site(config, reactor)
-    load = (lambda: load_config(config_path)) if config_path else None
-    service = ProxyService(config, reactor, site, client, load)
+    # A reload checks the file as lbproxy check and the start do.
+    load = (lambda: load_checked(config_path, reactor)) if config_path else None
+    service = ProxyService(config, reactor, site, client, load, daemon)
     if demo_ports:
         _ListeningPortsService(demo_ports).setServiceParent(service)
     _UpstreamClientService(client).setServiceParent(service)
@@ -595,5 +596,7 @@ def makeService(options: Options) -> IService:
     The twistd entry point: the service tree for these options.
     """
     path = getattr(options, "config_path", None)
-    service, _ = make_proxy_service(options.config, _reactor(), path)
+    twistd = getattr(options, "parent", None)
+    daemon = twistd is not None and not twistd.get("nodaemon", True)
+    service, _ = make_proxy_service(options.config, _reactor(), path, daemon)
     return service

@@ -32,6 +32,8 @@ from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import _parse as _parse_endpoint
+from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLContextFactory,
@@ -50,7 +52,7 @@ __all__ = [
     "HTTPSRequest",
     "SNIContextFactory",
     "UpstreamTLS",
-    "check_tls_files",
+    "check_listener_files",
     "https_request_factory",
     "load_cert_dir",
     "server_endpoint",
@@ -91,14 +93,50 @@ def _private_certificate(
     @return: the key with its certificate, and the chain certificates.
     @raise ConfigError: if the file cannot be read or lacks either part.
     """
-    pem = _read(path, what)
+    return _private_certificate_from(_read(path, what), path, what)
+
+
+def _private_certificate_from(
+    pem: bytes, path: str, what: str
+) -> tuple[ssl.PrivateCertificate, list[ssl.Certificate]]:
     certificates = _certificates(pem, path, what)
+    key = _key(pem, path, what)
     try:
-        key = ssl.KeyPair.load(pem, crypto.FILETYPE_PEM)
+        private = ssl.PrivateCertificate.fromCertificateAndKeyPair(certificates[0], key)
+    except VerifyError:
+        raise ConfigError(f"{what} {path!r}: private key and certificate do not match") from None
+    return private, certificates[1:]
+
+
+def _key(pem: bytes, path: str, what: str) -> ssl.KeyPair:
+    try:
+        return ssl.KeyPair.load(pem, crypto.FILETYPE_PEM)
     except crypto.Error:
         raise ConfigError(f"{what} {path!r}: no PEM private key in it") from None
-    private = ssl.PrivateCertificate.fromCertificateAndKeyPair(certificates[0], key)
-    return private, certificates[1:]
+
+
+def check_listener_files(description: str) -> None:
+    """
+    Read the key and certificate files of an C{ssl:} listener description
+    as Twisted's parser reads them (C{privateKey=}, default C{server.pem};
+    C{certKey=}, default the key's file), to say which file is wrong when
+    the parser fails with an OpenSSL error that names none.
+
+    @raise ConfigError: naming the file and what is wrong with it.
+    """
+    args, kwargs = _parse_endpoint(description)
+    if "ssl" not in args[:2]:  # ssl:..., or a wrapper such as haproxy:ssl:...
+        return
+    key_path = kwargs.get("privateKey", "server.pem")
+    cert_path = kwargs.get("certKey", key_path)
+    key = _key(_read(key_path, "TLS key"), key_path, "TLS key")
+    certificate = _certificates(_read(cert_path, "TLS certificate"), cert_path, "TLS certificate")
+    try:
+        ssl.PrivateCertificate.fromCertificateAndKeyPair(certificate[0], key)
+    except VerifyError:
+        raise ConfigError(
+            f"TLS key {key_path!r} and certificate {cert_path!r} do not match"
+        ) from None
 
 
 def tls_failure_text(reason: Failure) -> str | None:
@@ -128,6 +166,8 @@ class UpstreamTLS:
     and the health checks.
 
     @ivar insecure: certificates are not verified at all.
+    @ivar source: what the settings were made from (the contents of the
+        files, not their names), to tell whether a reload changes them.
     """
 
     _log = Logger()
@@ -143,23 +183,35 @@ class UpstreamTLS:
             the platform's roots.
         @param client_cert_path: a PEM file with a private key and its
             certificate (and chain), presented to upstreams (mTLS).
-        @param insecure: do not verify upstream certificates; logged as a
-            warning, since it lets anyone on the path read the traffic.
+        @param insecure: do not verify upstream certificates (see
+            L{warn_if_insecure}).
         @raise ConfigError: if a file cannot be read or parsed.
         """
         self.insecure = insecure
         self._trust: Any = None
+        ca_pem = client_pem = None
         if ca_path is not None:
-            pem = _read(ca_path, "upstream CA")
-            self._trust = ssl.trustRootFromCertificates(_certificates(pem, ca_path, "upstream CA"))
+            ca_pem = _read(ca_path, "upstream CA")
+            self._trust = ssl.trustRootFromCertificates(
+                _certificates(ca_pem, ca_path, "upstream CA")
+            )
         self._client: ssl.PrivateCertificate | None = None
         self._client_chain: list[ssl.Certificate] = []
         if client_cert_path is not None:
-            self._client, self._client_chain = _private_certificate(
-                client_cert_path, "upstream client certificate"
+            what = "upstream client certificate"
+            client_pem = _read(client_cert_path, what)
+            self._client, self._client_chain = _private_certificate_from(
+                client_pem, client_cert_path, what
             )
+        self.source = (insecure, ca_pem, client_pem)
         self._creators: dict[str, Any] = {}
-        if insecure:
+
+    def warn_if_insecure(self) -> None:
+        """
+        Log a warning if certificates are not verified: it lets anyone on
+        the path read the traffic.
+        """
+        if self.insecure:
             self._log.warn(
                 "--upstream-insecure: certificates of https upstreams are NOT "
                 "verified; anyone on the path can impersonate them"
@@ -231,30 +283,21 @@ class _UnverifiedCreator:
         return connection
 
 
-def upstream_tls(config: Config) -> UpstreamTLS:
+def upstream_tls(config: Config, warn: bool = True) -> UpstreamTLS:
     """
-    The upstream TLS settings of a configuration (logs the warning of
-    C{--upstream-insecure}).
+    The upstream TLS settings of a configuration.
 
+    @param warn: log the warning of C{--upstream-insecure} (at start).
     @raise ConfigError: if a file cannot be read or parsed.
     """
-    return UpstreamTLS(
+    tls = UpstreamTLS(
         config.upstream_ca or None,
         config.upstream_client_cert or None,
         config.upstream_insecure,
     )
-
-
-def check_tls_files(config: Config) -> None:
-    """
-    Read every TLS file a configuration names, so that a bad one is
-    reported as a usage error at start rather than as a traceback.
-
-    @raise ConfigError: naming the file and what is wrong with it.
-    """
-    UpstreamTLS(config.upstream_ca or None, config.upstream_client_cert or None)
-    if config.tls_cert_dir:
-        load_cert_dir(config.tls_cert_dir)
+    if warn:
+        tls.warn_if_insecure()
+    return tls
 
 
 def load_cert_dir(path: str) -> dict[str, ssl.CertificateOptions]:

@@ -124,6 +124,43 @@ class LoadTests(SynchronousTestCase):
         ):
             self.assertIn(expected, joined)
 
+    def test_not_finite_seconds(self) -> None:
+        """
+        TOML's C{inf} and C{nan} are not a number of seconds, at the top
+        level or in a pool (a C{nan} timeout would never fire, or fire at
+        once).
+        """
+        problems = self._problems(
+            'read-timeout = inf\nclient-timeout = nan\n[upstream.web]\nservers = ["a:1"]\n'
+            "health = { interval = nan, timeout = inf }\nfail-timeout = -inf\n"
+        )
+        self.assertEqual(
+            problems,
+            [
+                "read-timeout: expected a positive number of seconds, got inf",
+                "client-timeout: expected a positive number of seconds, got nan",
+                "upstream.web.health.interval: expected a positive number of seconds, got nan",
+                "upstream.web.health.timeout: expected a positive number of seconds, got inf",
+                "upstream.web.fail-timeout: expected a positive number of seconds, got -inf",
+            ],
+        )
+
+    def test_health_path_and_host(self) -> None:
+        """
+        A health check path or host that cannot go into a request (a space,
+        a non-ASCII character) is refused when the file is read, rather
+        than failing every check with a traceback.
+        """
+        for health, expected in (
+            ('{ path = "/a b" }', "health check path '/a b'"),
+            ('{ path = "/caf\u00e9" }', "health check path '/caf\u00e9'"),
+            ('{ host = "caf\u00e9.example" }', "health check host 'caf\u00e9.example'"),
+            ('{ host = "a b" }', "health check host 'a b'"),
+        ):
+            problems = self._problems(f'[upstream.web]\nservers = ["a:1"]\nhealth = {health}\n')
+            self.assertEqual(len(problems), 1, problems)
+            self.assertTrue(problems[0].startswith("upstream.web.health: " + expected), problems)
+
     def test_route_to_unknown_pool(self) -> None:
         """
         A route naming no pool is an error listing the pools.
@@ -206,6 +243,37 @@ class CheckCommandTests(SynchronousTestCase):
         self.assertEqual(len(err.splitlines()), 1)
         self.assertIn(f"{path}: upstream.web.color: unknown key", err)
         self.assertNotIn("Traceback", err)
+
+    def test_bad_endpoint(self) -> None:
+        """
+        A listen endpoint Twisted cannot parse (C{tcpp:1}, which used to
+        pass as "ok"): one line naming the file, the key and the value,
+        status 1.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('listen = ["tcpp:1"]\n[upstream.web]\nservers = ["a:1"]\n')
+        status, out, err = self._command("check", path)
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, f"{path}: listen[0]: 'tcpp:1': Unknown endpoint type: 'tcpp'\n")
+
+    def test_missing_certificate(self) -> None:
+        """
+        A certificate file that cannot be read fails the check, named.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                'upstream-client-cert = "/nonexistent/client.pem"\n'
+                '[upstream.web]\nservers = ["https://a:1"]\n'
+            )
+        status, out, err = self._command("check", path)
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(
+            err,
+            f"{path}: upstream-client-cert: upstream client certificate "
+            "'/nonexistent/client.pem': No such file or directory\n",
+        )
 
 
 class LimitTests(SynchronousTestCase):

@@ -242,6 +242,25 @@ class MakeProxyServiceTests(SynchronousTestCase):
             [(8080, site, ""), (8081, site, "127.0.0.1")],
         )
 
+    def test_listens_in_privileged_start(self) -> None:
+        """
+        The listeners are bound in C{privilegedStartService}, which twistd
+        calls before it drops root (C{--uid}/C{--gid}), so that ports below
+        1024 can be used; C{startService} does not bind them again.
+        """
+        reactor = MemoryReactorClock()
+        service, site = make_proxy_service(_config("tcp:80", "tcp:443"), reactor)
+        service.privilegedStartService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(
+            [(port, factory) for port, factory, _, _ in reactor.tcpServers],
+            [(80, site), (443, site)],
+        )
+        self.assertFalse(service.running)
+        service.startService()
+        self.assertEqual(len(reactor.tcpServers), 2)
+        self.assertTrue(service.running)
+
     def test_not_listening_before_start(self) -> None:
         """
         Building the services does not listen yet; twistd starts them.
