@@ -29,10 +29,13 @@ C{h2}'s own field validation is turned off (lbproxy checks more, and per
 stream); so is its check of C{content-length}, which ends the whole
 connection where RFC 9113 asks for a stream error.
 
-Twisted's HTTP/2 support (C{twisted.web._http2}) is private: this module
-subclasses its C{H2Connection} and overrides two of its private methods,
-C{_requestDone} and nothing else of its internals; the tests run on the
-oldest and newest Twisted that C{setup.cfg} allows.
+Private names this leans on, since Twisted's HTTP/2 support
+(C{twisted.web._http2}) is private as a whole: it subclasses its
+C{H2Connection}, replaces its C{conn} (the C{h2} state machine), overrides
+its C{_requestDone} and calls its C{_tryToWriteControlData}; of C{h2}, it
+overrides C{_begin_new_stream} to turn off the stream's C{content-length}
+checks.  The whole suite runs on the oldest and the newest Twisted and
+C{h2} that C{setup.cfg} allows (C{.ci/run}).
 """
 
 from __future__ import annotations

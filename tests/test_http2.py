@@ -779,6 +779,20 @@ class FieldTests(HTTP2TestCase):
         """
         return self.check_refused(request(extra=[(b"x-big", b"v" * 100_000)]), 431)
 
+    @inlineCallbacks
+    def test_hpack_bomb(self) -> Any:
+        """
+        A header list far past the limits (over twice them) ends the
+        connection with ENHANCE_YOUR_CALM, as h2 does with its own limit,
+        without a traceback; nothing reaches the app server.
+        """
+        client = yield self.connect()
+        stream = client.headers(request(extra=[(b"x-big", b"v" * 200_000)]))
+        outcome = yield client.outcome(stream)
+        self.assertEqual(outcome.goaway, ErrorCodes.ENHANCE_YOUR_CALM, outcome)
+        self.assertEqual(self.recorder.raw(), b"")
+        self.assertEqual(self.failures(), [])
+
     def test_long_line(self) -> Any:
         """
         A field over C{--max-header-line}: 431.
