@@ -233,9 +233,7 @@ class ProxyExchange:
             self._end()
             if self._abandon is not None:
                 self._abandon()
-            transport = self._request.transport
-            if transport is not None:
-                transport.abortConnection()
+            self._request.abort_client()
 
     def _attempt(self) -> None:
         resource = self._resource
@@ -331,7 +329,8 @@ class ProxyExchange:
         if self._started:
             self._end()
             request.unregisterProducer()
-            request.transport.abortConnection()
+            # The connection, or on HTTP/2 the stream (whose transport is None).
+            request.abort_client()
             return
         if not isinstance(error, StaleConnection):
             # nginx's max_fails counts errors, timeouts and invalid answers

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.python import log as twisted_log
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -27,12 +28,16 @@ from twisted.web import server
 # it is private, but the only way to give HTTP/1.1 connections our channel
 # while keeping that negotiation.
 from twisted.web.http import (
+    H2_ENABLED,
     _GenericHTTPChannelProtocol,
+    datetimeToString,
 )
+from twisted.web.http_headers import Headers
 
 from lbproxy.body import StreamingBody
-from lbproxy.channel import ProxyChannel, _ClientReader
+from lbproxy.channel import ProxyChannel, _ClientReader, _peer
 from lbproxy.framing import (
+    REASONS,
     Limits,
 )
 from lbproxy.ratelog import RateLimitedLog
@@ -42,6 +47,8 @@ if TYPE_CHECKING:
     from lbproxy.resource import ProxyExchange
 
 __all__ = ["ProxyChannel", "ProxyRequest", "ProxySite", "client_settings", "combined_log_line"]
+
+_log = Logger()
 
 
 #: Bytes that need escaping in a log field: non-printables, C{"} and C{\}.
@@ -103,6 +110,11 @@ class ProxyRequest(server.Request):
     then be complete before the request body is; C{finish} waits for the
     body, as the channel can only move on once the request is read.
 
+    An HTTP/2 stream (whose head passed L{lbproxy.http2}'s gate) starts
+    proxying with the first byte of its body, or at its end if it has none:
+    a request whose body never comes never reaches an app server, and gets
+    408 after the site's C{body_timeout}, as on HTTP/1.1.
+
     @ivar exchange: the exchange proxying this request, once it started.
     @ivar body_stream: the body on its way upstream, if there is a body.
     """
@@ -111,7 +123,11 @@ class ProxyRequest(server.Request):
     body_stream: StreamingBody | None = None
     _body_received = False
     _finish_waiting = False
-    _start_later = False
+    _h2_waiting = False
+    _h2_refused = False
+    _h2_timer: IDelayedCall | None = None
+    _h2_paused = False
+    _h2_last_read = 0.0
 
     def gotLength(self, length: int | None) -> None:
         """
@@ -120,28 +136,28 @@ class ProxyRequest(server.Request):
         starts proxying now.
         """
         self.content = None
+        channel = self.channel
+        if not isinstance(channel, ProxyChannel):
+            self._h2_headers()
+            return
         if length == 0:
             return
-        channel = self.channel
-        # HTTP/2 streams have their own flow control: pause their transport.
-        client = _ClientReader(channel) if isinstance(channel, ProxyChannel) else self.transport
-        self.body_stream = StreamingBody(client, length)
-        if isinstance(channel, ProxyChannel):
-            self._proxy()
-        else:
-            # An HTTP/2 stream calls this in the middle of its headers (at
-            # content-length), before the method and target are known:
-            # start with the first piece of the body, or at its end.
-            self._start_later = True
+        self.body_stream = StreamingBody(_ClientReader(channel), length)
+        self._proxy()
 
     def handleContentChunk(self, data: bytes) -> None:
         """
         A piece of the body: on its way upstream at once.
         """
-        assert self.body_stream is not None
-        if self._start_later:
-            self._start_h2()
-        self.body_stream.feed(data)
+        if self._h2_waiting:
+            if not data:
+                return
+            self._h2_start_body()
+        elif self._h2_timer is not None:
+            self._h2_last_read = self._h2_clock().seconds()
+        body_stream = self.body_stream
+        if body_stream is not None:  # None only for a refused HTTP/2 stream
+            body_stream.feed(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """
@@ -152,9 +168,11 @@ class ProxyRequest(server.Request):
         parse the query or a form body into C{args}: lbproxy forwards them
         untouched.
         """
+        if self._h2_refused:
+            return
         self._body_received = True
-        if self._start_later:
-            self._start_h2()
+        self._h2_waiting = False
+        self._h2_stop_timer()
         if self.body_stream is not None:
             self.body_stream.end()
             if self._finish_waiting:
@@ -165,13 +183,117 @@ class ProxyRequest(server.Request):
         self.clientproto = version
         self._proxy()
 
+    # HTTP/2 streams
+
+    def _h2_headers(self) -> None:
+        """
+        An HTTP/2 stream's head is in.  Twisted calls C{gotLength} in the
+        middle of it (at C{content-length}, or at the end with a guess), so
+        the length it gives is not used: the body, if DATA follows, has the
+        C{content-length} the gate checked, or none (then it goes upstream
+        chunked).  Nothing starts until the first DATA or the end of the
+        stream; the body timeout runs until then.
+        """
+        if self._h2_waiting:
+            return  # called again by Twisted for the same head
+        self._h2_waiting = True
+        timeout = getattr(self.channel.site, "body_timeout", None)
+        if timeout is not None:
+            self._h2_last_read = self._h2_clock().seconds()
+            self._h2_timer = self._h2_clock().callLater(timeout, self._h2_check_body)
+
+    def _h2_clock(self) -> IReactorTime:
+        return self.channel.site.reactor  # type: ignore[no-any-return]
+
+    def _h2_start_body(self) -> None:
+        """
+        The first DATA of an HTTP/2 request: proxying starts.
+        """
+        self._h2_waiting = False
+        lengths = self.requestHeaders.getRawHeaders(b"content-length")
+        length = int(lengths[0]) if lengths else None
+        self.body_stream = StreamingBody(_H2BodyReader(self), length)
+        self._h2_last_read = self._h2_clock().seconds()
+        self._start_h2()
+
     def _start_h2(self) -> None:
         stream = self.channel
-        self._start_later = False
         self.method = stream.command
         self.uri = stream.path
         self.clientproto = b"HTTP/2"
         self._proxy()
+
+    def _h2_stop_timer(self) -> None:
+        timer, self._h2_timer = self._h2_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _h2_check_body(self) -> None:
+        """
+        The body timeout of an HTTP/2 stream: 408 if the client sent
+        nothing for that long, 504 if lbproxy stopped reading because the
+        app server did (as L{ProxyChannel} answers on HTTP/1.1).
+        """
+        self._h2_timer = None
+        timeout = self.channel.site.body_timeout
+        now = self._h2_clock().seconds()
+        deadline = self._h2_last_read + timeout
+        if now < deadline:
+            self._h2_timer = self._h2_clock().callLater(deadline - now, self._h2_check_body)
+            return
+        if self._h2_paused:
+            self._h2_refuse(504, "the app server stopped reading the request body")
+        else:
+            self._h2_refuse(408, f"request body stalled for {timeout:g} s")
+
+    def _h2_refuse(self, status: int, detail: str) -> None:
+        """
+        Give up on an HTTP/2 request whose body stalled: abandon its
+        upstream exchange, and answer C{status} if no answer has begun
+        (Twisted then resets the stream, as the client has not finished),
+        else reset the stream.
+        """
+        self._h2_waiting = False
+        self._h2_refused = True
+        _log.info(
+            "refused an HTTP/2 request from {peer}: {status} {reason}: {detail}",
+            peer=_peer(self.channel),
+            status=status,
+            reason=REASONS[status].decode(),
+            detail=detail,
+        )
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.client_gone()
+        if self.body_stream is not None:
+            self.body_stream.detach()
+        self._body_received = True  # never coming: the answer may go out
+        if self.startedWriting:
+            self.abort_client()
+            return
+        body = b"%d %s: %s\n" % (status, REASONS[status], detail.encode("ascii", "replace"))
+        self.setResponseCode(status)
+        headers = self.responseHeaders = Headers()
+        headers.addRawHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        headers.addRawHeader(b"Content-Length", b"%d" % len(body))
+        headers.addRawHeader(b"Date", datetimeToString())
+        self.write(body)
+        self.finish()
+
+    def abort_client(self) -> None:
+        """
+        End the client's side without completing the answer, so that a
+        truncated answer is never taken for a whole one: abort the
+        connection (HTTP/1.1), or reset this request's stream (HTTP/2,
+        whose transport is the stream).
+        """
+        transport = self.transport
+        if transport is not None:
+            transport.abortConnection()
+            return
+        channel = getattr(self, "channel", None)
+        if channel is not None:
+            channel.abortConnection()
 
     def _proxy(self) -> None:
         self.args = {}
@@ -203,6 +325,7 @@ class ProxyRequest(server.Request):
         """
         The client went away: abandon the upstream exchange too.
         """
+        self._h2_stop_timer()
         super().connectionLost(reason)
         exchange = self.exchange
         if exchange is not None:
@@ -234,6 +357,33 @@ class ProxyRequest(server.Request):
         return headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
 
 
+class _H2BodyReader:
+    """
+    An HTTP/2 stream as a L{StreamingBody} pauses and resumes it (the
+    stream stops opening its flow-control window, so the client stops
+    sending), noting it for the body timeout: a body held back because the
+    app server reads slowly is not a client stalling.
+    """
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: ProxyRequest) -> None:
+        self._request = request
+
+    def pauseProducing(self) -> None:
+        request = self._request
+        request._h2_paused = True
+        if request.channel is not None:
+            request.channel.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        request = self._request
+        request._h2_paused = False
+        if request.channel is not None:
+            request._h2_last_read = request._h2_clock().seconds()
+            request.channel.resumeProducing()
+
+
 class _SiteConnection(_GenericHTTPChannelProtocol):
     """
     One client connection, HTTP/1.1 or HTTP/2, known to its site.
@@ -259,6 +409,41 @@ class _SiteConnection(_GenericHTTPChannelProtocol):
         """
         super().connectionLost(reason)
         self.connection_site.connection_closed(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        As Twisted does; but when ALPN picked h2, the connection becomes
+        lbproxy's L{ProxyH2Connection}, behind the gate, rather than
+        Twisted's own.
+        """
+        if self._negotiatedProtocol is None and H2_ENABLED:
+            protocol = getattr(self._channel.transport, "negotiatedProtocol", None)
+            if protocol == b"h2":
+                self._start_h2()
+        super().dataReceived(data)
+
+    def _start_h2(self) -> None:
+        """
+        Swap the HTTP/1.1 channel for a L{ProxyH2Connection}, step for step
+        as C{_GenericHTTPChannelProtocol.dataReceived} swaps in Twisted's
+        C{H2Connection} (private names of Twisted's, as that class is).
+        """
+        from lbproxy.http2 import ProxyH2Connection
+
+        old = self._channel
+        network = old._networkProducer
+        network.unregisterProducer()
+        old.setTimeout(None)
+        channel = ProxyH2Connection(self.connection_site.limits)
+        channel.requestFactory = self._requestFactory
+        channel.site = self._site
+        channel.factory = self._factory
+        channel.timeOut = self._timeOut
+        channel.callLater = self._callLater
+        self._channel = channel
+        self._negotiatedProtocol = b"h2"
+        channel.makeConnection(old.transport)
+        network.registerProducer(channel, True)
 
 
 def _log_path(access_log: str) -> str | None:

@@ -458,7 +458,7 @@ class HTTPSRequest(ProxyRequest):
         """
         Drop the body of a request that will be redirected.
         """
-        if self.body_stream is not None:
+        if not self._redirecting():
             super().handleContentChunk(data)
 
     def process(self) -> None:

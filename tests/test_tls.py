@@ -557,11 +557,6 @@ class HTTP2Tests(TLSTestCase):
         self.assertEqual(len(response["body"]), len(body))
         self.assertEqual(response["body"], body)
 
-    # Twisted's H2Stream calls gotLength() as it meets content-length among
-    # the headers, before the request's method and target are set and the
-    # other headers are in; ProxyRequest.gotLength starts proxying there,
-    # so the app server gets a broken request (400).  Fix in lbproxy.site.
-
     @inlineCallbacks
     def test_sni_keeps_h2(self) -> Any:
         """
