@@ -281,11 +281,17 @@ class ProxyH2Connection(H2Connection):
         return kept
 
     def _log_refusal(self, error: FramingError) -> None:
-        self._log.info(
-            "refused an HTTP/2 request from {peer}: {error}",
-            peer=_peer(self.transport),
-            error=str(error),
-        )
+        # Through the site's rate-limited log, as HTTP/1.1 refusals: a scan
+        # must not flood the log.
+        refusals = getattr(self.site, "refusals", None)
+        if refusals is None:
+            self._log.info(
+                "refused an HTTP/2 request from {peer}: {error}",
+                peer=_peer(self.transport),
+                error=str(error),
+            )
+            return
+        refusals.refused(f"HTTP/2 {error}", _peer(self.transport))
 
     def _requestDone(self, streamID: int) -> None:
         """
