@@ -166,8 +166,14 @@ class StreamingBody:
         self._release_upstream()
 
     def _release_upstream(self) -> None:
+        # attach() registered this body with the transport, so it is still
+        # the transport's producer: unregister it whatever the transport
+        # reports as its producer.  A TLS transport (TLSMemoryBIOProtocol)
+        # wraps a producer in a _ProducerMembrane, so asking whether
+        # C{upstream.producer is self} is never true through it, and the
+        # pooled connection then refuses the next exchange's body.
         upstream, self._upstream = self._upstream, None
-        if upstream is not None and upstream.producer is self:
+        if upstream is not None:
             upstream.unregisterProducer()
 
     def _pause_client(self) -> None:

@@ -423,6 +423,47 @@ class UpstreamTLSTests(TLSTestCase):
         self.assertIn("certificate verify failed", reason)
 
 
+def _post(port: int, body: bytes, path: bytes = b"/echo") -> Deferred[Any]:
+    """
+    One C{POST} with C{Connection: close}; fires with the parsed response.
+    """
+    payload = (
+        b"POST " + path + b" HTTP/1.1\r\nHost: test.example\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    ) + body
+    _, done = raw_request(port, payload)
+    return done.addCallback(lambda data: parse_responses(data)[-1])
+
+
+class UpstreamTLSBodyTests(TLSTestCase):
+    """
+    Request bodies to C{https://} upstreams, on pooled connections and
+    across a failed handshake.
+    """
+
+    @inlineCallbacks
+    def test_posts_on_a_pooled_connection(self) -> Any:
+        """
+        Three POSTs in a row reach an https app server whole and are
+        answered 200 with their bodies: the body's producer is unregistered
+        from the TLS transport (which wraps it) after each, so the pooled
+        connection takes the next; no exchange is left in flight.
+        """
+        app, port = start_tls_app(self, "a", self.server_cert.options())
+        site = start_proxy(
+            self, (ServerConfig("127.0.0.1", port, scheme="https"),), upstream_ca=self.ca_path
+        )
+        proxy_port = listen(self, site)
+        for index in range(3):
+            body = b"body number %d " % index * 100
+            response = yield _post(proxy_port, body)
+            self.assertEqual((response.status, response.body), (200, body))
+        self.assertEqual(
+            [r.body for r in app.requests], [b"body number %d " % i * 100 for i in range(3)]
+        )
+        self.assertEqual(site.resource.exchanges, set())
+
+
 class ListenerTests(TLSTestCase):
     """
     C{ssl:} listeners: termination, X-Forwarded-Proto, HSTS, SNI.
