@@ -16,7 +16,10 @@ as soon as there is one.  Backpressure runs both ways:
 
 Until the first byte has been written upstream the body can still go to
 another server (the pending pieces are kept), which is what lets a refused
-connection fail over without losing the upload.
+connection fail over without losing the upload.  Over TLS the body is
+attached only once the handshake has completed
+(L{lbproxy.upstream.UpstreamConnection.handshakeCompleted}): bytes written
+during the handshake are lost with it if it fails.
 """
 
 from __future__ import annotations

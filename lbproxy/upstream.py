@@ -235,9 +235,14 @@ class UpstreamConnection(Protocol):
 
     def handshakeCompleted(self) -> None:
         """
-        The TLS handshake succeeded: the server's certificate is verified.
+        The TLS handshake succeeded: the server's certificate is verified,
+        and a streamed request body waiting for it starts to flow.
         """
         self._handshaking = False
+        body = self._body
+        if body is not None:
+            # send() ran during the handshake and held the body back.
+            body.attach(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -310,6 +315,14 @@ class UpstreamConnection(Protocol):
             return
         _send_now(self.transport, request.head)
         self._body = body
+        if self._handshaking:
+            # TLS holds what is written until its handshake is done, and a
+            # failed handshake drops it.  The head is rebuilt for the next
+            # server, but body bytes handed over now would count as sent and
+            # be lost: the next server would get the Content-Length and no
+            # body.  The body stays pending (and can fail over) until
+            # handshakeCompleted.
+            return
         # The body follows as the client sends it; the transport pauses it
         # (and so the client) when the app server reads slowly.
         body.attach(self.transport)

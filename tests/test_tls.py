@@ -463,6 +463,31 @@ class UpstreamTLSBodyTests(TLSTestCase):
         )
         self.assertEqual(site.resource.exchanges, set())
 
+    @inlineCallbacks
+    def test_failed_handshake_keeps_the_body(self) -> Any:
+        """
+        A POST whose first server fails the TLS handshake goes to the next
+        server with its whole body: nothing of it counted as sent before
+        the handshake completed.
+        """
+        other = CA("another CA").issue("127.0.0.1")
+        bad, bad_port = start_tls_app(self, "bad", other.options())
+        good, good_port = start_tls_app(self, "good", self.server_cert.options())
+        site = start_proxy(
+            self,
+            (
+                ServerConfig("127.0.0.1", bad_port, scheme="https"),
+                ServerConfig("127.0.0.1", good_port, scheme="https"),
+            ),
+            upstream_ca=self.ca_path,
+            read_timeout=5.0,
+        )
+        body = b"the whole upload " * 1000
+        response = yield _post(listen(self, site), body)
+        self.assertEqual((response.status, response.body), (200, body))
+        self.assertEqual(bad.requests, [])
+        self.assertEqual([r.body for r in good.requests], [body])
+
 
 class ListenerTests(TLSTestCase):
     """

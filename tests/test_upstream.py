@@ -5,14 +5,20 @@ L{StringTransport} and a L{Clock}, and the idle pool.
 
 from __future__ import annotations
 
+from OpenSSL import SSL
+from twisted.internet.interfaces import INegotiated
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
+from lbproxy.body import StreamingBody
 from lbproxy.client import UpstreamClient
 from lbproxy.config import ServerConfig
 from lbproxy.pool import Server
 from lbproxy.upstream import (
+    ConnectFailed,
     InvalidResponse,
     ReadTimeout,
     ResponseTruncated,
@@ -366,3 +372,73 @@ class ReloadedTimeoutTests(SynchronousTestCase):
         clock.advance(5.1)
         self.assertIsInstance(sink.error, ReadTimeout)
         self.assertIn("5 s", str(sink.error))
+
+
+@implementer(INegotiated)
+class _TLSStringTransport(StringTransport):
+    """
+    A L{StringTransport} that looks like a TLS transport (L{INegotiated}, a
+    TCP transport underneath).
+    """
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+
+class HandshakeTests(SynchronousTestCase):
+    """
+    Over TLS a streamed body waits for the handshake, so that a failed
+    handshake loses none of it.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = UpstreamClient(None, self.clock)
+        self.server = Server(ServerConfig("127.0.0.1", 3000, scheme="https"))
+
+    def _tls_connection(self) -> tuple[UpstreamConnection, StringTransport]:
+        transport = _TLSStringTransport()
+        connection = UpstreamConnection(self.client, self.server)
+        connection.makeConnection(transport)
+        return connection, transport
+
+    def _post(self, body: StreamingBody) -> UpstreamRequest:
+        return UpstreamRequest(b"POST", b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n", body)
+
+    def test_body_waits_for_the_handshake(self) -> None:
+        """
+        During the handshake only the head is written; the body follows
+        once the handshake completed.
+        """
+        connection, transport = self._tls_connection()
+        body = StreamingBody(StringTransport(), 5)
+        body.feed(b"12345")
+        body.end()
+        connection.send(self._post(body), RecordingSink(), reused=False)
+        self.assertFalse(body.sent_any)
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n"))
+        connection.handshakeCompleted()
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n12345"))
+        self.assertTrue(body.sent_any)
+
+    def test_failed_handshake_keeps_the_body(self) -> None:
+        """
+        A handshake that fails is a L{ConnectFailed} (another server may
+        be tried) and the body, none of it sent, goes whole to the next
+        connection.
+        """
+        connection, _ = self._tls_connection()
+        body = StreamingBody(StringTransport(), 5)
+        body.feed(b"123")
+        sink = RecordingSink()
+        connection.send(self._post(body), sink, reused=False)
+        body.feed(b"45")
+        body.end()
+        connection.connectionLost(Failure(SSL.Error([("SSL", "", "certificate verify failed")])))
+        self.assertIsInstance(sink.error, ConnectFailed)
+        self.assertFalse(body.sent_any)
+        plain = StringTransport()
+        second = UpstreamConnection(self.client, Server(ServerConfig("127.0.0.1", 3001)))
+        second.makeConnection(plain)
+        second.send(self._post(body), RecordingSink(), reused=False)
+        self.assertTrue(plain.value().endswith(b"\r\n\r\n12345"))
