@@ -18,8 +18,13 @@ and decides what happens when an attempt fails:
     seen it (lbproxy's idle timeout, below Node's, makes this rare);
   - anything else before the answer started: 502, or 504 for the read
     timeout;
-  - anything after the answer started: the client connection is aborted,
-    so a truncated body never looks complete.
+  - anything after the answer started reaching the client: the client
+    connection is aborted, so a truncated body never looks complete.
+
+Only the server's failures count towards its C{max-fails}
+(L{lbproxy.upstream.UpstreamError.server_fault}): not a stale pooled
+connection, not a bug in lbproxy (502, traceback logged), not a client
+that stalls or leaves.
 """
 
 from __future__ import annotations
@@ -263,6 +268,20 @@ class ProxyExchange:
             if self._abandon is not None:
                 self._abandon()
 
+    def processing_failed(self) -> None:
+        """
+        An exception escaped while this request was being proxied (a bug
+        in lbproxy; the request answers 500): end the exchange, abandon
+        its upstream side without blaming the server, and let the client
+        finish sending a body that nothing will take.
+        """
+        if not self._finished:
+            self._end()
+            if self._abandon is not None:
+                self._abandon()
+        if self._request.body_stream is not None:
+            self._request.body_stream.detach()
+
     # IResponseSink
 
     def response_headers(
@@ -329,18 +348,26 @@ class ProxyExchange:
             target=request.uri.decode("latin-1"),
         )
         if self._started:
-            self._end()
             request.unregisterProducer()
-            request.transport.abortConnection()
-            return
-        if not isinstance(error, StaleConnection):
+            if request.startedWriting:
+                # Part of the answer is out: abort, so that a truncated
+                # answer never looks complete.
+                self._end()
+                request.transport.abortConnection()
+                return
+            # The status and headers were taken but nothing reached the
+            # client yet (an error while relaying them): it still gets a
+            # plain error answer.
+        elif error.server_fault:
             # nginx's max_fails counts errors, timeouts and invalid answers
-            # before the answer started; a stale pooled connection is ours.
+            # before the answer started; a stale pooled connection or a bug
+            # in lbproxy is not the server's.
             self._pool.attempt_failed(server, str(error))  # type: ignore[union-attr]
-        if isinstance(error, ConnectFailed):
+        if isinstance(error, ConnectFailed) and not self._started:
             self._attempt()
         elif (
-            isinstance(error, StaleConnection)
+            not self._started
+            and isinstance(error, StaleConnection)
             and not self._retried_stale
             and request.method in IDEMPOTENT_METHODS
             and not _body_sent(self._upstream_request)

@@ -23,6 +23,8 @@ Pieces:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConnectFailed",
     "IResponseSink",
+    "InternalError",
     "InvalidResponse",
     "ReadTimeout",
     "ResponseTruncated",
@@ -72,10 +75,15 @@ class UpstreamError(Exception):
     @cvar status: the status the client gets if no answer was relayed yet.
     @cvar nothing_sent: C{True} when the app server cannot have seen the
         request, so sending it to another server is safe for every method.
+    @cvar server_fault: C{True} when the failure is the server's and counts
+        towards its C{max-fails} (nginx's C{max_fails} counts errors,
+        timeouts and invalid answers); C{False} when lbproxy or the
+        connection's age is to blame.
     """
 
     status = 502
     nothing_sent = False
+    server_fault = True
 
 
 class ConnectFailed(UpstreamError):
@@ -91,8 +99,11 @@ class StaleConnection(UpstreamError):
     A reused keep-alive connection closed before any byte of an answer.
 
     The app server closed it while idle (Node closes idle keep-alive
-    connections after 5 s) as the request was on its way.
+    connections after 5 s) as the request was on its way: a race of
+    lbproxy's pooling, not a fault of the server.
     """
+
+    server_fault = False
 
 
 class ReadTimeout(UpstreamError):
@@ -112,6 +123,26 @@ class InvalidResponse(UpstreamError):
 class ResponseTruncated(UpstreamError):
     """
     The connection closed before the answer was complete.
+    """
+
+
+class InternalError(UpstreamError):
+    """
+    A bug in lbproxy while sending a request or handling its answer.
+
+    The client gets 502 and the traceback is logged, but the server stays
+    in rotation: with C{max-fails 1} one bug would otherwise take a healthy
+    server out for C{fail-timeout}.
+    """
+
+    server_fault = False
+
+
+class _RefusedAnswer(Exception):
+    """
+    Raised inside a parser callback to refuse an answer that llhttp would
+    accept (framing lbproxy does not relay, a head too large): the
+    server's invalid response, unlike any other exception raised there.
     """
 
 
@@ -220,6 +251,9 @@ class UpstreamConnection(Protocol):
         self.idle_since = 0.0
         self.connected = False
         self._handshaking = False
+        # Counts exchanges, so that abandoning one that is over (the
+        # connection went back to the pool and serves another) does nothing.
+        self._exchange = 0
 
     # Protocol
 
@@ -257,6 +291,17 @@ class UpstreamConnection(Protocol):
         self._last_read = self._clock.seconds()
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            # An exception raised inside one of the callbacks below, which
+            # httptools wraps: the server's fault only if it is a refusal
+            # of the answer; anything else is a bug in lbproxy (the sink
+            # runs inside these callbacks).
+            cause = e.__context__
+            if isinstance(cause, _RefusedAnswer):
+                self._fail(InvalidResponse(f"invalid HTTP response: {cause}"))
+            else:
+                self._internal_error(cause or e, "handling the answer")
+            return
         except httptools.HttpParserError as e:
             self._fail(InvalidResponse(f"invalid HTTP response: {_parser_message(e)}"))
             return
@@ -294,7 +339,9 @@ class UpstreamConnection(Protocol):
 
     # Sending
 
-    def send(self, request: UpstreamRequest, sink: IResponseSink, reused: bool) -> None:
+    def send(
+        self, request: UpstreamRequest, sink: IResponseSink, reused: bool
+    ) -> Callable[[], None]:
         """
         Start an exchange on this (idle, connected) connection.
 
@@ -303,7 +350,13 @@ class UpstreamConnection(Protocol):
         @param reused: whether this connection served an exchange before,
             which decides between L{StaleConnection} and L{ResponseTruncated}
             if it closes before answering.
+        @return: a function that abandons this exchange (the client went
+            away): it drops the connection while the exchange is in
+            progress, and does nothing once it is over, when the connection
+            may already carry another client's request.
         """
+        self._exchange += 1
+        abandon = partial(self._abandon, self._exchange)
         self._sink = sink
         self._request = request
         self._reused = reused
@@ -312,7 +365,7 @@ class UpstreamConnection(Protocol):
         body = request.body
         if isinstance(body, bytes):
             _send_now(self.transport, request.head + body if body else request.head)
-            return
+            return abandon
         _send_now(self.transport, request.head)
         self._body = body
         if self._handshaking:
@@ -322,15 +375,21 @@ class UpstreamConnection(Protocol):
             # be lost: the next server would get the Content-Length and no
             # body.  The body stays pending (and can fail over) until
             # handshakeCompleted.
-            return
+            return abandon
         # The body follows as the client sends it; the transport pauses it
         # (and so the client) when the app server reads slowly.
         body.attach(self.transport)
+        return abandon
+
+    def _abandon(self, exchange: int) -> None:
+        if self._sink is not None and exchange == self._exchange:
+            self.abort()
 
     def abort(self) -> None:
         """
-        Abandon the exchange (the client went away): drop the connection,
-        which is never put back half-read.
+        Abandon whatever exchange is in progress: drop the connection,
+        which is never put back half-read.  (Callers outside this module
+        use the function L{send} returns, bound to their exchange.)
         """
         self._sink = None
         self._stop_body(keep=False)
@@ -390,7 +449,7 @@ class UpstreamConnection(Protocol):
         framing_error = response_framing_error(headers)
         if framing_error is not None:
             # llhttp reads such an answer until EOF; refuse it (502).
-            raise ValueError(framing_error)
+            raise _RefusedAnswer(framing_error)
         self._headers_done = True
         self._until_eof = _delimited_by_eof(status, headers, self._request)
         if not parser.should_keep_alive():
@@ -448,6 +507,29 @@ class UpstreamConnection(Protocol):
             self.transport.abortConnection()
         if sink is not None:
             sink.response_failed(error)
+
+    def internal_error(self, sink: IResponseSink, doing: str) -> None:
+        """
+        An exception escaped while sending on this connection for C{sink}:
+        log it and fail the exchange with L{InternalError}; the connection
+        is dropped.  Call from an C{except} block.
+
+        @param doing: what was being done, for the log line.
+        """
+        self._log.failure(
+            "lbproxy internal error {doing} for {server}", doing=doing, server=self.server.address
+        )
+        self._sink = sink
+        self._fail(InternalError(f"lbproxy internal error {doing} (traceback logged)"))
+
+    def _internal_error(self, error: BaseException, doing: str) -> None:
+        self._log.failure(
+            "lbproxy internal error {doing} from {server}",
+            failure=Failure(error, type(error), error.__traceback__),
+            doing=doing,
+            server=self.server.address,
+        )
+        self._fail(InternalError(f"lbproxy internal error {doing} (traceback logged)"))
 
     def _reset_answer(self) -> None:
         self._received = False

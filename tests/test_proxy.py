@@ -760,3 +760,61 @@ class LoopTests(TestCase):
         response = yield get(port)
         self.assertEqual(response.status, 508)
         self.assertIn(b"loops", response.body)
+
+
+class InternalErrorTests(TestCase):
+    """
+    A bug in lbproxy costs one answer, never an app server's place in
+    rotation, and never leaves an exchange in flight.
+    """
+
+    @inlineCallbacks
+    def test_bug_in_a_response_callback_keeps_the_server(self):
+        """
+        An exception while relaying an answer's headers (inside an httptools
+        callback) is logged with its traceback and answered 502; with
+        C{max-fails 1} the server stays in rotation and the next request
+        gets 200 from it.
+        """
+        from lbproxy import resource
+
+        calls = []
+        original = resource.end_to_end
+
+        def buggy(headers):
+            calls.append(headers)
+            if len(calls) == 1:
+                raise ZeroDivisionError("a bug in lbproxy")
+            return original(headers)
+
+        self.patch(resource, "end_to_end", buggy)
+        app, _, port = start_app(self, "3000")
+        proxy_port, site, _ = start_proxy(self, [port])
+        first = yield get(proxy_port)
+        self.assertEqual(first.status, 502)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        server = site.resource.router.only.servers[0]
+        self.assertTrue(server.up)
+        second = yield get(proxy_port)
+        self.assertEqual((second.status, second.body), (200, b"PORT 3000"))
+        self.assertEqual(site.resource.exchanges, set())
+
+    @inlineCallbacks
+    def test_processing_failed_ends_the_exchange(self):
+        """
+        An exception escaping the resource's render answers 500 and ends
+        the exchange (a graceful stop would otherwise wait for it).
+        """
+        from lbproxy.pool import Pool
+
+        def broken_pick(self, exclude=()):
+            raise RuntimeError("a bug in lbproxy")
+
+        self.patch(Pool, "pick", broken_pick)
+        _, _, port = start_app(self, "3000")
+        proxy_port, site, _ = start_proxy(self, [port])
+        response = yield get(proxy_port)
+        self.assertEqual(response.status, 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(site.resource.exchanges, set())
+        self.assertEqual(site.resource.in_flight, 0)

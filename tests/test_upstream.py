@@ -19,6 +19,7 @@ from lbproxy.config import ServerConfig
 from lbproxy.pool import Server
 from lbproxy.upstream import (
     ConnectFailed,
+    InternalError,
     InvalidResponse,
     ReadTimeout,
     ResponseTruncated,
@@ -442,3 +443,113 @@ class HandshakeTests(SynchronousTestCase):
         second.makeConnection(plain)
         second.send(self._post(body), RecordingSink(), reused=False)
         self.assertTrue(plain.value().endswith(b"\r\n\r\n12345"))
+
+
+class _BrokenBody(StreamingBody):
+    """
+    A request body whose C{attach} raises: an lbproxy bug on the way out.
+    """
+
+    def attach(self, transport: object) -> None:
+        raise RuntimeError("bug in attach")
+
+
+class ExchangeBoundaryTests(SynchronousTestCase):
+    """
+    What happens at the edges of an exchange: a bug while sending on a
+    pooled connection, a bug inside a parser callback, a late abandon.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = UpstreamClient(None, self.clock)
+        self.server = Server(ServerConfig("127.0.0.1", 3000))
+
+    def _pooled(self) -> UpstreamConnection:
+        connection = UpstreamConnection(self.client, self.server)
+        connection.makeConnection(StringTransport())
+        connection.send(_request(), RecordingSink(), reused=False)
+        connection.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual(self.client.idle_count(self.server), 1)
+        return connection
+
+    def test_bug_sending_on_pooled_connection(self) -> None:
+        """
+        An exception while sending on a pooled connection costs one 502
+        that does not blame the server, with a traceback in the log; the
+        connection is dropped.
+        """
+        connection = self._pooled()
+        sink = RecordingSink()
+        body = _BrokenBody(StringTransport(), 1)
+        request = UpstreamRequest(b"POST", b"POST / HTTP/1.1\r\n\r\n", body)
+        self.client.send(self.server, request, sink)
+        self.assertIsInstance(sink.error, InternalError)
+        self.assertEqual(sink.error.status, 502)
+        self.assertFalse(sink.error.server_fault)
+        self.assertTrue(connection.transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_bug_in_a_response_callback(self) -> None:
+        """
+        An exception raised by the sink inside a parser callback (httptools
+        wraps it as C{HttpParserCallbackError}) is lbproxy's internal
+        error, logged with its traceback, not the server's invalid answer.
+        """
+
+        class BrokenSink(RecordingSink):
+            def response_headers(self, status, reason, headers, producer) -> None:
+                raise ZeroDivisionError("bug in response_headers")
+
+        connection = UpstreamConnection(self.client, self.server)
+        connection.makeConnection(StringTransport())
+        sink = BrokenSink()
+        connection.send(_request(), sink, reused=False)
+        connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertIsInstance(sink.error, InternalError)
+        self.assertNotIsInstance(sink.error, InvalidResponse)
+        self.assertFalse(sink.error.server_fault)
+        self.assertTrue(connection.transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_framing_refusal_is_the_servers(self) -> None:
+        """
+        An answer lbproxy refuses for its framing is still the server's
+        invalid response (it counts against the server).
+        """
+        connection = UpstreamConnection(self.client, self.server)
+        connection.makeConnection(StringTransport())
+        sink = RecordingSink()
+        connection.send(_request(), sink, reused=False)
+        connection.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n")
+        self.assertIsInstance(sink.error, InvalidResponse)
+        self.assertTrue(sink.error.server_fault)
+
+    def test_late_abandon_is_a_no_op(self) -> None:
+        """
+        Abandoning an exchange after it ended, once its connection went
+        back to the pool and carries another client's request, leaves that
+        request alone.
+        """
+        connection = self._pooled()
+        first = RecordingSink()
+        abandon_first = self.client.send(self.server, _request(), first)
+        connection.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertTrue(first.done)
+        second = RecordingSink()
+        self.client.send(self.server, _request(), second)
+        abandon_first()
+        self.assertFalse(connection.transport.disconnecting)
+        connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual((second.body, second.done, second.error), (b"ok", True, None))
+
+    def test_abandon_in_flight(self) -> None:
+        """
+        Abandoning an exchange still in flight drops its connection.
+        """
+        connection = self._pooled()
+        sink = RecordingSink()
+        abandon = self.client.send(self.server, _request(), sink)
+        abandon()
+        self.assertTrue(connection.transport.disconnecting)
+        self.assertEqual(self.client.idle_count(self.server), 0)
