@@ -75,6 +75,7 @@ class UpstreamClient:
         idle_timeout: float = 4.0,
         endpoint_factory: Callable[[Server], object] | None = None,
         tls: UpstreamTLS | None = None,
+        max_headers_size: int = 65536,
     ) -> None:
         """
         @param reactor: what makes connections (C{IReactorTCP} and a name
@@ -90,6 +91,9 @@ class UpstreamClient:
             C{https} servers.
         @param tls: the TLS settings for C{https} servers; platform trust
             and full verification if L{None}.
+        @param max_headers_size: the largest response head (status line
+            and headers) accepted from a server; 502 beyond, as nginx's
+            "upstream sent too big header".
         """
         self._reactor = reactor
         self.clock = clock
@@ -97,6 +101,7 @@ class UpstreamClient:
         self.read_timeout = read_timeout
         self.keepalive = keepalive
         self.idle_timeout = idle_timeout
+        self.max_headers_size = max_headers_size
         self._endpoint_factory = endpoint_factory or self._hostname_endpoint
         self._idle: dict[Server, list[UpstreamConnection]] = {}
         self._endpoints: dict[Server, tuple[object, _ConnectionFactory]] = {}

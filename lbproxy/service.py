@@ -210,6 +210,7 @@ class ProxyService(MultiService):
         self.client.read_timeout = config.read_timeout
         self.client.keepalive = config.upstream_keepalive
         self.client.idle_timeout = config.upstream_idle_timeout
+        self.client.max_headers_size = config.max_upstream_headers_size
         kept = {_key(s) for pool in self.resource.router.pools.values() for s in pool.servers}
         for key, server in known.items():
             if key not in kept:

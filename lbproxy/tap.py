@@ -279,6 +279,16 @@ class Options(usage.Options):
             "Most request header lines, 431 beyond (HAProxy: tune.http.maxhdr 101).",
             _positive,
         ],
+        # Upstream answers (lbproxy.upstream).
+        [
+            "max-upstream-headers-size",
+            None,
+            65536,
+            "Largest response head (status line and headers) from an upstream "
+            "server in bytes; 502 beyond, counted as the server's failure "
+            '(nginx: "upstream sent too big header", proxy_buffer_size).',
+            _positive,
+        ],
         # TLS (lbproxy.tls).
         [
             "tls-cert-dir",
@@ -445,6 +455,7 @@ class Options(usage.Options):
                 upstream_insecure=bool(self["upstream-insecure"]),
                 redirect_https=self["redirect-https"],
                 hsts=self["hsts"],
+                max_upstream_headers_size=self["max-upstream-headers-size"],
             )
             check_tls_files(self.config)
         except ConfigError as e:
@@ -541,6 +552,7 @@ def build_site(config: Config, reactor: Any, clock: Any = None) -> tuple[ProxySi
         keepalive=config.upstream_keepalive,
         idle_timeout=config.upstream_idle_timeout,
         tls=upstream_tls(config),
+        max_headers_size=config.max_upstream_headers_size,
     )
     resource = BalancingProxyResource(build_router(config, clock), client)
     site = ProxySite(

@@ -246,6 +246,11 @@ class UpstreamConnection(Protocol):
         self._paused = False
         self._reason = b""
         self._headers: list[Header] = []
+        # Bytes of the answer's head so far (interim answers included):
+        # counted from the parsed pieces, and from the raw reads while the
+        # head is incomplete, against the client's max_headers_size.
+        self._head_size = 0
+        self._head_read = 0
         self._timer: IDelayedCall | None = None
         self._last_read = 0.0
         self.idle_since = 0.0
@@ -289,6 +294,7 @@ class UpstreamConnection(Protocol):
             return
         self._received = True
         self._last_read = self._clock.seconds()
+        in_head = not self._headers_done
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
@@ -298,13 +304,20 @@ class UpstreamConnection(Protocol):
             # runs inside these callbacks).
             cause = e.__context__
             if isinstance(cause, _RefusedAnswer):
-                self._fail(InvalidResponse(f"invalid HTTP response: {cause}"))
+                self._fail(InvalidResponse(str(cause)))
             else:
                 self._internal_error(cause or e, "handling the answer")
             return
         except httptools.HttpParserError as e:
             self._fail(InvalidResponse(f"invalid HTTP response: {_parser_message(e)}"))
             return
+        if in_head and not self._headers_done:
+            # Still in the head after this read, so all of it was head:
+            # llhttp would buffer a header line of any length, so stop here.
+            self._head_read += len(data)
+            if self._head_read > self._client.max_headers_size:
+                self._fail(InvalidResponse(self._too_big_header()))
+                return
         if self._complete:
             self._finish_exchange()
 
@@ -431,11 +444,24 @@ class UpstreamConnection(Protocol):
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
+        self._head_size += len(status)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        # The bytes of "Name: value\r\n".
+        self._head_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
+        # "HTTP/1.1 200 " and the CRLFs ending the status line and the head.
+        self._head_size += 17
+        if self._head_size > self._client.max_headers_size:
+            # nginx's "upstream sent too big header" (past
+            # proxy_buffer_size): 502.  nginx counts it as a failure of the
+            # server (NGX_HTTP_UPSTREAM_FT_INVALID_HEADER marks the peer
+            # failed for max_fails), and so does lbproxy, since it is an
+            # InvalidResponse; like nginx's default proxy_next_upstream it
+            # is not retried elsewhere.
+            raise _RefusedAnswer(self._too_big_header())
         parser = self._parser
         status = parser.get_status_code()
         if status < 200:
@@ -449,7 +475,7 @@ class UpstreamConnection(Protocol):
         framing_error = response_framing_error(headers)
         if framing_error is not None:
             # llhttp reads such an answer until EOF; refuse it (502).
-            raise _RefusedAnswer(framing_error)
+            raise _RefusedAnswer(f"invalid HTTP response: {framing_error}")
         self._headers_done = True
         self._until_eof = _delimited_by_eof(status, headers, self._request)
         if not parser.should_keep_alive():
@@ -531,6 +557,12 @@ class UpstreamConnection(Protocol):
         )
         self._fail(InternalError(f"lbproxy internal error {doing} (traceback logged)"))
 
+    def _too_big_header(self) -> str:
+        return (
+            f"upstream sent too big header (more than {self._client.max_headers_size} bytes, "
+            "--max-upstream-headers-size)"
+        )
+
     def _reset_answer(self) -> None:
         self._received = False
         self._headers_done = False
@@ -538,6 +570,8 @@ class UpstreamConnection(Protocol):
         self._until_eof = False
         self._reason = b""
         self._headers = []
+        self._head_size = 0
+        self._head_read = 0
 
     def _stop_body(self, keep: bool) -> None:
         body, self._body = self._body, None

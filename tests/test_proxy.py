@@ -818,3 +818,44 @@ class InternalErrorTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(site.resource.exchanges, set())
         self.assertEqual(site.resource.in_flight, 0)
+
+
+class UpstreamHeadLimitTests(TestCase):
+    """
+    C{--max-upstream-headers-size}: an app server's head too large is 502.
+    """
+
+    @inlineCallbacks
+    def test_too_big_header_is_502(self):
+        """
+        An answer whose head is larger than the limit gets the client a
+        502, one log line naming the server and the reason, and (as in
+        nginx, an invalid header) counts as the server's failure.
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        big = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Big: " + b"b" * 70000 + b"\r\n\r\nok"
+        upstream = FailureTests._serve(self, big, close=False)
+        proxy_port, site, client = start_proxy(self, [upstream])
+        response = yield get(proxy_port)
+        self.assertEqual(response.status, 502)
+        text = [formatEvent(e) for e in events]
+        # One line for the failure (the pool's DOWN line is another matter).
+        lines = [t for t in text if "too big header" in t and "DOWN" not in t]
+        self.assertEqual(len(lines), 1)
+        self.assertIn(f"127.0.0.1:{upstream}", lines[0])
+        self.assertFalse(site.resource.router.only.servers[0].up)
+        self.assertEqual(sum(len(idle) for idle in client._idle.values()), 0)
+
+    @inlineCallbacks
+    def test_limit_option(self):
+        """
+        A smaller limit refuses a head the default accepts.
+        """
+        _, _, port = start_app(self, "3000")
+        proxy_port, _, _ = start_proxy(self, [port], max_upstream_headers_size=50)
+        response = yield get(proxy_port)
+        self.assertEqual(response.status, 502)

@@ -337,3 +337,27 @@ class ListenErrorTests(TestCase):
         self.assertIn("Address already in use", str(error))
         self.flushLoggedErrors()
         yield service.stopService()
+
+
+class ReloadUpstreamSettingsTests(TestCase):
+    """
+    A reload applies the settings about upstream answers.
+    """
+
+    _start = ReloadTests._start
+    _write = ReloadTests._write
+
+    @inlineCallbacks
+    def test_max_upstream_headers_size(self):
+        """
+        A new C{max-upstream-headers-size} applies to the next answers,
+        pooled connections included: a smaller limit refuses a head the old
+        one accepted.
+        """
+        _, _, port = start_app(self, "A")
+        service, proxy_port = yield self._start(_toml([port]))
+        self.assertEqual((yield get(proxy_port)).status, 200)
+        self._write(_toml([port], extra="max-upstream-headers-size = 50\n"))
+        self.assertTrue(service.reload())
+        self.assertEqual(service.client.max_headers_size, 50)
+        self.assertEqual((yield get(proxy_port)).status, 502)

@@ -553,3 +553,80 @@ class ExchangeBoundaryTests(SynchronousTestCase):
         abandon()
         self.assertTrue(connection.transport.disconnecting)
         self.assertEqual(self.client.idle_count(self.server), 0)
+
+
+class HeadLimitTests(SynchronousTestCase):
+    """
+    An answer's head larger than the client's C{max_headers_size} is the
+    server's invalid response (nginx's "upstream sent too big header").
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = UpstreamClient(None, self.clock, max_headers_size=100)
+        self.server = Server(ServerConfig("127.0.0.1", 3000))
+        self.transport = StringTransport()
+        self.connection = UpstreamConnection(self.client, self.server)
+        self.connection.makeConnection(self.transport)
+        self.sink = RecordingSink()
+        self.connection.send(_request(), self.sink, reused=False)
+
+    def _head(self, size: int) -> bytes:
+        """
+        A complete head of exactly C{size} bytes, and a body of 2.
+        """
+        start = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: "
+        end = b"\r\n\r\n"
+        return start + b"p" * (size - len(start) - len(end)) + end
+
+    def test_at_the_limit(self) -> None:
+        """
+        A head of exactly the limit is relayed.
+        """
+        self.connection.dataReceived(self._head(100) + b"ok")
+        self.assertEqual((self.sink.status, self.sink.body, self.sink.done), (200, b"ok", True))
+
+    def test_over_the_limit(self) -> None:
+        """
+        A head one byte over the limit, arriving whole with its body, fails
+        the exchange as the server's invalid response and drops the
+        connection; nothing was relayed.
+        """
+        self.connection.dataReceived(self._head(101) + b"ok")
+        self.assertIsInstance(self.sink.error, InvalidResponse)
+        self.assertTrue(self.sink.error.server_fault)
+        self.assertIn("upstream sent too big header (more than 100 bytes", str(self.sink.error))
+        self.assertIsNone(self.sink.status)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_endless_header_line(self) -> None:
+        """
+        A head that keeps coming fails as soon as more than the limit has
+        arrived, without waiting for its end (llhttp would buffer it).
+        """
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * 50)
+        self.assertIsNone(self.sink.error)
+        self.connection.dataReceived(b"p" * 50)
+        self.assertIsInstance(self.sink.error, InvalidResponse)
+        self.assertIn("too big header", str(self.sink.error))
+
+    def test_body_does_not_count(self) -> None:
+        """
+        Only the head counts: a large body after a small head is relayed.
+        """
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+        self.connection.dataReceived(head + b"b" * 500)
+        self.connection.dataReceived(b"b" * 500)
+        self.assertEqual((len(self.sink.body), self.sink.done), (1000, True))
+
+    def test_limit_per_answer(self) -> None:
+        """
+        The count starts again for the next answer on a pooled connection,
+        and follows the client's current limit (a reload changes it).
+        """
+        self.connection.dataReceived(self._head(100) + b"ok")
+        self.client.max_headers_size = 200
+        sink = RecordingSink()
+        self.connection.send(_request(), sink, reused=True)
+        self.connection.dataReceived(self._head(200) + b"ok")
+        self.assertEqual((sink.status, sink.done), (200, True))
