@@ -24,6 +24,7 @@ during the handshake are lost with it if it fails.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
@@ -61,6 +62,7 @@ class StreamingBody:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._upstream: Any = None
+        self._sent: Callable[[], None] | None = None
         self._client_paused = False
         self._discarding = False
 
@@ -99,12 +101,16 @@ class StreamingBody:
 
     # The upstream side
 
-    def attach(self, transport: Any) -> None:
+    def attach(self, transport: Any, sent: Callable[[], None] | None = None) -> None:
         """
         Start sending to C{transport} (the request head is already written):
         what arrived so far, then the rest as it comes.
+
+        @param sent: called once the whole body has been written to
+            C{transport} (the upstream read timeout starts then).
         """
         self._upstream = transport
+        self._sent = sent
         transport.registerProducer(self, True)
         pending, self._pending, self._pending_size = self._pending, [], 0
         for data in pending:
@@ -167,6 +173,9 @@ class StreamingBody:
             self._upstream.write(b"0\r\n\r\n")
             self.sent_any = True
         self._release_upstream()
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            sent()
 
     def _release_upstream(self) -> None:
         # attach() registered this body with the transport, so it is still

@@ -281,7 +281,7 @@ class UpstreamConnection(Protocol):
         body = self._body
         if body is not None:
             # send() ran during the handshake and held the body back.
-            body.attach(self.transport)
+            body.attach(self.transport, self._body_sent)
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -391,8 +391,13 @@ class UpstreamConnection(Protocol):
             return abandon
         # The body follows as the client sends it; the transport pauses it
         # (and so the client) when the app server reads slowly.
-        body.attach(self.transport)
+        body.attach(self.transport, self._body_sent)
         return abandon
+
+    def _body_sent(self) -> None:
+        # The read timeout starts now, as nginx's proxy_read_timeout starts
+        # once the request is sent; until now it was not running.
+        self._last_read = self._clock.seconds()
 
     def _abandon(self, exchange: int) -> None:
         if self._sink is not None and exchange == self._exchange:
@@ -599,9 +604,12 @@ class UpstreamConnection(Protocol):
             return
         now = self._clock.seconds()
         if self._paused or (self._body is not None and not self._body.complete):
-            # Paused by a slow client, or still sending the body (the app
-            # server may wait for all of it, as nginx's proxy_read_timeout
-            # starts after sending): the read timeout is not running.
+            # Paused by a slow client (the send timeout of the client side
+            # governs), or still sending the body (the app server may wait
+            # for all of it, as nginx's proxy_read_timeout starts after
+            # sending; a stalled body is the client's 408): the read timeout
+            # is not running.  _body_sent and resumeProducing restart it
+            # from their own moment.
             self._last_read = now
         timeout = self._client.read_timeout  # may change on reload
         remaining = self._last_read + timeout - now

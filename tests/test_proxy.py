@@ -641,6 +641,75 @@ class UploadTests(TestCase):
         self.assertEqual(sum(len(idle) for idle in client_pool._idle.values()), 0)
 
     @inlineCallbacks
+    def test_stalled_body_is_the_clients_408(self):
+        """
+        A body that stalls is the client's failure: it gets 408 after the
+        body timeout, the read timeout (shorter) never fires while the body
+        is incomplete, and the server is not counted: with max-fails 1 the
+        next client gets 200 from it.
+        """
+        clock = Clock()
+        proxy_port, site, _ = start_proxy(self, [self.backend_port], clock=clock, read_timeout=5.0)
+        partial: Deferred[None] = Deferred()
+
+        def on_data(backend):
+            if backend.received.startswith(b"GET"):
+                if backend.received.endswith(b"\r\n\r\n"):
+                    backend.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            elif backend.received.endswith(b"12345") and not partial.called:
+                partial.callback(None)
+
+        self.on_backend_data = on_data
+        _, done = raw_request(
+            proxy_port, b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345"
+        )
+        yield partial
+        clock.advance(30)
+        self.assertNoResult(done)
+        clock.advance(31)
+        response = parse_responses((yield done))[0]
+        self.assertEqual(response.status, 408)
+        self.assertTrue(site.resource.router.only.servers[0].up)
+        after = yield get(proxy_port)
+        self.assertEqual((after.status, after.body), (200, b"ok"))
+        self.assertEqual(site.resource.exchanges, set())
+
+    @inlineCallbacks
+    def test_read_timeout_starts_when_the_body_is_sent(self):
+        """
+        After a slow upload the app server has the whole read timeout from
+        the moment the body was sent: with a 5 s read timeout, a body that
+        took 7 s and an answer 4 s after it is relayed (not a 504 from an
+        earlier check of the timer), and the server stays in rotation.
+        """
+        clock = Clock()
+        proxy_port, site, _ = start_proxy(self, [self.backend_port], clock=clock, read_timeout=5.0)
+        arrived = [Deferred(), Deferred()]
+
+        def on_data(backend):
+            for waiter, tail in zip(arrived, (b"12345", b"67890"), strict=True):
+                if backend.received.endswith(tail) and not waiter.called:
+                    waiter.callback(None)
+
+        self.on_backend_data = on_data
+        client, done = raw_request(
+            proxy_port,
+            b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n12345",
+        )
+        yield arrived[0]
+        # The timer's check at 5 s finds the body incomplete, then 2 s more.
+        clock.advance(5)
+        clock.advance(2)
+        client.transport.write(b"67890")
+        yield arrived[1]
+        clock.advance(4)
+        self.assertNoResult(done)
+        self.backends[0].transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        response = parse_responses((yield done))[0]
+        self.assertEqual((response.status, response.body), (200, b"ok"))
+        self.assertTrue(site.resource.router.only.servers[0].up)
+
+    @inlineCallbacks
     def test_slow_app_server_holds_the_client_back(self):
         """
         An app server that stops reading makes lbproxy stop reading from

@@ -450,7 +450,7 @@ class _BrokenBody(StreamingBody):
     A request body whose C{attach} raises: an lbproxy bug on the way out.
     """
 
-    def attach(self, transport: object) -> None:
+    def attach(self, transport: object, sent: object = None) -> None:
         raise RuntimeError("bug in attach")
 
 
@@ -630,3 +630,47 @@ class HeadLimitTests(SynchronousTestCase):
         self.connection.send(_request(), sink, reused=True)
         self.connection.dataReceived(self._head(200) + b"ok")
         self.assertEqual((sink.status, sink.done), (200, True))
+
+
+class ReadTimeoutAfterBodyTests(SynchronousTestCase):
+    """
+    The read timeout starts once the request body has been sent whole (as
+    nginx's C{proxy_read_timeout}): a slow upload is not the server's
+    silence.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = UpstreamClient(None, self.clock, read_timeout=60.0)
+        self.connection = UpstreamConnection(self.client, Server(ServerConfig("127.0.0.1", 3000)))
+        self.connection.makeConnection(StringTransport())
+        self.body = StreamingBody(StringTransport(), 10)
+        self.sink = RecordingSink()
+        request = UpstreamRequest(
+            b"POST", b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n", self.body
+        )
+        self.connection.send(request, self.sink, reused=False)
+
+    def test_not_running_while_body_incomplete(self) -> None:
+        """
+        However long the body takes, the read timeout does not fire.
+        """
+        self.body.feed(b"12345")
+        self.clock.advance(600)
+        self.assertIsNone(self.sink.error)
+
+    def test_starts_when_body_complete(self) -> None:
+        """
+        The read timeout counts from the moment the body was sent whole,
+        not from an earlier check: a body completed at 100 s times out at
+        160 s, not at the timer's next check (120 s).
+        """
+        self.body.feed(b"12345")
+        self.clock.advance(60)
+        self.clock.advance(40)
+        self.body.feed(b"67890")
+        self.body.end()
+        self.clock.advance(59)
+        self.assertIsNone(self.sink.error)
+        self.clock.advance(2)
+        self.assertIsInstance(self.sink.error, ReadTimeout)
