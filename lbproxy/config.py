@@ -203,8 +203,11 @@ class Config:
     redirect_https: int = 0
     hsts: int = 0
     # Upstream answers (lbproxy.upstream): the largest response head, 502
-    # beyond (nginx's "upstream sent too big header").
+    # beyond (nginx's "upstream sent too big header"); and how long a client
+    # may take no byte of its answer (lbproxy.resource; nginx's
+    # send_timeout).
     max_upstream_headers_size: int = 65536
+    send_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.pools:

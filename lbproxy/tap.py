@@ -289,6 +289,15 @@ class Options(usage.Options):
             '(nginx: "upstream sent too big header", proxy_buffer_size).',
             _positive,
         ],
+        [
+            "send-timeout",
+            None,
+            60.0,
+            "Seconds a client may take no byte of its answer while lbproxy has "
+            "some for it; then it is closed (an HTTP/2 stream reset), and the "
+            "upstream connection too (nginx: send_timeout 60s).",
+            _seconds("--send-timeout"),
+        ],
         # TLS (lbproxy.tls).
         [
             "tls-cert-dir",
@@ -456,6 +465,7 @@ class Options(usage.Options):
                 redirect_https=self["redirect-https"],
                 hsts=self["hsts"],
                 max_upstream_headers_size=self["max-upstream-headers-size"],
+                send_timeout=self["send-timeout"],
             )
             check_tls_files(self.config)
         except ConfigError as e:
@@ -554,7 +564,9 @@ def build_site(config: Config, reactor: Any, clock: Any = None) -> tuple[ProxySi
         tls=upstream_tls(config),
         max_headers_size=config.max_upstream_headers_size,
     )
-    resource = BalancingProxyResource(build_router(config, clock), client)
+    resource = BalancingProxyResource(
+        build_router(config, clock), client, send_timeout=config.send_timeout
+    )
     site = ProxySite(
         resource,
         client_timeout=config.client_timeout,

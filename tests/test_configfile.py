@@ -244,3 +244,14 @@ class UpstreamAnswerKeysTests(SynchronousTestCase):
         path, load = self._load("max-upstream-headers-size = 0\n")
         error = self.assertRaises(ConfigFileError, load, path)
         self.assertEqual(error.problems, [f"{path}: max-upstream-headers-size 0 must be 1 or more"])
+
+    def test_send_timeout(self) -> None:
+        """
+        C{send-timeout} sets the send timeout; 0 is a problem naming it.
+        """
+        path, load = self._load("send-timeout = 2.5\n")
+        self.assertEqual(load(path).send_timeout, 2.5)
+        path, load = self._load("send-timeout = 0\n")
+        error = self.assertRaises(ConfigFileError, load, path)
+        self.assertEqual(len(error.problems), 1)
+        self.assertIn("send-timeout", error.problems[0])

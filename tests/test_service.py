@@ -361,3 +361,15 @@ class ReloadUpstreamSettingsTests(TestCase):
         self.assertTrue(service.reload())
         self.assertEqual(service.client.max_headers_size, 50)
         self.assertEqual((yield get(proxy_port)).status, 502)
+
+    @inlineCallbacks
+    def test_send_timeout(self):
+        """
+        A new C{send-timeout} applies to the proxy resource at once.
+        """
+        _, _, port = start_app(self, "A")
+        service, _ = yield self._start(_toml([port]))
+        self.assertEqual(service.resource.send_timeout, 60.0)
+        self._write(_toml([port], extra="send-timeout = 3\n"))
+        self.assertTrue(service.reload())
+        self.assertEqual(service.resource.send_timeout, 3.0)

@@ -295,3 +295,17 @@ class UpstreamAnswerOptionsTests(SynchronousTestCase):
         )
         _, site = make_proxy_service(config, MemoryReactorClock())
         self.assertEqual(site.resource.client.max_headers_size, 4096)
+
+    def test_send_timeout(self) -> None:
+        """
+        C{--send-timeout} defaults to 60 s (nginx's C{send_timeout}), takes
+        fractions, refuses 0, and is the proxy resource's.
+        """
+        self.assertEqual(_parse("--upstream", "a:1").config.send_timeout, 60.0)
+        config = _parse("--upstream", "a:1", "--send-timeout", "2.5").config
+        self.assertEqual(config.send_timeout, 2.5)
+        self.assertRaises(
+            UsageError, Options().parseOptions, ["--upstream", "a:1", "--send-timeout", "0"]
+        )
+        _, site = make_proxy_service(config, MemoryReactorClock())
+        self.assertEqual(site.resource.send_timeout, 2.5)
