@@ -18,8 +18,8 @@ and decides what happens when an attempt fails:
     seen it (lbproxy's idle timeout, below Node's, makes this rare);
   - anything else before the answer started: 502, or 504 for the read
     timeout;
-  - anything after the answer started reaching the client: the client
-    connection is aborted, so a truncated body never looks complete.
+  - anything after the answer started: the client connection is aborted,
+    so a truncated body never looks complete.
 
 A client that takes no byte of its answer for C{send_timeout} seconds
 (nginx's C{send_timeout 60s}) is closed, and the upstream connection with
@@ -323,7 +323,6 @@ class ProxyExchange:
         """
         if self._finished:
             return
-        self._started = True
         request = self._request
         request.setResponseCode(status, reason)
         # Keep only what the channel decided about this connection
@@ -339,6 +338,9 @@ class ProxyExchange:
         request.responseHeaders = response_headers
         self._producer = producer
         request.registerProducer(self, True)
+        # The answer has started: a later failure aborts the client.  (A
+        # failure above, a bug, still gets the client a plain 502.)
+        self._started = True
         if getattr(request.channel, "_waitingForTransport", False):
             # The client's buffer is already full (an earlier answer on this
             # connection): start paused, as the channel will not tell us.
@@ -379,27 +381,21 @@ class ProxyExchange:
             method=request.method.decode("latin-1"),
             target=request.uri.decode("latin-1"),
         )
+        # Registered if relaying the headers failed half-way (a bug).
+        request.unregisterProducer()
         if self._started:
-            request.unregisterProducer()
-            if request.startedWriting:
-                # Part of the answer is out: abort, so that a truncated
-                # answer never looks complete.
-                self._end()
-                request.transport.abortConnection()
-                return
-            # The status and headers were taken but nothing reached the
-            # client yet (an error while relaying them): it still gets a
-            # plain error answer.
-        elif error.server_fault:
+            self._end()
+            request.transport.abortConnection()
+            return
+        if error.server_fault:
             # nginx's max_fails counts errors, timeouts and invalid answers
             # before the answer started; a stale pooled connection or a bug
             # in lbproxy is not the server's.
             self._pool.attempt_failed(server, str(error))  # type: ignore[union-attr]
-        if isinstance(error, ConnectFailed) and not self._started:
+        if isinstance(error, ConnectFailed):
             self._attempt()
         elif (
-            not self._started
-            and isinstance(error, StaleConnection)
+            isinstance(error, StaleConnection)
             and not self._retried_stale
             and request.method in IDEMPOTENT_METHODS
             and not _body_sent(self._upstream_request)
