@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
@@ -515,7 +515,7 @@ def _abort_client(request: ProxyRequest) -> None:
     stream alone (an HTTP/2 request has no C{transport}; its channel, the
     C{H2Stream}, resets the stream when aborted).
     """
-    transport = request.transport or getattr(request, "channel", None)
+    transport: Any = request.transport or getattr(request, "channel", None)
     if transport is not None:
         transport.abortConnection()
 

@@ -212,7 +212,7 @@ class ProxyRequest(server.Request):
             self.body_stream.detach()
         if self.startedWriting:
             self._log.failure("lbproxy internal error while answering", failure=reason)
-            transport = self.transport
+            transport: Any = self.transport
             if transport is not None:
                 transport.abortConnection()
             return reason

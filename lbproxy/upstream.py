@@ -556,7 +556,7 @@ class UpstreamConnection(Protocol):
     def _internal_error(self, error: BaseException, doing: str) -> None:
         self._log.failure(
             "lbproxy internal error {doing} from {server}",
-            failure=Failure(error, type(error), error.__traceback__),
+            failure=Failure(error, type(error), error.__traceback__),  # type: ignore[no-untyped-call]
             doing=doing,
             server=self.server.address,
         )
