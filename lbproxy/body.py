@@ -16,11 +16,15 @@ as soon as there is one.  Backpressure runs both ways:
 
 Until the first byte has been written upstream the body can still go to
 another server (the pending pieces are kept), which is what lets a refused
-connection fail over without losing the upload.
+connection fail over without losing the upload.  Over TLS the body is
+attached only once the handshake has completed
+(L{lbproxy.upstream.UpstreamConnection.handshakeCompleted}): bytes written
+during the handshake are lost with it if it fails.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
@@ -58,6 +62,7 @@ class StreamingBody:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._upstream: Any = None
+        self._sent: Callable[[], None] | None = None
         self._client_paused = False
         self._discarding = False
 
@@ -96,12 +101,16 @@ class StreamingBody:
 
     # The upstream side
 
-    def attach(self, transport: Any) -> None:
+    def attach(self, transport: Any, sent: Callable[[], None] | None = None) -> None:
         """
         Start sending to C{transport} (the request head is already written):
         what arrived so far, then the rest as it comes.
+
+        @param sent: called once the whole body has been written to
+            C{transport} (the upstream read timeout starts then).
         """
         self._upstream = transport
+        self._sent = sent
         transport.registerProducer(self, True)
         pending, self._pending, self._pending_size = self._pending, [], 0
         for data in pending:
@@ -164,10 +173,19 @@ class StreamingBody:
             self._upstream.write(b"0\r\n\r\n")
             self.sent_any = True
         self._release_upstream()
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            sent()
 
     def _release_upstream(self) -> None:
+        # attach() registered this body with the transport, so it is still
+        # the transport's producer: unregister it whatever the transport
+        # reports as its producer.  A TLS transport (TLSMemoryBIOProtocol)
+        # wraps a producer in a _ProducerMembrane, so asking whether
+        # C{upstream.producer is self} is never true through it, and the
+        # pooled connection then refuses the next exchange's body.
         upstream, self._upstream = self._upstream, None
-        if upstream is not None and upstream.producer is self:
+        if upstream is not None:
             upstream.unregisterProducer()
 
     def _pause_client(self) -> None:

@@ -24,7 +24,6 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbproxy.pool import Server
@@ -33,7 +32,6 @@ from lbproxy.upstream import (
     ConnectFailed,
     IResponseSink,
     UpstreamConnection,
-    UpstreamError,
     UpstreamRequest,
 )
 
@@ -75,8 +73,6 @@ class UpstreamClient:
     the race where a server closes a connection as a request goes out.
     """
 
-    _log = Logger()
-
     def __init__(
         self,
         reactor: object,
@@ -87,6 +83,7 @@ class UpstreamClient:
         idle_timeout: float = 4.0,
         endpoint_factory: Callable[[Server], object] | None = None,
         tls: UpstreamTLS | None = None,
+        max_headers_size: int = 65536,
     ) -> None:
         """
         @param reactor: what makes connections (C{IReactorTCP} and a name
@@ -102,6 +99,9 @@ class UpstreamClient:
             C{https} servers.
         @param tls: the TLS settings for C{https} servers; platform trust
             and full verification if L{None}.
+        @param max_headers_size: the largest response head (status line
+            and headers) accepted from a server; 502 beyond, as nginx's
+            "upstream sent too big header".
         """
         self._reactor = reactor
         self.clock = clock
@@ -109,6 +109,7 @@ class UpstreamClient:
         self.read_timeout = read_timeout
         self.keepalive = keepalive
         self.idle_timeout = idle_timeout
+        self.max_headers_size = max_headers_size
         self._endpoint_factory = endpoint_factory or self._hostname_endpoint
         self._idle: dict[Server, list[UpstreamConnection]] = {}
         self._endpoints: dict[Server, tuple[object, _ConnectionFactory]] = {}
@@ -161,8 +162,12 @@ class UpstreamClient:
         """
         connection = self._take_idle(server)
         if connection is not None:
-            connection.send(request, sink, reused=True)
-            return connection.abort
+            try:
+                return connection.send(request, sink, reused=True)
+            except Exception:
+                # A bug must cost one 502, not a request that hangs forever.
+                connection.internal_error(sink, "sending")
+                return _nothing
         return self.send_fresh(server, request, sink)
 
     def send_fresh(
@@ -182,19 +187,20 @@ class UpstreamClient:
             self._endpoints[server] = endpoint_and_factory
         endpoint, factory = endpoint_and_factory
         connecting: Deferred[UpstreamConnection] = endpoint.connect(factory)  # type: ignore[attr-defined]
-        state: dict[str, UpstreamConnection | None] = {"connection": None}
+        # Until connected, abandoning cancels the connection attempt (a
+        # no-op once it failed); then it is the exchange's own abandon.
+        state: dict[str, Callable[[], None]] = {"abandon": connecting.cancel}
 
         def connected(connection: UpstreamConnection) -> None:
-            state["connection"] = connection
             try:
-                connection.send(request, sink, reused=False)
+                state["abandon"] = connection.send(request, sink, reused=False)
             except Exception:
                 # A bug must cost one 502, not a request that hangs forever.
-                self._log.failure("sending to {server} failed", server=server.address)
-                connection.abort()
-                sink.response_failed(UpstreamError("internal error while sending"))
+                state["abandon"] = _nothing
+                connection.internal_error(sink, "sending")
 
         def failed(reason: Failure) -> None:
+            state["abandon"] = _nothing
             if reason.check(CancelledError, ierror.ConnectingCancelledError):
                 return  # abandoned by the caller
             sink.response_failed(ConnectFailed(connect_failure_text(reason)))
@@ -202,11 +208,7 @@ class UpstreamClient:
         connecting.addCallbacks(connected, failed)
 
         def abandon() -> None:
-            connection = state["connection"]
-            if connection is None:
-                connecting.cancel()
-            else:
-                connection.abort()
+            state["abandon"]()
 
         return abandon
 
@@ -322,6 +324,12 @@ class UpstreamClient:
             for connection in closing:
                 idle.remove(connection)
                 connection.transport.loseConnection()
+
+
+def _nothing() -> None:
+    """
+    Abandon an exchange that is already over.
+    """
 
 
 def connect_failure_text(reason: Failure) -> str:

@@ -218,6 +218,12 @@ class Config:
     upstream_insecure: bool = False
     redirect_https: int = 0
     hsts: int = 0
+    # Upstream answers (lbproxy.upstream): the largest response head, 502
+    # beyond (nginx's "upstream sent too big header"); and how long a client
+    # may take no byte of its answer (lbproxy.resource; nginx's
+    # send_timeout).
+    max_upstream_headers_size: int = 65536
+    send_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.pools:
@@ -249,7 +255,13 @@ class Config:
             raise ConfigError(f"redirect https port {self.redirect_https} is not in 1-65535")
         if self.hsts < 0:
             raise ConfigError(f"hsts {self.hsts} must be 0 or more seconds")
-        for name in ("max_request_line", "max_header_line", "max_headers_size", "max_headers"):
+        for name in (
+            "max_request_line",
+            "max_header_line",
+            "max_headers_size",
+            "max_headers",
+            "max_upstream_headers_size",
+        ):
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"{name.replace('_', '-')} {value} must be 1 or more")

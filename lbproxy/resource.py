@@ -20,6 +20,18 @@ and decides what happens when an attempt fails:
     timeout;
   - anything after the answer started: the client connection is aborted,
     so a truncated body never looks complete.
+
+A client that takes no byte of its answer for C{send_timeout} seconds
+(nginx's C{send_timeout 60s}) is closed, and the upstream connection with
+it: the exchange is the client side's producer, so it knows when the client
+holds the answer back, and it watches the client's socket (or, on HTTP/2,
+the stream's flow control) for progress; an HTTP/2 stream is reset, not its
+whole connection.
+
+Only the server's failures count towards its C{max-fails}
+(L{lbproxy.upstream.UpstreamError.server_fault}): not a stale pooled
+connection, not a bug in lbproxy (502, traceback logged), not a client
+that stalls or leaves.
 """
 
 from __future__ import annotations
@@ -28,13 +40,15 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
 
 from lbproxy.body import StreamingBody
 from lbproxy.client import UpstreamClient
@@ -83,20 +97,28 @@ class BalancingProxyResource(ReverseProxyResource):
     @ivar router: chooses the pool; replaced whole on reload, while
         requests in flight keep the pool they started with.
     @ivar exchanges: the requests being proxied now.
+    @ivar send_timeout: seconds a client may take no byte of its answer
+        while lbproxy holds some for it (nginx's C{send_timeout}); changed
+        on reload.
     """
 
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, router: Router[Pool], client: UpstreamClient) -> None:
+    def __init__(
+        self, router: Router[Pool], client: UpstreamClient, send_timeout: float = 60.0
+    ) -> None:
         """
         @param router: the routes and pools.
-        @param client: the pooled upstream client.
+        @param client: the pooled upstream client; its clock times the
+            send timeout too.
+        @param send_timeout: see L{send_timeout}.
         """
         first = next(iter(router.pools.values())).servers[0].config
         super().__init__(first.host, first.port, b"")
         self.router = router
         self.client = client
+        self.send_timeout = send_timeout
         self.exchanges: set[ProxyExchange] = set()
         self._drain_waiters: list[Deferred[None]] = []
 
@@ -161,11 +183,15 @@ def _origin_form(target: bytes) -> bytes:
     return target
 
 
+@implementer(IPushProducer)
 class ProxyExchange:
     """
     One client request's way through the proxy: attempts, relay, failure.
 
-    It implements L{lbproxy.upstream.IResponseSink}.
+    It implements L{lbproxy.upstream.IResponseSink}, and is the producer of
+    the client's response (an C{IPushProducer}): it passes pauses on to the
+    upstream connection and times how long the client takes nothing (the
+    send timeout).
     """
 
     __slots__ = (
@@ -179,6 +205,11 @@ class ProxyExchange:
         "_started",
         "_finished",
         "_retried_stale",
+        "_producer",
+        "_paused",
+        "_send_timer",
+        "_stalled_since",
+        "_unsent",
     )
     _log = Logger()
 
@@ -193,6 +224,11 @@ class ProxyExchange:
         self._finished = False
         self._retried_stale = False
         self._pool: Pool | None = None
+        self._producer: IPushProducer | None = None
+        self._paused = False
+        self._send_timer: IDelayedCall | None = None
+        self._stalled_since = 0.0
+        self._unsent: int | None = None
 
     def start(self) -> None:
         """
@@ -223,11 +259,13 @@ class ProxyExchange:
         The exchange is over (answered, failed or abandoned); once only.
         """
         self._finished = True
+        self._cancel_send_timer()
         self._resource._exchange_ended(self)
 
     def abort(self) -> None:
         """
-        Give up on this request: drop both connections.
+        Give up on this request: drop the upstream connection, and the
+        client's connection (HTTP/1.x) or stream (HTTP/2).
         """
         if not self._finished:
             self._end()
@@ -261,6 +299,20 @@ class ProxyExchange:
             if self._abandon is not None:
                 self._abandon()
 
+    def processing_failed(self) -> None:
+        """
+        An exception escaped while this request was being proxied (a bug
+        in lbproxy; the request answers 500): end the exchange, abandon
+        its upstream side without blaming the server, and let the client
+        finish sending a body that nothing will take.
+        """
+        if not self._finished:
+            self._end()
+            if self._abandon is not None:
+                self._abandon()
+        if self._request.body_stream is not None:
+            self._request.body_stream.detach()
+
     # IResponseSink
 
     def response_headers(
@@ -271,7 +323,6 @@ class ProxyExchange:
         """
         if self._finished:
             return
-        self._started = True
         request = self._request
         request.setResponseCode(status, reason)
         # Keep only what the channel decided about this connection
@@ -285,11 +336,15 @@ class ProxyExchange:
         if closing:
             response_headers.setRawHeaders(b"Connection", closing)
         request.responseHeaders = response_headers
-        request.registerProducer(producer, True)
+        self._producer = producer
+        request.registerProducer(self, True)
+        # The answer has started: a later failure aborts the client.  (A
+        # failure above, a bug, still gets the client a plain 502.)
+        self._started = True
         if getattr(request.channel, "_waitingForTransport", False):
             # The client's buffer is already full (an earlier answer on this
             # connection): start paused, as the channel will not tell us.
-            producer.pauseProducing()
+            self.pauseProducing()
 
     def response_body(self, data: bytes) -> None:
         """
@@ -326,15 +381,18 @@ class ProxyExchange:
             method=request.method.decode("latin-1"),
             target=request.uri.decode("latin-1"),
         )
+        # Registered if relaying the headers failed half-way (a bug).
+        request.unregisterProducer()
         if self._started:
             self._end()
             request.unregisterProducer()
             # The connection, or on HTTP/2 the stream (whose transport is None).
             request.abort_client()
             return
-        if not isinstance(error, StaleConnection):
+        if error.server_fault:
             # nginx's max_fails counts errors, timeouts and invalid answers
-            # before the answer started; a stale pooled connection is ours.
+            # before the answer started; a stale pooled connection or a bug
+            # in lbproxy is not the server's.
             self._pool.attempt_failed(server, str(error))  # type: ignore[union-attr]
         if isinstance(error, ConnectFailed):
             self._attempt()
@@ -350,6 +408,88 @@ class ProxyExchange:
             self._respond_error(504, b"Gateway Timeout", b"upstream timed out")
         else:
             self._respond_error(502, b"Bad Gateway", b"bad answer from upstream")
+
+    # IPushProducer, registered with the client's request
+
+    def pauseProducing(self) -> None:
+        """
+        The client takes no more for now: stop reading from the app server
+        (its read timeout stops too) and start the send timeout.
+        """
+        if self._paused or self._finished:
+            return
+        self._paused = True
+        if self._producer is not None:
+            self._producer.pauseProducing()
+        clock = self._resource.client.clock
+        now = clock.seconds()
+        self._stalled_since = now
+        self._unsent = _unsent(self._request.transport)
+        self._send_timer = clock.callLater(
+            self._resource.send_timeout / 4, self._check_send_timeout
+        )
+
+    def resumeProducing(self) -> None:
+        """
+        The client took what was waiting: read from the app server again.
+        """
+        if not self._paused:
+            return
+        self._paused = False
+        self._cancel_send_timer()
+        if self._producer is not None and not self._finished:
+            self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        The client connection is going away: abandon the upstream exchange.
+        """
+        self.client_gone()
+
+    def _check_send_timeout(self) -> None:
+        """
+        Close a client that took no byte for C{send_timeout} seconds while
+        paused.  A client that takes some, slowly, is not stalled: Twisted
+        resumes a producer only once the client's write buffer is empty,
+        which a slow reader may take longer than the timeout to reach, so
+        the buffer is looked at every quarter of the timeout and any byte
+        taken counts as progress (nginx's send_timeout also runs "between
+        two successive write operations", not for the whole answer).
+        """
+        self._send_timer = None
+        if self._finished or not self._paused:
+            return
+        clock = self._resource.client.clock
+        now = clock.seconds()
+        unsent = _unsent(self._request.transport)
+        if unsent is not None and self._unsent is not None and unsent < self._unsent:
+            self._stalled_since = now
+        self._unsent = unsent
+        timeout = self._resource.send_timeout  # may change on reload
+        remaining = self._stalled_since + timeout - now
+        if remaining > 0:
+            self._send_timer = clock.callLater(
+                min(timeout / 4, remaining), self._check_send_timeout
+            )
+            return
+        request = self._request
+        self._log.info(
+            "client {client} took nothing for {timeout:g} s (send timeout): closed, "
+            "with its connection to {server} ({method} {target})",
+            client=request.client_host().decode("ascii", "replace"),
+            timeout=timeout,
+            server=self._server.address if self._server is not None else "-",
+            method=request.method.decode("latin-1"),
+            target=request.uri.decode("latin-1"),
+        )
+        # Both connections go: the upstream one is half-read, so it is
+        # dropped rather than pooled; on HTTP/2 only this stream is reset.
+        self.abort()
+
+    def _cancel_send_timer(self) -> None:
+        timer, self._send_timer = self._send_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _respond_error(self, status: int, reason: bytes, text: bytes) -> None:
         self._end()
@@ -369,6 +509,25 @@ class ProxyExchange:
         headers.addRawHeader(b"Date", datetimeToString())
         request.write(body)
         request.finish()
+
+
+def _unsent(transport: object) -> int | None:
+    """
+    How many bytes of a client's answer wait in lbproxy for its socket:
+    the write buffer of the socket's transport, found below any TLS layer
+    (a C{TLSMemoryBIOProtocol}'s C{transport}).
+
+    @return: the byte count, or L{None} if there is no socket to look at
+        (an HTTP/2 stream: its flow control resumes the exchange whenever
+        the client takes data).
+    """
+    for _ in range(3):
+        if isinstance(transport, FileDescriptor):
+            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            break
+    return None
 
 
 def _body_sent(upstream_request: UpstreamRequest) -> bool:

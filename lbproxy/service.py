@@ -448,6 +448,8 @@ class ProxyService(MultiService):
             idle_timeout=config.upstream_idle_timeout,
             tls=upstream,
         )
+        self.client.max_headers_size = config.max_upstream_headers_size
+        self.resource.send_timeout = config.send_timeout
         kept = {_key(s) for pool in self.resource.router.pools.values() for s in pool.servers}
         for key, server in known.items():
             if key not in kept:

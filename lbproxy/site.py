@@ -321,6 +321,26 @@ class ProxyRequest(server.Request):
         except BaseException:
             self.processingFailed(Failure())
 
+    def processingFailed(self, reason: Failure) -> Any:
+        """
+        An exception escaped while proxying (a bug in lbproxy): end the
+        exchange, so that it neither lingers in flight (a graceful stop
+        waits for it) nor reaches this request again, then answer 500 as
+        twisted.web does, or abort the client if its answer had begun.
+        """
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.processing_failed()
+        elif self.body_stream is not None:
+            self.body_stream.detach()
+        if self.startedWriting:
+            self._log.failure("lbproxy internal error while answering", failure=reason)
+            transport: Any = self.transport
+            if transport is not None:
+                transport.abortConnection()
+            return reason
+        return super().processingFailed(reason)
+
     def connectionLost(self, reason: Failure) -> None:
         """
         The client went away: abandon the upstream exchange too.

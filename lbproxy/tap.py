@@ -279,6 +279,25 @@ class Options(usage.Options):
             "Most request header lines, 431 beyond (HAProxy: tune.http.maxhdr 101).",
             _positive,
         ],
+        # Upstream answers (lbproxy.upstream).
+        [
+            "max-upstream-headers-size",
+            None,
+            65536,
+            "Largest response head (status line and headers) from an upstream "
+            "server in bytes; 502 beyond, counted as the server's failure "
+            '(nginx: "upstream sent too big header", proxy_buffer_size).',
+            _positive,
+        ],
+        [
+            "send-timeout",
+            None,
+            60.0,
+            "Seconds a client may take no byte of its answer while lbproxy has "
+            "some for it; then it is closed (an HTTP/2 stream reset), and the "
+            "upstream connection too (nginx: send_timeout 60s).",
+            _seconds("--send-timeout"),
+        ],
         # TLS (lbproxy.tls).
         [
             "tls-cert-dir",
@@ -440,6 +459,8 @@ class Options(usage.Options):
                 upstream_insecure=bool(self["upstream-insecure"]),
                 redirect_https=self["redirect-https"],
                 hsts=self["hsts"],
+                max_upstream_headers_size=self["max-upstream-headers-size"],
+                send_timeout=self["send-timeout"],
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
@@ -540,8 +561,11 @@ def build_site(config: Config, reactor: Any, clock: Any = None) -> tuple[ProxySi
         keepalive=config.upstream_keepalive,
         idle_timeout=config.upstream_idle_timeout,
         tls=upstream_tls(config),
+        max_headers_size=config.max_upstream_headers_size,
     )
-    resource = BalancingProxyResource(build_router(config, clock), client)
+    resource = BalancingProxyResource(
+        build_router(config, clock), client, send_timeout=config.send_timeout
+    )
     site = ProxySite(
         resource,
         client_timeout=config.client_timeout,

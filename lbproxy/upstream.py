@@ -23,6 +23,8 @@ Pieces:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConnectFailed",
     "IResponseSink",
+    "InternalError",
     "InvalidResponse",
     "ReadTimeout",
     "ResponseTruncated",
@@ -72,10 +75,15 @@ class UpstreamError(Exception):
     @cvar status: the status the client gets if no answer was relayed yet.
     @cvar nothing_sent: C{True} when the app server cannot have seen the
         request, so sending it to another server is safe for every method.
+    @cvar server_fault: C{True} when the failure is the server's and counts
+        towards its C{max-fails} (nginx's C{max_fails} counts errors,
+        timeouts and invalid answers); C{False} when lbproxy or the
+        connection's age is to blame.
     """
 
     status = 502
     nothing_sent = False
+    server_fault = True
 
 
 class ConnectFailed(UpstreamError):
@@ -91,8 +99,11 @@ class StaleConnection(UpstreamError):
     A reused keep-alive connection closed before any byte of an answer.
 
     The app server closed it while idle (Node closes idle keep-alive
-    connections after 5 s) as the request was on its way.
+    connections after 5 s) as the request was on its way: a race of
+    lbproxy's pooling, not a fault of the server.
     """
+
+    server_fault = False
 
 
 class ReadTimeout(UpstreamError):
@@ -112,6 +123,26 @@ class InvalidResponse(UpstreamError):
 class ResponseTruncated(UpstreamError):
     """
     The connection closed before the answer was complete.
+    """
+
+
+class InternalError(UpstreamError):
+    """
+    A bug in lbproxy while sending a request or handling its answer.
+
+    The client gets 502 and the traceback is logged, but the server stays
+    in rotation: with C{max-fails 1} one bug would otherwise take a healthy
+    server out for C{fail-timeout}.
+    """
+
+    server_fault = False
+
+
+class _RefusedAnswer(Exception):
+    """
+    Raised inside a parser callback to refuse an answer that llhttp would
+    accept (framing lbproxy does not relay, a head too large): the
+    server's invalid response, unlike any other exception raised there.
     """
 
 
@@ -215,11 +246,19 @@ class UpstreamConnection(Protocol):
         self._paused = False
         self._reason = b""
         self._headers: list[Header] = []
+        # Bytes of the answer's head so far (interim answers included):
+        # counted from the parsed pieces, and from the raw reads while the
+        # head is incomplete, against the client's max_headers_size.
+        self._head_size = 0
+        self._head_read = 0
         self._timer: IDelayedCall | None = None
         self._last_read = 0.0
         self.idle_since = 0.0
         self.connected = False
         self._handshaking = False
+        # Counts exchanges, so that abandoning one that is over (the
+        # connection went back to the pool and serves another) does nothing.
+        self._exchange = 0
 
     # Protocol
 
@@ -235,9 +274,14 @@ class UpstreamConnection(Protocol):
 
     def handshakeCompleted(self) -> None:
         """
-        The TLS handshake succeeded: the server's certificate is verified.
+        The TLS handshake succeeded: the server's certificate is verified,
+        and a streamed request body waiting for it starts to flow.
         """
         self._handshaking = False
+        body = self._body
+        if body is not None:
+            # send() ran during the handshake and held the body back.
+            body.attach(self.transport, self._body_sent)
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -250,11 +294,30 @@ class UpstreamConnection(Protocol):
             return
         self._received = True
         self._last_read = self._clock.seconds()
+        in_head = not self._headers_done
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            # An exception raised inside one of the callbacks below, which
+            # httptools wraps: the server's fault only if it is a refusal
+            # of the answer; anything else is a bug in lbproxy (the sink
+            # runs inside these callbacks).
+            cause = e.__context__
+            if isinstance(cause, _RefusedAnswer):
+                self._fail(InvalidResponse(str(cause)))
+            else:
+                self._internal_error(cause or e, "handling the answer")
+            return
         except httptools.HttpParserError as e:
             self._fail(InvalidResponse(f"invalid HTTP response: {_parser_message(e)}"))
             return
+        if in_head and not self._headers_done:
+            # Still in the head after this read, so all of it was head:
+            # llhttp would buffer a header line of any length, so stop here.
+            self._head_read += len(data)
+            if self._head_read > self._client.max_headers_size:
+                self._fail(InvalidResponse(self._too_big_header()))
+                return
         if self._complete:
             self._finish_exchange()
 
@@ -289,7 +352,9 @@ class UpstreamConnection(Protocol):
 
     # Sending
 
-    def send(self, request: UpstreamRequest, sink: IResponseSink, reused: bool) -> None:
+    def send(
+        self, request: UpstreamRequest, sink: IResponseSink, reused: bool
+    ) -> Callable[[], None]:
         """
         Start an exchange on this (idle, connected) connection.
 
@@ -298,7 +363,13 @@ class UpstreamConnection(Protocol):
         @param reused: whether this connection served an exchange before,
             which decides between L{StaleConnection} and L{ResponseTruncated}
             if it closes before answering.
+        @return: a function that abandons this exchange (the client went
+            away): it drops the connection while the exchange is in
+            progress, and does nothing once it is over, when the connection
+            may already carry another client's request.
         """
+        self._exchange += 1
+        abandon = partial(self._abandon, self._exchange)
         self._sink = sink
         self._request = request
         self._reused = reused
@@ -307,17 +378,36 @@ class UpstreamConnection(Protocol):
         body = request.body
         if isinstance(body, bytes):
             _send_now(self.transport, request.head + body if body else request.head)
-            return
+            return abandon
         _send_now(self.transport, request.head)
         self._body = body
+        if self._handshaking:
+            # TLS holds what is written until its handshake is done, and a
+            # failed handshake drops it.  The head is rebuilt for the next
+            # server, but body bytes handed over now would count as sent and
+            # be lost: the next server would get the Content-Length and no
+            # body.  The body stays pending (and can fail over) until
+            # handshakeCompleted.
+            return abandon
         # The body follows as the client sends it; the transport pauses it
         # (and so the client) when the app server reads slowly.
-        body.attach(self.transport)
+        body.attach(self.transport, self._body_sent)
+        return abandon
+
+    def _body_sent(self) -> None:
+        # The read timeout starts now, as nginx's proxy_read_timeout starts
+        # once the request is sent; until now it was not running.
+        self._last_read = self._clock.seconds()
+
+    def _abandon(self, exchange: int) -> None:
+        if self._sink is not None and exchange == self._exchange:
+            self.abort()
 
     def abort(self) -> None:
         """
-        Abandon the exchange (the client went away): drop the connection,
-        which is never put back half-read.
+        Abandon whatever exchange is in progress: drop the connection,
+        which is never put back half-read.  (Callers outside this module
+        use the function L{send} returns, bound to their exchange.)
         """
         self._sink = None
         self._stop_body(keep=False)
@@ -359,11 +449,24 @@ class UpstreamConnection(Protocol):
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
+        self._head_size += len(status)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        # The bytes of "Name: value\r\n".
+        self._head_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
+        # "HTTP/1.1 200 " and the CRLFs ending the status line and the head.
+        self._head_size += 17
+        if self._head_size > self._client.max_headers_size:
+            # nginx's "upstream sent too big header" (past
+            # proxy_buffer_size): 502.  nginx counts it as a failure of the
+            # server (NGX_HTTP_UPSTREAM_FT_INVALID_HEADER marks the peer
+            # failed for max_fails), and so does lbproxy, since it is an
+            # InvalidResponse; like nginx's default proxy_next_upstream it
+            # is not retried elsewhere.
+            raise _RefusedAnswer(self._too_big_header())
         parser = self._parser
         status = parser.get_status_code()
         if status < 200:
@@ -377,7 +480,7 @@ class UpstreamConnection(Protocol):
         framing_error = response_framing_error(headers)
         if framing_error is not None:
             # llhttp reads such an answer until EOF; refuse it (502).
-            raise ValueError(framing_error)
+            raise _RefusedAnswer(f"invalid HTTP response: {framing_error}")
         self._headers_done = True
         self._until_eof = _delimited_by_eof(status, headers, self._request)
         if not parser.should_keep_alive():
@@ -436,6 +539,35 @@ class UpstreamConnection(Protocol):
         if sink is not None:
             sink.response_failed(error)
 
+    def internal_error(self, sink: IResponseSink, doing: str) -> None:
+        """
+        An exception escaped while sending on this connection for C{sink}:
+        log it and fail the exchange with L{InternalError}; the connection
+        is dropped.  Call from an C{except} block.
+
+        @param doing: what was being done, for the log line.
+        """
+        self._log.failure(
+            "lbproxy internal error {doing} for {server}", doing=doing, server=self.server.address
+        )
+        self._sink = sink
+        self._fail(InternalError(f"lbproxy internal error {doing} (traceback logged)"))
+
+    def _internal_error(self, error: BaseException, doing: str) -> None:
+        self._log.failure(
+            "lbproxy internal error {doing} from {server}",
+            failure=Failure(error, type(error), error.__traceback__),  # type: ignore[no-untyped-call]
+            doing=doing,
+            server=self.server.address,
+        )
+        self._fail(InternalError(f"lbproxy internal error {doing} (traceback logged)"))
+
+    def _too_big_header(self) -> str:
+        return (
+            f"upstream sent too big header (more than {self._client.max_headers_size} bytes, "
+            "--max-upstream-headers-size)"
+        )
+
     def _reset_answer(self) -> None:
         self._received = False
         self._headers_done = False
@@ -443,6 +575,8 @@ class UpstreamConnection(Protocol):
         self._until_eof = False
         self._reason = b""
         self._headers = []
+        self._head_size = 0
+        self._head_read = 0
 
     def _stop_body(self, keep: bool) -> None:
         body, self._body = self._body, None
@@ -470,9 +604,12 @@ class UpstreamConnection(Protocol):
             return
         now = self._clock.seconds()
         if self._paused or (self._body is not None and not self._body.complete):
-            # Paused by a slow client, or still sending the body (the app
-            # server may wait for all of it, as nginx's proxy_read_timeout
-            # starts after sending): the read timeout is not running.
+            # Paused by a slow client (the send timeout of the client side
+            # governs), or still sending the body (the app server may wait
+            # for all of it, as nginx's proxy_read_timeout starts after
+            # sending; a stalled body is the client's 408): the read timeout
+            # is not running.  _body_sent and resumeProducing restart it
+            # from their own moment.
             self._last_read = now
         timeout = self._client.read_timeout  # may change on reload
         remaining = self._last_read + timeout - now

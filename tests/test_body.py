@@ -123,3 +123,49 @@ class StreamingBodyTests(SynchronousTestCase):
         self.assertIsNone(self.upstream.producer)
         body.feed(b"more")
         self.assertEqual(self.upstream.value(), b"")
+
+
+class _WrappingConsumer(StringTransport):
+    """
+    A transport that registers a wrapper of its producer, as Twisted's TLS
+    transport registers a C{_ProducerMembrane} with the TCP transport
+    below it: its C{producer} is never the body itself.
+    """
+
+    def registerProducer(self, producer, streaming):
+        super().registerProducer(_Wrapper(producer), streaming)
+
+
+class _Wrapper:
+    def __init__(self, producer):
+        self.producer = producer
+
+
+class WrappedProducerTests(SynchronousTestCase):
+    """
+    A body unregisters itself from a transport that wrapped it.
+    """
+
+    def test_unregistered_through_a_wrapper(self) -> None:
+        """
+        Once the whole body is sent, the transport has no producer, so the
+        (pooled) connection can take the next request's body.
+        """
+        upstream = _WrappingConsumer()
+        body = StreamingBody(StringTransport(), 3)
+        body.attach(upstream)
+        body.feed(b"abc")
+        body.end()
+        self.assertIsNone(upstream.producer)
+        StreamingBody(StringTransport(), 3).attach(upstream)
+
+    def test_detached_through_a_wrapper(self) -> None:
+        """
+        A body detached before it was complete (an early answer) is
+        unregistered too.
+        """
+        upstream = _WrappingConsumer()
+        body = StreamingBody(StringTransport(), 3)
+        body.attach(upstream)
+        body.detach()
+        self.assertIsNone(upstream.producer)

@@ -290,3 +290,36 @@ class LimitTests(SynchronousTestCase):
             f.write('max-request-line = 0\n[upstream.web]\nservers = ["a:1"]\n')
         error = self.assertRaises(ConfigFileError, load_config, path)
         self.assertEqual(error.problems, [f"{path}: max-request-line 0 must be 1 or more"])
+
+
+class UpstreamAnswerKeysTests(SynchronousTestCase):
+    """
+    The file twins of the options about upstream answers.
+    """
+
+    def _load(self, text: str):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text + '[upstream.web]\nservers = ["a:1"]\n')
+        return path, load_config
+
+    def test_max_upstream_headers_size(self) -> None:
+        """
+        C{max-upstream-headers-size} sets the limit; 0 is a problem naming it.
+        """
+        path, load = self._load("max-upstream-headers-size = 8192\n")
+        self.assertEqual(load(path).max_upstream_headers_size, 8192)
+        path, load = self._load("max-upstream-headers-size = 0\n")
+        error = self.assertRaises(ConfigFileError, load, path)
+        self.assertEqual(error.problems, [f"{path}: max-upstream-headers-size 0 must be 1 or more"])
+
+    def test_send_timeout(self) -> None:
+        """
+        C{send-timeout} sets the send timeout; 0 is a problem naming it.
+        """
+        path, load = self._load("send-timeout = 2.5\n")
+        self.assertEqual(load(path).send_timeout, 2.5)
+        path, load = self._load("send-timeout = 0\n")
+        error = self.assertRaises(ConfigFileError, load, path)
+        self.assertEqual(len(error.problems), 1)
+        self.assertIn("send-timeout", error.problems[0])

@@ -12,7 +12,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import TestCase
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import (
     get,
@@ -465,6 +466,45 @@ class StreamingTests(TestCase):
         self.assertEqual(hashlib.sha256(body).hexdigest(), pattern_digest(total))
 
     @inlineCallbacks
+    def test_client_that_never_reads_is_closed(self):
+        """
+        With C{--send-timeout 2}, a client that asks for a large answer and
+        reads nothing is disconnected once lbproxy has held bytes for it for
+        2 s, and its upstream connection is closed, not pooled: no exchange
+        and no connection is left.
+        """
+        total = 50 * 1024 * 1024
+        app, _, port = start_app(self, "3000")
+        clock = Clock()
+        proxy_port, site, client_pool = start_proxy(self, [port], clock=clock, send_timeout=2.0)
+        client, done = raw_request(proxy_port, _request(b"GET", b"/big/%d" % total))
+        client.made.addCallback(lambda _: client.transport.pauseProducing())
+        # Poll the reactor (no sleeping) until lbproxy holds the answer back
+        # because the client's buffer is full.
+        exchange = None
+        for _ in range(500):
+            yield deferLater(reactor, 0.01, lambda: None)
+            exchanges = list(site.resource.exchanges)
+            if exchanges and exchanges[0]._paused:
+                exchange = exchanges[0]
+                break
+        self.assertIsNotNone(exchange, "the client was never held back")
+        upstream_closed = app.streams[0].request.notifyFinish()
+        clock.advance(1.9)
+        self.assertNoResult(done)
+        clock.advance(0.1)
+        # Read again, to see what lbproxy did to the connection: a reset,
+        # long before the whole answer arrived.
+        client.transport.resumeProducing()
+        data = yield done
+        self.assertLess(len(data), total)
+        self.assertTrue(client.reason.check(ConnectionLost), client.reason)
+        yield self.assertFailure(upstream_closed, Exception)
+        self.assertEqual(site.resource.exchanges, set())
+        self.assertEqual(sum(len(idle) for idle in client_pool._idle.values()), 0)
+        self.assertLess(app.streams[0].sent, total)
+
+    @inlineCallbacks
     def test_client_gone_cancels_upstream(self):
         """
         A client that leaves in the middle of an answer makes lbproxy drop
@@ -641,6 +681,75 @@ class UploadTests(TestCase):
         self.assertEqual(sum(len(idle) for idle in client_pool._idle.values()), 0)
 
     @inlineCallbacks
+    def test_stalled_body_is_the_clients_408(self):
+        """
+        A body that stalls is the client's failure: it gets 408 after the
+        body timeout, the read timeout (shorter) never fires while the body
+        is incomplete, and the server is not counted: with max-fails 1 the
+        next client gets 200 from it.
+        """
+        clock = Clock()
+        proxy_port, site, _ = start_proxy(self, [self.backend_port], clock=clock, read_timeout=5.0)
+        partial: Deferred[None] = Deferred()
+
+        def on_data(backend):
+            if backend.received.startswith(b"GET"):
+                if backend.received.endswith(b"\r\n\r\n"):
+                    backend.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            elif backend.received.endswith(b"12345") and not partial.called:
+                partial.callback(None)
+
+        self.on_backend_data = on_data
+        _, done = raw_request(
+            proxy_port, b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345"
+        )
+        yield partial
+        clock.advance(30)
+        self.assertNoResult(done)
+        clock.advance(31)
+        response = parse_responses((yield done))[0]
+        self.assertEqual(response.status, 408)
+        self.assertTrue(site.resource.router.only.servers[0].up)
+        after = yield get(proxy_port)
+        self.assertEqual((after.status, after.body), (200, b"ok"))
+        self.assertEqual(site.resource.exchanges, set())
+
+    @inlineCallbacks
+    def test_read_timeout_starts_when_the_body_is_sent(self):
+        """
+        After a slow upload the app server has the whole read timeout from
+        the moment the body was sent: with a 5 s read timeout, a body that
+        took 7 s and an answer 4 s after it is relayed (not a 504 from an
+        earlier check of the timer), and the server stays in rotation.
+        """
+        clock = Clock()
+        proxy_port, site, _ = start_proxy(self, [self.backend_port], clock=clock, read_timeout=5.0)
+        arrived = [Deferred(), Deferred()]
+
+        def on_data(backend):
+            for waiter, tail in zip(arrived, (b"12345", b"67890"), strict=True):
+                if backend.received.endswith(tail) and not waiter.called:
+                    waiter.callback(None)
+
+        self.on_backend_data = on_data
+        client, done = raw_request(
+            proxy_port,
+            b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n12345",
+        )
+        yield arrived[0]
+        # The timer's check at 5 s finds the body incomplete, then 2 s more.
+        clock.advance(5)
+        clock.advance(2)
+        client.transport.write(b"67890")
+        yield arrived[1]
+        clock.advance(4)
+        self.assertNoResult(done)
+        self.backends[0].transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        response = parse_responses((yield done))[0]
+        self.assertEqual((response.status, response.body), (200, b"ok"))
+        self.assertTrue(site.resource.router.only.servers[0].up)
+
+    @inlineCallbacks
     def test_slow_app_server_holds_the_client_back(self):
         """
         An app server that stops reading makes lbproxy stop reading from
@@ -760,3 +869,263 @@ class LoopTests(TestCase):
         response = yield get(port)
         self.assertEqual(response.status, 508)
         self.assertIn(b"loops", response.body)
+
+
+class InternalErrorTests(TestCase):
+    """
+    A bug in lbproxy costs one answer, never an app server's place in
+    rotation, and never leaves an exchange in flight.
+    """
+
+    @inlineCallbacks
+    def test_bug_in_a_response_callback_keeps_the_server(self):
+        """
+        An exception while relaying an answer's headers (inside an httptools
+        callback) is logged with its traceback and answered 502; with
+        C{max-fails 1} the server stays in rotation and the next request
+        gets 200 from it.
+        """
+        from lbproxy import resource
+
+        calls = []
+        original = resource.end_to_end
+
+        def buggy(headers):
+            calls.append(headers)
+            if len(calls) == 1:
+                raise ZeroDivisionError("a bug in lbproxy")
+            return original(headers)
+
+        self.patch(resource, "end_to_end", buggy)
+        app, _, port = start_app(self, "3000")
+        proxy_port, site, _ = start_proxy(self, [port])
+        first = yield get(proxy_port)
+        self.assertEqual(first.status, 502)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        server = site.resource.router.only.servers[0]
+        self.assertTrue(server.up)
+        second = yield get(proxy_port)
+        self.assertEqual((second.status, second.body), (200, b"PORT 3000"))
+        self.assertEqual(site.resource.exchanges, set())
+
+    @inlineCallbacks
+    def test_processing_failed_ends_the_exchange(self):
+        """
+        An exception escaping the resource's render answers 500 and ends
+        the exchange (a graceful stop would otherwise wait for it).
+        """
+        from lbproxy.pool import Pool
+
+        def broken_pick(self, exclude=()):
+            raise RuntimeError("a bug in lbproxy")
+
+        self.patch(Pool, "pick", broken_pick)
+        _, _, port = start_app(self, "3000")
+        proxy_port, site, _ = start_proxy(self, [port])
+        response = yield get(proxy_port)
+        self.assertEqual(response.status, 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(site.resource.exchanges, set())
+        self.assertEqual(site.resource.in_flight, 0)
+
+
+class UpstreamHeadLimitTests(TestCase):
+    """
+    C{--max-upstream-headers-size}: an app server's head too large is 502.
+    """
+
+    @inlineCallbacks
+    def test_too_big_header_is_502(self):
+        """
+        An answer whose head is larger than the limit gets the client a
+        502, one log line naming the server and the reason, and (as in
+        nginx, an invalid header) counts as the server's failure.
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        big = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Big: " + b"b" * 70000 + b"\r\n\r\nok"
+        upstream = FailureTests._serve(self, big, close=False)
+        proxy_port, site, client = start_proxy(self, [upstream])
+        response = yield get(proxy_port)
+        self.assertEqual(response.status, 502)
+        text = [formatEvent(e) for e in events]
+        # One line for the failure (the pool's DOWN line is another matter).
+        lines = [t for t in text if "too big header" in t and "DOWN" not in t]
+        self.assertEqual(len(lines), 1)
+        self.assertIn(f"127.0.0.1:{upstream}", lines[0])
+        self.assertFalse(site.resource.router.only.servers[0].up)
+        self.assertEqual(sum(len(idle) for idle in client._idle.values()), 0)
+
+    @inlineCallbacks
+    def test_limit_option(self):
+        """
+        A smaller limit refuses a head the default accepts.
+        """
+        _, _, port = start_app(self, "3000")
+        proxy_port, _, _ = start_proxy(self, [port], max_upstream_headers_size=50)
+        response = yield get(proxy_port)
+        self.assertEqual(response.status, 502)
+
+
+class _FakeUpstreamClient:
+    """
+    Stands for an L{lbproxy.client.UpstreamClient}: records the exchanges
+    sent and abandoned, on a L{Clock}.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.sinks: list = []
+        self.abandoned: list = []
+
+    def send(self, server, request, sink):
+        self.sinks.append(sink)
+        return lambda: self.abandoned.append(sink)
+
+
+class _UpstreamProducer:
+    """
+    Stands for the upstream connection as the client side's producer.
+    """
+
+    paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _LayeredTransport(StringTransport):
+    """
+    A client transport over a socket transport whose write buffer the test
+    sets, as a TLS transport sits over TCP.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        from twisted.internet.abstract import FileDescriptor
+
+        self.transport = FileDescriptor(clock)  # type: ignore[arg-type]
+        self.transport.dataBuffer = b"x" * 100_000
+
+
+class SendTimeoutTests(SynchronousTestCase):
+    """
+    A client that takes no byte of its answer for C{send_timeout} seconds
+    is closed with its upstream connection (nginx's C{send_timeout}).
+    """
+
+    def setUp(self) -> None:
+        from lbproxy.config import Config, PoolConfig, ServerConfig
+        from lbproxy.resource import BalancingProxyResource
+        from lbproxy.service import build_router
+        from lbproxy.site import ProxySite
+
+        self.clock = Clock()
+        self.upstream = _FakeUpstreamClient(self.clock)
+        config = Config(pools=(PoolConfig("p", (ServerConfig("127.0.0.1", 3000),)),))
+        self.resource = BalancingProxyResource(
+            build_router(config, self.clock), self.upstream, send_timeout=8.0
+        )
+        self.site = ProxySite(
+            self.resource, client_timeout=60.0, access_log="off", reactor=self.clock
+        )
+
+    def _answering(self, transport: StringTransport | None = None):
+        """
+        A client whose request is being answered: headers and some body
+        relayed, the upstream connection registered as producer.
+        """
+        protocol = self.site.buildProtocol(None)
+        transport = transport or StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        [sink] = self.upstream.sinks
+        producer = _UpstreamProducer()
+        sink.response_headers(200, b"OK", [(b"Content-Length", b"1000000")], producer)
+        sink.response_body(b"x" * 1000)
+        return transport, producer, sink
+
+    def test_stalled_client_closed(self) -> None:
+        """
+        Paused (its buffer full) for the send timeout, the client is
+        aborted and the upstream exchange abandoned, not pooled.
+        """
+        transport, producer, sink = self._answering()
+        transport.producer.pauseProducing()
+        self.assertTrue(producer.paused)
+        self.clock.advance(7.9)
+        self.assertFalse(transport.disconnected)
+        self.assertEqual(self.upstream.abandoned, [])
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.upstream.abandoned, [sink])
+        self.assertEqual(self.resource.exchanges, set())
+
+    def test_resumed_client_kept(self) -> None:
+        """
+        A client that takes its buffer before the timeout resumes the
+        upstream connection; a later stall has the whole timeout again.
+        """
+        transport, producer, _ = self._answering()
+        transport.producer.pauseProducing()
+        self.clock.advance(7)
+        transport.producer.resumeProducing()
+        self.assertFalse(producer.paused)
+        self.clock.advance(7)
+        transport.producer.pauseProducing()
+        self.clock.advance(7)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnected)
+
+    def test_slow_reader_kept(self) -> None:
+        """
+        A client that keeps taking bytes, however slowly (its buffer never
+        empties, so Twisted never resumes the producer), is not closed;
+        once it stops, it is, a send timeout after its last byte was seen.
+        """
+        transport, _, _ = self._answering(_LayeredTransport(self.clock))
+        socket = transport.transport
+        transport.producer.pauseProducing()
+        for _ in range(5):
+            # The client takes 1000 bytes; checks run every quarter of the
+            # timeout (2 s).
+            socket.offset += 1000
+            self.clock.advance(2)
+        self.assertFalse(transport.disconnected)
+        # The last bytes taken were seen at 10 s: closed at 18 s.
+        self.clock.advance(7.9)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+
+    def test_answer_done_stops_the_timer(self) -> None:
+        """
+        Once the whole answer has been relayed the exchange is over: the
+        send timeout no longer applies (the idle timeout does).
+        """
+        transport, _, sink = self._answering()
+        transport.producer.pauseProducing()
+        sink.response_done()
+        self.clock.advance(60)
+        self.assertFalse(transport.disconnected)
+        self.assertEqual(self.upstream.abandoned, [])
+
+    def test_new_timeout_on_reload(self) -> None:
+        """
+        The resource's current send timeout applies (a reload sets it).
+        """
+        transport, _, _ = self._answering()
+        self.resource.send_timeout = 2.0
+        transport.producer.pauseProducing()
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnected)

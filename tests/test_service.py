@@ -840,3 +840,39 @@ class PrivilegedStartTests(TestCase):
         site._logFile.flush()
         with open(access_log) as f:
             self.assertIn('"GET / HTTP/1.1" 200', f.read())
+
+
+class ReloadUpstreamSettingsTests(TestCase):
+    """
+    A reload applies the settings about upstream answers.
+    """
+
+    _start = ReloadTests._start
+    _write = ReloadTests._write
+
+    @inlineCallbacks
+    def test_max_upstream_headers_size(self):
+        """
+        A new C{max-upstream-headers-size} applies to the next answers,
+        pooled connections included: a smaller limit refuses a head the old
+        one accepted.
+        """
+        _, _, port = start_app(self, "A")
+        service, proxy_port = yield self._start(_toml([port]))
+        self.assertEqual((yield get(proxy_port)).status, 200)
+        self._write(_toml([port], extra="max-upstream-headers-size = 50\n"))
+        self.assertTrue((yield service.reload()))
+        self.assertEqual(service.client.max_headers_size, 50)
+        self.assertEqual((yield get(proxy_port)).status, 502)
+
+    @inlineCallbacks
+    def test_send_timeout(self):
+        """
+        A new C{send-timeout} applies to the proxy resource at once.
+        """
+        _, _, port = start_app(self, "A")
+        service, _ = yield self._start(_toml([port]))
+        self.assertEqual(service.resource.send_timeout, 60.0)
+        self._write(_toml([port], extra="send-timeout = 3\n"))
+        self.assertTrue((yield service.reload()))
+        self.assertEqual(service.resource.send_timeout, 3.0)

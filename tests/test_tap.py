@@ -291,3 +291,40 @@ class MakeProxyServiceTests(SynchronousTestCase):
         pool = replace(config.pools[0], health=HealthConfig(enabled=False))
         reactor, _ = self._start(replace(config, pools=(pool,)))
         self.assertEqual(len(reactor.getDelayedCalls()), 1)
+
+
+class UpstreamAnswerOptionsTests(SynchronousTestCase):
+    """
+    The options about upstream answers reach the L{Config} and the
+    upstream client.
+    """
+
+    def test_max_upstream_headers_size(self) -> None:
+        """
+        C{--max-upstream-headers-size} defaults to 64 KiB, takes a value,
+        refuses 0, and is the client's limit.
+        """
+        self.assertEqual(_parse("--upstream", "a:1").config.max_upstream_headers_size, 65536)
+        config = _parse("--upstream", "a:1", "--max-upstream-headers-size", "4096").config
+        self.assertEqual(config.max_upstream_headers_size, 4096)
+        self.assertRaises(
+            UsageError,
+            Options().parseOptions,
+            ["--upstream", "a:1", "--max-upstream-headers-size", "0"],
+        )
+        _, site = make_proxy_service(config, MemoryReactorClock())
+        self.assertEqual(site.resource.client.max_headers_size, 4096)
+
+    def test_send_timeout(self) -> None:
+        """
+        C{--send-timeout} defaults to 60 s (nginx's C{send_timeout}), takes
+        fractions, refuses 0, and is the proxy resource's.
+        """
+        self.assertEqual(_parse("--upstream", "a:1").config.send_timeout, 60.0)
+        config = _parse("--upstream", "a:1", "--send-timeout", "2.5").config
+        self.assertEqual(config.send_timeout, 2.5)
+        self.assertRaises(
+            UsageError, Options().parseOptions, ["--upstream", "a:1", "--send-timeout", "0"]
+        )
+        _, site = make_proxy_service(config, MemoryReactorClock())
+        self.assertEqual(site.resource.send_timeout, 2.5)

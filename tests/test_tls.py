@@ -423,6 +423,153 @@ class UpstreamTLSTests(TLSTestCase):
         self.assertIn("certificate verify failed", reason)
 
 
+def _post(port: int, body: bytes, path: bytes = b"/echo") -> Deferred[Any]:
+    """
+    One C{POST} with C{Connection: close}; fires with the parsed response.
+    """
+    payload = (
+        b"POST " + path + b" HTTP/1.1\r\nHost: test.example\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    ) + body
+    _, done = raw_request(port, payload)
+    return done.addCallback(lambda data: parse_responses(data)[-1])
+
+
+class UpstreamTLSBodyTests(TLSTestCase):
+    """
+    Request bodies to C{https://} upstreams, on pooled connections and
+    across a failed handshake.
+    """
+
+    @inlineCallbacks
+    def test_posts_on_a_pooled_connection(self) -> Any:
+        """
+        Three POSTs in a row reach an https app server whole and are
+        answered 200 with their bodies: the body's producer is unregistered
+        from the TLS transport (which wraps it) after each, so the pooled
+        connection takes the next; no exchange is left in flight.
+        """
+        app, port = start_tls_app(self, "a", self.server_cert.options())
+        site = start_proxy(
+            self, (ServerConfig("127.0.0.1", port, scheme="https"),), upstream_ca=self.ca_path
+        )
+        proxy_port = listen(self, site)
+        for index in range(3):
+            body = b"body number %d " % index * 100
+            response = yield _post(proxy_port, body)
+            self.assertEqual((response.status, response.body), (200, body))
+        self.assertEqual(
+            [r.body for r in app.requests], [b"body number %d " % i * 100 for i in range(3)]
+        )
+        self.assertEqual(site.resource.exchanges, set())
+
+    @inlineCallbacks
+    def test_failed_handshake_keeps_the_body(self) -> Any:
+        """
+        A POST whose first server fails the TLS handshake goes to the next
+        server with its whole body: nothing of it counted as sent before
+        the handshake completed.
+        """
+        other = CA("another CA").issue("127.0.0.1")
+        bad, bad_port = start_tls_app(self, "bad", other.options())
+        good, good_port = start_tls_app(self, "good", self.server_cert.options())
+        site = start_proxy(
+            self,
+            (
+                ServerConfig("127.0.0.1", bad_port, scheme="https"),
+                ServerConfig("127.0.0.1", good_port, scheme="https"),
+            ),
+            upstream_ca=self.ca_path,
+            read_timeout=5.0,
+        )
+        body = b"the whole upload " * 1000
+        response = yield _post(listen(self, site), body)
+        self.assertEqual((response.status, response.body), (200, body))
+        self.assertEqual(bad.requests, [])
+        self.assertEqual([r.body for r in good.requests], [body])
+
+
+class _StallingH2Client(H2Client):
+    """
+    An L{H2Client} that takes no data of the streams in C{stalled}: it
+    sends no C{WINDOW_UPDATE} for them (their data still counts for the
+    connection's window, which it keeps open).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled: set[int] = set()
+        acknowledge = self.conn.acknowledge_received_data
+
+        def acknowledge_unless_stalled(size: int, stream_id: int) -> None:
+            if stream_id in self.stalled:
+                if size:
+                    self.conn.increment_flow_control_window(size)
+            else:
+                acknowledge(size, stream_id)
+
+        self.conn.acknowledge_received_data = acknowledge_unless_stalled  # type: ignore[method-assign]
+
+
+class H2SendTimeoutTests(TLSTestCase):
+    """
+    The send timeout on HTTP/2: a stalled stream is reset, not its
+    connection.
+    """
+
+    # Without the send timeout the stalled stream waits for ever: fail
+    # sooner than trial's 120 s.
+    timeout = 30
+
+    @inlineCallbacks
+    def test_stalled_stream_is_reset(self) -> Any:
+        """
+        A stream whose client takes none of its data for the send timeout
+        is reset and its upstream connection closed, while the same HTTP/2
+        connection goes on serving other streams.
+        """
+        from twisted.internet.task import Clock, deferLater
+
+        app, _, app_port = start_app(self, "a")
+        clock = Clock()
+        config = Config(
+            pools=(PoolConfig("default", (ServerConfig("127.0.0.1", app_port),)),),
+            access_log="off",
+            send_timeout=2.0,
+        )
+        site, upstream = build_site(config, reactor, clock)
+        self.addCleanup(_close_upstream, upstream)
+        port = listen_tls(self, site, self.key_path, self.cert_path)
+        endpoint = wrapClientTLS(
+            optionsForClientTLS(
+                "localhost", trustRoot=self.ca.trust_root(), acceptableProtocols=[b"h2"]
+            ),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+        )
+        client = yield endpoint.connect(Factory.forProtocol(_StallingH2Client))
+        self.addCleanup(lambda: (client.transport.loseConnection(), client.closed)[1])
+        client.stalled.add(1)
+        stalled = client.request(b"GET", b"/big/%d" % (50 * 1024 * 1024))
+        exchange = None
+        for _ in range(500):
+            yield deferLater(reactor, 0.01, lambda: None)
+            exchanges = list(site.resource.exchanges)
+            if exchanges and exchanges[0]._paused:
+                exchange = exchanges[0]
+                break
+        self.assertIsNotNone(exchange, "the stream was never held back")
+        upstream_closed = app.streams[0].request.notifyFinish()
+        clock.advance(1.9)
+        self.assertNoResult(stalled)
+        clock.advance(0.1)
+        reset = yield self.assertFailure(stalled, RuntimeError)
+        self.assertIn("reset", str(reset))
+        yield self.assertFailure(upstream_closed, Exception)
+        other = yield client.request(b"GET", b"/")
+        self.assertEqual((other["status"], other["body"]), (200, b"PORT a"))
+        self.assertEqual(site.resource.exchanges, set())
+
+
 class ListenerTests(TLSTestCase):
     """
     C{ssl:} listeners: termination, X-Forwarded-Proto, HSTS, SNI.
