@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from zope.interface import Interface
 
 if TYPE_CHECKING:
-    from lbproxy.pool import Server
+    from lbproxy.balancing.pool import Server
 
 __all__ = ["IBalancer"]
 

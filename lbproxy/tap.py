@@ -20,8 +20,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from lbproxy import __version__
-from lbproxy.client import UpstreamClient
-from lbproxy.config import (
+from lbproxy.upstream.client import UpstreamClient
+from lbproxy.config.model import (
     Config,
     ConfigError,
     HealthConfig,
@@ -31,13 +31,13 @@ from lbproxy.config import (
     parse_server_list,
     parse_status_ranges,
 )
-from lbproxy.configfile import ConfigFileError
-from lbproxy.demo import listen_demo_apps
-from lbproxy.resource import BalancingProxyResource
-from lbproxy.service import ProxyService, build_router, summary
-from lbproxy.site import ProxySite, client_settings
+from lbproxy.config.file import ConfigFileError
+from lbproxy.tools.demo import listen_demo_apps
+from lbproxy.proxy.resource import BalancingProxyResource
+from lbproxy.service.service import ProxyService, build_router, summary
+from lbproxy.http.site import ProxySite, client_settings
 from lbproxy.tls import https_request_factory, upstream_tls
-from lbproxy.validate import check_config, load_checked
+from lbproxy.service.validate import check_config, load_checked
 
 __all__ = ["Options", "build_site", "makeService", "make_proxy_service"]
 
@@ -279,7 +279,7 @@ class Options(usage.Options):
             "Most request header lines, 431 beyond (HAProxy: tune.http.maxhdr 101).",
             _positive,
         ],
-        # Upstream answers (lbproxy.upstream).
+        # Upstream answers (lbproxy.upstream.connection).
         [
             "max-upstream-headers-size",
             None,
@@ -359,7 +359,7 @@ class Options(usage.Options):
 
     def opt_listen(self, value: str) -> None:
         # (Help text below; the value is checked in postOptions, with the
-        # rest, by lbproxy.validate.)
+        # rest, by lbproxy.service.validate.)
         self["listen"].append(value)
 
     opt_upstream.__doc__ = (

@@ -45,8 +45,8 @@ from twisted.web.http import H2_ENABLED
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from lbproxy.config import Config, ConfigError
-from lbproxy.site import ProxyRequest
+from lbproxy.config.model import Config, ConfigError
+from lbproxy.http.site import ProxyRequest
 
 __all__ = [
     "HTTPSRequest",

@@ -14,7 +14,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import __version__
-from lbproxy.config import Config, HealthConfig, PoolConfig, ServerConfig
+from lbproxy.config.model import Config, HealthConfig, PoolConfig, ServerConfig
 from lbproxy.tap import Options, make_proxy_service
 
 

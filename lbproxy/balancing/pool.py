@@ -1,0 +1,228 @@
+# -*- test-case-name: tests.balancing.test_pool -*-
+"""
+Upstream pools and their servers' run-time state.
+
+A L{Pool} is nginx's C{upstream} block: named servers and the balancer that
+chooses among them.  A L{Server} is one app server's state as lbproxy sees
+it.  Two things take a server out of rotation, and both must agree for it
+to be in:
+
+  - active checks (L{lbproxy.balancing.health}) report passes and failures here;
+    C{fall} consecutive failures mark it down, C{rise} consecutive passes
+    up again (HAProxy);
+  - passive tracking: C{max_fails} failed attempts by real requests within
+    C{fail_timeout} eject it for C{fail_timeout} (nginx); C{rise}
+    consecutive passing checks after the ejection bring it back sooner.
+
+Every change of state is logged once, naming the server and why.  Nothing
+here does network I/O; time comes from the clock the pool is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from lbproxy.config.model import PoolConfig, ServerConfig
+from lbproxy.interfaces import IBalancer
+
+__all__ = ["Pool", "Server"]
+
+_NEVER = float("inf")
+
+
+class Server:
+    """
+    One upstream server in a pool.
+
+    @ivar config: what the configuration says about it.
+    @ivar address: C{host:port}, for logs and error messages.
+    @ivar up: whether it may take requests (derived from the two below).
+    @ivar checked_up: what active checks say.
+    @ivar ejected_until: until when passive tracking keeps it out (0: not
+        ejected).
+    @ivar weight: its share of requests relative to its pool's others.
+    """
+
+    __slots__ = (
+        "config",
+        "address",
+        "up",
+        "weight",
+        "checked_up",
+        "ejected_until",
+        "check_passes",
+        "check_failures",
+        "fails",
+        "fails_since",
+    )
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.address = config.address
+        self.weight = config.weight
+        # Servers start in rotation, as in HAProxy and nginx: a dead one is
+        # found by its first failed attempt or its first `fall` checks.
+        self.up = True
+        self.checked_up = True
+        self.ejected_until = 0.0
+        self.check_passes = 0
+        self.check_failures = 0
+        self.fails = 0
+        self.fails_since = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Server {self.address} {'up' if self.up else 'down'}>"
+
+
+class Pool:
+    """
+    A named group of servers and the balancer that picks among them.
+
+    Backup servers (C{backup=True}) are candidates only while no primary
+    server can be picked, as nginx's C{backup} parameter.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: PoolConfig, balancer: IBalancer, clock: IReactorTime) -> None:
+        """
+        @param config: the pool's configuration.
+        @param balancer: the strategy; one instance per pool, as it keeps
+            the rotation state.
+        @param clock: what tells the time (for passive ejection).
+        """
+        self.config = config
+        self.name = config.name
+        self.servers: tuple[Server, ...] = tuple(Server(s) for s in config.servers)
+        self.max_tries = config.max_tries or len(self.servers)
+        self._primary = tuple(s for s in self.servers if not s.config.backup)
+        self._backup = tuple(s for s in self.servers if s.config.backup)
+        self._balancer = balancer
+        self._clock = clock
+        self._next_readmit = _NEVER
+        self._all_down_reported = False
+
+    def adopt(self, known: Mapping[tuple[str, str, int], Server]) -> None:
+        """
+        Take over the servers of a previous configuration that have the same
+        address (scheme, host, port), keeping their state: health, passive
+        ejection, and (in the upstream client) their pooled connections.
+        """
+        servers = []
+        for server in self.servers:
+            config = server.config
+            old = known.get((config.scheme, config.host, config.port))
+            if old is not None:
+                old.config, old.weight = config, config.weight
+                server = old
+            servers.append(server)
+        self.servers = tuple(servers)
+        self._primary = tuple(s for s in self.servers if not s.config.backup)
+        self._backup = tuple(s for s in self.servers if s.config.backup)
+        ejected = [s.ejected_until for s in self.servers if s.ejected_until]
+        self._next_readmit = min(ejected, default=_NEVER)
+
+    def pick(self, exclude: Container[Server] = ()) -> Server | None:
+        """
+        Choose the server for the next request.
+
+        @param exclude: servers already tried for this request.
+        @return: a server, or L{None} if none is up and untried.
+        """
+        if self._next_readmit is not _NEVER:
+            self._readmit_ejected()
+        server = self._balancer.pick(self._primary, exclude)
+        if server is None and self._backup:
+            server = self._balancer.pick(self._backup, exclude)
+        return server
+
+    def first_with_none_up(self) -> bool:
+        """
+        Record that a request found no server up; C{True} only for the first
+        such request since a server was last up, so that an outage is
+        logged once, not once per request.
+        """
+        if self._all_down_reported:
+            return False
+        self._all_down_reported = True
+        return True
+
+    # Passive tracking: what real requests found.
+
+    def attempt_failed(self, server: Server, reason: str) -> None:
+        """
+        A request could not be served by C{server} (refused, timed out, not
+        HTTP).  Enough of these within C{fail_timeout} eject it.
+        """
+        max_fails = self.config.max_fails
+        if max_fails == 0 or server.ejected_until:
+            return
+        now = self._clock.seconds()
+        window = self.config.fail_timeout
+        if now - server.fails_since > window:
+            server.fails, server.fails_since = 0, now
+        server.fails += 1
+        if server.fails >= max_fails:
+            server.ejected_until = now + window
+            server.check_passes = 0
+            self._next_readmit = min(self._next_readmit, server.ejected_until)
+            noun = "attempt" if server.fails == 1 else "attempts"
+            self._update(server, f"{server.fails} failed {noun}: {reason}")
+            server.fails = 0
+
+    def _readmit_ejected(self) -> None:
+        now = self._clock.seconds()
+        if now < self._next_readmit:
+            return
+        self._next_readmit = _NEVER
+        for server in self.servers:
+            if server.ejected_until and server.ejected_until <= now:
+                server.ejected_until = 0.0
+                self._update(server, f"{self.config.fail_timeout:g} s since it was ejected")
+            elif server.ejected_until:
+                self._next_readmit = min(self._next_readmit, server.ejected_until)
+
+    # Active checks: what the health checker found.
+
+    def check_passed(self, server: Server) -> None:
+        """
+        A health check of C{server} passed.
+        """
+        server.check_failures = 0
+        server.check_passes += 1
+        rise = self.config.health.rise
+        if server.check_passes < rise:
+            return
+        if not server.checked_up or server.ejected_until:
+            server.checked_up = True
+            server.ejected_until = 0.0
+            self._update(server, f"{server.check_passes} checks passed")
+
+    def check_failed(self, server: Server, reason: str) -> None:
+        """
+        A health check of C{server} failed because of C{reason}.
+        """
+        server.check_passes = 0
+        server.check_failures += 1
+        fall = self.config.health.fall
+        if server.checked_up and server.check_failures >= fall:
+            server.checked_up = False
+            self._update(server, f"{server.check_failures} checks failed: {reason}")
+
+    def _update(self, server: Server, why: str) -> None:
+        up = server.checked_up and not server.ejected_until
+        if up == server.up:
+            return
+        server.up = up
+        if up:
+            self._all_down_reported = False
+            self._log.info(
+                "upstream {server} UP ({why})", server=server.address, why=why, pool=self.name
+            )
+        else:
+            self._log.warn(
+                "upstream {server} DOWN ({why})", server=server.address, why=why, pool=self.name
+            )

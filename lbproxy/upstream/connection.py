@@ -1,0 +1,678 @@
+# -*- test-case-name: tests.upstream.test_connection -*-
+"""
+The upstream client: pooled keep-alive HTTP/1.1 connections to app servers.
+
+Why not L{twisted.web.client.Agent} over an C{HTTPConnectionPool}: measured
+on this machine (see C{bench/RESULTS.md} and DESIGN.md), a proxy built on
+C{Agent} reaches about half the throughput of the same proxy on a lean
+client protocol, because every request goes through several Deferred chains,
+a C{Headers} copy, an C{IResponse} and C{deliverBody} hand-offs.  This module
+is that lean protocol: one exchange at a time per connection, the response
+parsed by C{httptools} (the llhttp parser from Node.js: strict, fast, well
+kept) rather than by hand, and bytes passed straight to an L{IResponseSink}.
+
+Pieces:
+  - L{UpstreamConnection}: one TCP connection; sends a request head and body,
+    parses the answer, enforces the read timeout, and is an C{IPushProducer}
+    so the client side can pause it (backpressure).
+  - L{UpstreamClient}: per server, a stack of idle connections (nginx's
+    C{keepalive N}) and the endpoint to make new ones.
+  - L{UpstreamError} and subclasses: why an exchange failed, and whether it
+    is safe to send the request elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+from typing import Protocol as TypingProtocol
+
+import httptools
+from twisted.internet import error as ierror
+from twisted.internet import tcp
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    INegotiated,
+    IPushProducer,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from lbproxy.upstream.body import StreamingBody
+from lbproxy.http.framing import response_framing_error
+from lbproxy.balancing.pool import Server
+from lbproxy.tls import tls_failure_text
+
+if TYPE_CHECKING:
+    from lbproxy.upstream.client import UpstreamClient
+
+__all__ = [
+    "ConnectFailed",
+    "IResponseSink",
+    "InternalError",
+    "InvalidResponse",
+    "ReadTimeout",
+    "ResponseTruncated",
+    "StaleConnection",
+    "UpstreamConnection",
+    "UpstreamError",
+    "UpstreamRequest",
+    "serialize_request_head",
+]
+
+Header = tuple[bytes, bytes]
+
+
+class UpstreamError(Exception):
+    """
+    An exchange with an app server failed.
+
+    @cvar status: the status the client gets if no answer was relayed yet.
+    @cvar nothing_sent: C{True} when the app server cannot have seen the
+        request, so sending it to another server is safe for every method.
+    @cvar server_fault: C{True} when the failure is the server's and counts
+        towards its C{max-fails} (nginx's C{max_fails} counts errors,
+        timeouts and invalid answers); C{False} when lbproxy or the
+        connection's age is to blame.
+    """
+
+    status = 502
+    nothing_sent = False
+    server_fault = True
+
+
+class ConnectFailed(UpstreamError):
+    """
+    No connection could be made (refused, timed out, name not found).
+    """
+
+    nothing_sent = True
+
+
+class StaleConnection(UpstreamError):
+    """
+    A reused keep-alive connection closed before any byte of an answer.
+
+    The app server closed it while idle (Node closes idle keep-alive
+    connections after 5 s) as the request was on its way: a race of
+    lbproxy's pooling, not a fault of the server.
+    """
+
+    server_fault = False
+
+
+class ReadTimeout(UpstreamError):
+    """
+    The app server was silent for longer than the read timeout.
+    """
+
+    status = 504
+
+
+class InvalidResponse(UpstreamError):
+    """
+    The app server answered something that is not valid HTTP/1.x.
+    """
+
+
+class ResponseTruncated(UpstreamError):
+    """
+    The connection closed before the answer was complete.
+    """
+
+
+class InternalError(UpstreamError):
+    """
+    A bug in lbproxy while sending a request or handling its answer.
+
+    The client gets 502 and the traceback is logged, but the server stays
+    in rotation: with C{max-fails 1} one bug would otherwise take a healthy
+    server out for C{fail-timeout}.
+    """
+
+    server_fault = False
+
+
+class _RefusedAnswer(Exception):
+    """
+    Raised inside a parser callback to refuse an answer that llhttp would
+    accept (framing lbproxy does not relay, a head too large): the
+    server's invalid response, unlike any other exception raised there.
+    """
+
+
+class IResponseSink(TypingProtocol):
+    """
+    Where an L{UpstreamConnection} delivers one answer.
+
+    Exactly one of C{response_done} or C{response_failed} ends an exchange.
+    """
+
+    def response_headers(
+        self, status: int, reason: bytes, headers: list[Header], producer: IPushProducer
+    ) -> None:
+        """
+        The status line and headers arrived (interim 1xx answers are skipped).
+
+        @param producer: the connection, to register with the client side so
+            that a slow client pauses reading from the app server.
+        """
+
+    def response_body(self, data: bytes) -> None:
+        """
+        A piece of the body arrived, already de-chunked.
+        """
+
+    def response_done(self) -> None:
+        """
+        The answer is complete.
+        """
+
+    def response_failed(self, error: UpstreamError) -> None:
+        """
+        The exchange failed; C{error} says why.
+        """
+
+
+def serialize_request_head(method: bytes, target: bytes, headers: list[Header]) -> bytes:
+    """
+    The bytes of an HTTP/1.1 request line and header section.
+
+    @param method: e.g. C{b"GET"}.
+    @param target: the request target, forwarded byte for byte.
+    @param headers: C{(name, value)} pairs, framing headers included.
+    @return: the head, ending with the blank line.
+    """
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class UpstreamRequest:
+    """
+    One request ready to send: its serialised head and its body.
+
+    @ivar method: the request method, for retry decisions.
+    @ivar head: request line and headers, framing included, ending in a
+        blank line.
+    @ivar body: the whole body as bytes (often empty), or a
+        L{StreamingBody} that is still arriving from the client.
+    @ivar head_only: the answer has no body whatever its headers say
+        (the request is a C{HEAD}).
+    """
+
+    __slots__ = ("method", "head", "body", "head_only")
+
+    def __init__(self, method: bytes, head: bytes, body: bytes | StreamingBody) -> None:
+        self.method = method
+        self.head = head
+        self.body = body
+        self.head_only = method == b"HEAD"
+
+
+@implementer(IPushProducer, IHandshakeListener)
+class UpstreamConnection(Protocol):
+    """
+    One keep-alive HTTP/1.1 connection to an app server.
+
+    It carries one exchange at a time (no pipelining to upstreams, as nginx
+    and HAProxy).  Between exchanges it sits idle in its L{UpstreamClient}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, client: UpstreamClient, server: Server) -> None:
+        self._client = client
+        self.server = server
+        self._clock = client.clock
+        self._parser = httptools.HttpResponseParser(self)
+        self._sink: IResponseSink | None = None
+        self._request: UpstreamRequest | None = None
+        self._body: StreamingBody | None = None
+        self._reused = False
+        self._received = False
+        self._headers_done = False
+        self._interim = False
+        self._complete = False
+        self._until_eof = False
+        self._reusable = True
+        self._paused = False
+        self._reason = b""
+        self._headers: list[Header] = []
+        # Bytes of the answer's head so far (interim answers included):
+        # counted from the parsed pieces, and from the raw reads while the
+        # head is incomplete, against the client's max_headers_size.
+        self._head_size = 0
+        self._head_read = 0
+        self._timer: IDelayedCall | None = None
+        self._last_read = 0.0
+        self.idle_since = 0.0
+        self.connected = False
+        self._handshaking = False
+        # Counts exchanges, so that abandoning one that is over (the
+        # connection went back to the pool and serves another) does nothing.
+        self._exchange = 0
+
+    # Protocol
+
+    def connectionMade(self) -> None:
+        """
+        Turn off Nagle: requests are small and latency matters.
+        """
+        self.connected = True
+        # Over TLS (https upstreams) the handshake is still to come.
+        self._handshaking = INegotiated.providedBy(self.transport)
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake succeeded: the server's certificate is verified,
+        and a streamed request body waiting for it starts to flow.
+        """
+        self._handshaking = False
+        body = self._body
+        if body is not None:
+            # send() ran during the handshake and held the body back.
+            body.attach(self.transport, self._body_sent)
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Parse answer bytes; finish the exchange when the answer is complete.
+        """
+        if self._sink is None:
+            # Bytes while idle: the server broke the protocol.
+            self._reusable = False
+            self.transport.loseConnection()
+            return
+        self._received = True
+        self._last_read = self._clock.seconds()
+        in_head = not self._headers_done
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            # An exception raised inside one of the callbacks below, which
+            # httptools wraps: the server's fault only if it is a refusal
+            # of the answer; anything else is a bug in lbproxy (the sink
+            # runs inside these callbacks).
+            cause = e.__context__
+            if isinstance(cause, _RefusedAnswer):
+                self._fail(InvalidResponse(str(cause)))
+            else:
+                self._internal_error(cause or e, "handling the answer")
+            return
+        except httptools.HttpParserError as e:
+            self._fail(InvalidResponse(f"invalid HTTP response: {_parser_message(e)}"))
+            return
+        if in_head and not self._headers_done:
+            # Still in the head after this read, so all of it was head:
+            # llhttp would buffer a header line of any length, so stop here.
+            self._head_read += len(data)
+            if self._head_read > self._client.max_headers_size:
+                self._fail(InvalidResponse(self._too_big_header()))
+                return
+        if self._complete:
+            self._finish_exchange()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Leave the idle pool at once; fail or end the exchange in progress.
+        """
+        self.connected = False
+        self._client._forget(self)
+        if self._sink is None:
+            return
+        if self._handshaking:
+            # The request never left lbproxy (TLS buffers it until the
+            # handshake is done): a failed connect, safe to try elsewhere.
+            why = tls_failure_text(reason) or _reason_text(reason)
+            self._fail(ConnectFailed(f"TLS handshake failed: {why}"))
+        elif self._headers_done and self._until_eof and not self._complete:
+            # The body was delimited by the end of the connection.
+            self._complete = True
+            self._reusable = False
+            self._finish_exchange()
+        elif not self._received:
+            why = _reason_text(reason)
+            if self._reused:
+                self._fail(StaleConnection(f"reused connection closed: {why}"))
+            else:
+                self._fail(ResponseTruncated(f"closed before answering: {why}"))
+        elif not self._headers_done:
+            self._fail(InvalidResponse("closed in the middle of the response headers"))
+        else:
+            self._fail(ResponseTruncated("closed in the middle of the response body"))
+
+    # Sending
+
+    def send(
+        self, request: UpstreamRequest, sink: IResponseSink, reused: bool
+    ) -> Callable[[], None]:
+        """
+        Start an exchange on this (idle, connected) connection.
+
+        @param request: what to send.
+        @param sink: where the answer goes.
+        @param reused: whether this connection served an exchange before,
+            which decides between L{StaleConnection} and L{ResponseTruncated}
+            if it closes before answering.
+        @return: a function that abandons this exchange (the client went
+            away): it drops the connection while the exchange is in
+            progress, and does nothing once it is over, when the connection
+            may already carry another client's request.
+        """
+        self._exchange += 1
+        abandon = partial(self._abandon, self._exchange)
+        self._sink = sink
+        self._request = request
+        self._reused = reused
+        self._last_read = self._clock.seconds()
+        self._timer = self._clock.callLater(self._client.read_timeout, self._check_read_timeout)
+        body = request.body
+        if isinstance(body, bytes):
+            _send_now(self.transport, request.head + body if body else request.head)
+            return abandon
+        _send_now(self.transport, request.head)
+        self._body = body
+        if self._handshaking:
+            # TLS holds what is written until its handshake is done, and a
+            # failed handshake drops it.  The head is rebuilt for the next
+            # server, but body bytes handed over now would count as sent and
+            # be lost: the next server would get the Content-Length and no
+            # body.  The body stays pending (and can fail over) until
+            # handshakeCompleted.
+            return abandon
+        # The body follows as the client sends it; the transport pauses it
+        # (and so the client) when the app server reads slowly.
+        body.attach(self.transport, self._body_sent)
+        return abandon
+
+    def _body_sent(self) -> None:
+        # The read timeout starts now, as nginx's proxy_read_timeout starts
+        # once the request is sent; until now it was not running.
+        self._last_read = self._clock.seconds()
+
+    def _abandon(self, exchange: int) -> None:
+        if self._sink is not None and exchange == self._exchange:
+            self.abort()
+
+    def abort(self) -> None:
+        """
+        Abandon whatever exchange is in progress: drop the connection,
+        which is never put back half-read.  (Callers outside this module
+        use the function L{send} returns, bound to their exchange.)
+        """
+        self._sink = None
+        self._stop_body(keep=False)
+        self._cancel_timer()
+        if self.connected:
+            self.transport.abortConnection()
+
+    # IPushProducer: the client side pauses us when it cannot keep up.
+
+    def pauseProducing(self) -> None:
+        """
+        Stop reading from the app server until L{resumeProducing}.
+        """
+        if not self._paused and self.connected:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """
+        Read from the app server again.
+        """
+        if self._paused and self.connected:
+            self._paused = False
+            self._last_read = self._clock.seconds()
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        The consumer is gone: abandon the exchange.
+        """
+        self.abort()
+
+    # httptools callbacks (called from inside feed_data)
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # More bytes after a complete answer: unsolicited data.
+            self._reusable = False
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+        self._head_size += len(status)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        # The bytes of "Name: value\r\n".
+        self._head_size += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        # "HTTP/1.1 200 " and the CRLFs ending the status line and the head.
+        self._head_size += 17
+        if self._head_size > self._client.max_headers_size:
+            # nginx's "upstream sent too big header" (past
+            # proxy_buffer_size): 502.  nginx counts it as a failure of the
+            # server (NGX_HTTP_UPSTREAM_FT_INVALID_HEADER marks the peer
+            # failed for max_fails), and so does lbproxy, since it is an
+            # InvalidResponse; like nginx's default proxy_next_upstream it
+            # is not retried elsewhere.
+            raise _RefusedAnswer(self._too_big_header())
+        parser = self._parser
+        status = parser.get_status_code()
+        if status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): skip it.
+            # lbproxy holds the whole body already and sends no Expect.
+            self._interim = True
+            self._headers = []
+            self._reason = b""
+            return
+        headers = self._headers
+        framing_error = response_framing_error(headers)
+        if framing_error is not None:
+            # llhttp reads such an answer until EOF; refuse it (502).
+            raise _RefusedAnswer(f"invalid HTTP response: {framing_error}")
+        self._headers_done = True
+        self._until_eof = _delimited_by_eof(status, headers, self._request)
+        if not parser.should_keep_alive():
+            self._reusable = False
+        assert self._sink is not None
+        self._sink.response_headers(status, self._reason, headers, self)
+        if self._request is not None and self._request.head_only:
+            # llhttp cannot be told that a HEAD answer has no body: finish
+            # here and give the next exchange a fresh parser.
+            self._complete = True
+            self._parser = httptools.HttpResponseParser(self)
+
+    def on_body(self, body: bytes) -> None:
+        if self._sink is not None and not self._complete:
+            self._sink.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self._complete = True
+
+    # Internals
+
+    def _finish_exchange(self) -> None:
+        sink = self._sink
+        assert sink is not None
+        self._sink = None
+        self._request = None
+        self._cancel_timer()
+        if self._body is not None and not self._body.complete:
+            # Answered before the body was all sent (an early 413, say):
+            # the rest is dropped, and the connection cannot be reused.
+            self._reusable = False
+        self._stop_body(keep=False)
+        self._reset_answer()
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+        if self._reusable and self.connected:
+            self._client._release(self)
+        elif self.connected:
+            self.transport.loseConnection()
+        sink.response_done()
+
+    def _fail(self, error: UpstreamError) -> None:
+        sink = self._sink
+        self._sink = None
+        self._request = None
+        self._reusable = False
+        # A body none of which was sent is kept for another server.
+        self._stop_body(keep=True)
+        self._cancel_timer()
+        if self.connected:
+            self.transport.abortConnection()
+        if sink is not None:
+            sink.response_failed(error)
+
+    def internal_error(self, sink: IResponseSink, doing: str) -> None:
+        """
+        An exception escaped while sending on this connection for C{sink}:
+        log it and fail the exchange with L{InternalError}; the connection
+        is dropped.  Call from an C{except} block.
+
+        @param doing: what was being done, for the log line.
+        """
+        self._log.failure(
+            "lbproxy internal error {doing} for {server}", doing=doing, server=self.server.address
+        )
+        self._sink = sink
+        self._fail(InternalError(f"lbproxy internal error {doing} (traceback logged)"))
+
+    def _internal_error(self, error: BaseException, doing: str) -> None:
+        self._log.failure(
+            "lbproxy internal error {doing} from {server}",
+            failure=Failure(error, type(error), error.__traceback__),  # type: ignore[no-untyped-call]
+            doing=doing,
+            server=self.server.address,
+        )
+        self._fail(InternalError(f"lbproxy internal error {doing} (traceback logged)"))
+
+    def _too_big_header(self) -> str:
+        return (
+            f"upstream sent too big header (more than {self._client.max_headers_size} bytes, "
+            "--max-upstream-headers-size)"
+        )
+
+    def _reset_answer(self) -> None:
+        self._received = False
+        self._headers_done = False
+        self._complete = False
+        self._until_eof = False
+        self._reason = b""
+        self._headers = []
+        self._head_size = 0
+        self._head_read = 0
+
+    def _stop_body(self, keep: bool) -> None:
+        body, self._body = self._body, None
+        if body is None:
+            return
+        if keep and not body.sent_any:
+            body.release()
+        else:
+            body.detach()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _check_read_timeout(self) -> None:
+        """
+        Fire the read timeout lazily: activity only records the time, and
+        the single timer re-arms itself for the remainder.  This keeps timer
+        work off the per-chunk path.
+        """
+        self._timer = None
+        if self._sink is None:
+            return
+        now = self._clock.seconds()
+        if self._paused or (self._body is not None and not self._body.complete):
+            # Paused by a slow client (the send timeout of the client side
+            # governs), or still sending the body (the app server may wait
+            # for all of it, as nginx's proxy_read_timeout starts after
+            # sending; a stalled body is the client's 408): the read timeout
+            # is not running.  _body_sent and resumeProducing restart it
+            # from their own moment.
+            self._last_read = now
+        timeout = self._client.read_timeout  # may change on reload
+        remaining = self._last_read + timeout - now
+        if remaining > 0:
+            self._timer = self._clock.callLater(remaining, self._check_read_timeout)
+            return
+        self._fail(ReadTimeout(f"no answer for {timeout:g} s (read timeout)"))
+
+
+def _send_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data}, straight to the socket when nothing is queued before it.
+
+    Twisted's TCP transport always queues a write and sends it on the next
+    reactor turn, which costs two C{epoll_ctl} calls and a turn per request;
+    a request head almost always fits the socket buffer, so lbproxy tries
+    C{send} first and queues only what the kernel did not take.  This reads
+    the transport's queue attributes, so it is limited to plain
+    L{tcp.Client} transports (others just C{write}).
+    """
+    if (
+        type(transport) is tcp.Client
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # EAGAIN, or an error the transport will find and report itself.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+def _delimited_by_eof(status: int, headers: list[Header], request: UpstreamRequest | None) -> bool:
+    """
+    Whether an answer's body runs until the connection closes
+    (RFC 9112 section 6.3, rule 8): no length, not chunked, and a status
+    that has a body.
+    """
+    if status in (204, 304) or (request is not None and request.head_only):
+        return False
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"content-length":
+            return False
+        if lower == b"transfer-encoding" and b"chunked" in value.lower():
+            return False
+    return True
+
+
+def _parser_message(error: Exception) -> str:
+    # An error raised in a callback comes wrapped as "User callback error".
+    return str(error.__context__ or error) or type(error).__name__
+
+
+def _reason_text(reason: Failure) -> str:
+    if reason.check(ierror.ConnectionDone):
+        return "closed by the server"
+    if reason.check(ierror.ConnectionLost):
+        return "connection reset"
+    return reason.getErrorMessage()
