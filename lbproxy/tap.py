@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from lbproxy import __version__
-from lbproxy.upstream.client import UpstreamClient
+from lbproxy.config.file import ConfigFileError
 from lbproxy.config.model import (
     Config,
     ConfigError,
@@ -31,13 +31,13 @@ from lbproxy.config.model import (
     parse_server_list,
     parse_status_ranges,
 )
-from lbproxy.config.file import ConfigFileError
-from lbproxy.tools.demo import listen_demo_apps
+from lbproxy.http.site import ProxySite, client_settings
 from lbproxy.proxy.resource import BalancingProxyResource
 from lbproxy.service.service import ProxyService, build_router, summary
-from lbproxy.http.site import ProxySite, client_settings
-from lbproxy.tls import https_request_factory, upstream_tls
 from lbproxy.service.validate import check_config, load_checked
+from lbproxy.tls import https_request_factory, upstream_tls
+from lbproxy.tools.demo import listen_demo_apps
+from lbproxy.upstream.client import UpstreamClient
 
 __all__ = ["Options", "build_site", "makeService", "make_proxy_service"]
 

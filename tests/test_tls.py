@@ -30,9 +30,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from lbproxy.config.model import Config, ConfigError, PoolConfig, ServerConfig
 from lbproxy.balancing.health import _failure_reason, agent_probe
 from lbproxy.balancing.pool import Pool
+from lbproxy.config.model import Config, ConfigError, PoolConfig, ServerConfig
 from lbproxy.tap import Options, build_site
 from lbproxy.tls import UpstreamTLS, server_endpoint
 from tests.certs import CA

@@ -41,9 +41,9 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from lbproxy.upstream.client import connect_failure_text
 from lbproxy.balancing.pool import Pool, Server
 from lbproxy.tls import UpstreamTLS
+from lbproxy.upstream.client import connect_failure_text
 
 __all__ = ["HealthChecker", "Probe", "agent_probe"]
 

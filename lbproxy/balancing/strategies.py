@@ -9,8 +9,8 @@ from collections.abc import Container, Sequence
 
 from zope.interface import implementer
 
-from lbproxy.interfaces import IBalancer
 from lbproxy.balancing.pool import Server
+from lbproxy.interfaces import IBalancer
 
 __all__ = ["RoundRobin"]
 

@@ -30,8 +30,8 @@ from lbproxy.http.framing import (
     RequestHead,
     error_response,
 )
-from lbproxy.proxy.headers import connection_tokens
 from lbproxy.http.ratelog import RateLimitedLog
+from lbproxy.proxy.headers import connection_tokens
 
 __all__ = ["ProxyChannel"]
 

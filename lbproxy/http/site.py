@@ -34,13 +34,13 @@ from twisted.web.http import (
 )
 from twisted.web.http_headers import Headers
 
-from lbproxy.upstream.body import StreamingBody
 from lbproxy.http.channel import ProxyChannel, _ClientReader, _peer
 from lbproxy.http.framing import (
     REASONS,
     Limits,
 )
 from lbproxy.http.ratelog import RateLimitedLog
+from lbproxy.upstream.body import StreamingBody
 
 if TYPE_CHECKING:
     from lbproxy.config.model import Config

@@ -50,11 +50,11 @@ from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from lbproxy.upstream.body import StreamingBody
-from lbproxy.upstream.client import UpstreamClient
-from lbproxy.proxy.headers import end_to_end, upstream_request_headers
 from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.routes import Router
+from lbproxy.proxy.headers import end_to_end, upstream_request_headers
+from lbproxy.upstream.body import StreamingBody
+from lbproxy.upstream.client import UpstreamClient
 from lbproxy.upstream.connection import (
     ConnectFailed,
     StaleConnection,

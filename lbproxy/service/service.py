@@ -39,15 +39,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.balancing.strategies import RoundRobin
-from lbproxy.upstream.client import UpstreamClient
-from lbproxy.config.model import Config, ConfigError
 from lbproxy.balancing.health import HealthChecker, agent_probe
 from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.routes import Router
+from lbproxy.balancing.strategies import RoundRobin
+from lbproxy.config.model import Config, ConfigError
 from lbproxy.http.site import ProxySite
-from lbproxy.tls import UpstreamTLS, https_request_factory, server_endpoint, upstream_tls
 from lbproxy.service.validate import error_text
+from lbproxy.tls import UpstreamTLS, https_request_factory, server_endpoint, upstream_tls
+from lbproxy.upstream.client import UpstreamClient
 
 __all__ = [
     "ApplyError",

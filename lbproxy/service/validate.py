@@ -30,8 +30,8 @@ from typing import Any
 from OpenSSL import SSL, crypto
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 
-from lbproxy.config.model import Config, ConfigError
 from lbproxy.config.file import ConfigFileError, load_config
+from lbproxy.config.model import Config, ConfigError
 from lbproxy.tls import UpstreamTLS, check_listener_files, load_cert_dir
 
 __all__ = ["Problem", "check_config", "error_text", "load_checked"]

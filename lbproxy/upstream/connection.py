@@ -43,10 +43,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.upstream.body import StreamingBody
-from lbproxy.http.framing import response_framing_error
 from lbproxy.balancing.pool import Server
+from lbproxy.http.framing import response_framing_error
 from lbproxy.tls import tls_failure_text
+from lbproxy.upstream.body import StreamingBody
 
 if TYPE_CHECKING:
     from lbproxy.upstream.client import UpstreamClient

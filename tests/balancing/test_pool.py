@@ -7,9 +7,9 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.strategies import RoundRobin
 from lbproxy.config.model import PoolConfig, ServerConfig
-from lbproxy.balancing.pool import Pool, Server
 
 
 def _pool(*servers: ServerConfig) -> Pool:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy.config.model import RouteConfig
 from lbproxy.balancing.routes import Router, host_matches, request_host
+from lbproxy.config.model import RouteConfig
 
 
 class RequestHostTests(SynchronousTestCase):

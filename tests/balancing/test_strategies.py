@@ -7,10 +7,10 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from lbproxy.balancing.pool import Server
 from lbproxy.balancing.strategies import RoundRobin
 from lbproxy.config.model import ServerConfig
 from lbproxy.interfaces import IBalancer
-from lbproxy.balancing.pool import Server
 
 
 def _servers(*names: str, weights: tuple[int, ...] = ()) -> list[Server]:

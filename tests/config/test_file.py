@@ -10,8 +10,8 @@ import sys
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy.cli import main
-from lbproxy.config.model import HealthConfig, RouteConfig, ServerConfig
 from lbproxy.config.file import ConfigFileError, load_config
+from lbproxy.config.model import HealthConfig, RouteConfig, ServerConfig
 
 EXAMPLE = """
 listen = ["tcp:8080", "tcp:8081:interface=127.0.0.1"]

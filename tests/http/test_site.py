@@ -21,8 +21,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from lbproxy.tools.corpus import CASES
 from lbproxy.http.site import ProxyRequest, ProxySite, combined_log_line
+from lbproxy.tools.corpus import CASES
 from tests.support import get, listen, parse_responses, raw_request, start_app, start_proxy
 
 

@@ -1025,9 +1025,9 @@ class SendTimeoutTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         from lbproxy.config.model import Config, PoolConfig, ServerConfig
+        from lbproxy.http.site import ProxySite
         from lbproxy.proxy.resource import BalancingProxyResource
         from lbproxy.service.service import build_router
-        from lbproxy.http.site import ProxySite
 
         self.clock = Clock()
         self.upstream = _FakeUpstreamClient(self.clock)

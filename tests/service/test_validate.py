@@ -13,10 +13,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy.config.model import Config, PoolConfig, ServerConfig
 from lbproxy.config.file import ConfigFileError
-from lbproxy.tap import Options
+from lbproxy.config.model import Config, PoolConfig, ServerConfig
 from lbproxy.service.validate import Problem, check_config, load_checked
+from lbproxy.tap import Options
 from tests.certs import CA
 
 

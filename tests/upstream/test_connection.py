@@ -13,10 +13,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from lbproxy.balancing.pool import Server
+from lbproxy.config.model import ServerConfig
 from lbproxy.upstream.body import StreamingBody
 from lbproxy.upstream.client import UpstreamClient
-from lbproxy.config.model import ServerConfig
-from lbproxy.balancing.pool import Server
 from lbproxy.upstream.connection import (
     ConnectFailed,
     InternalError,
