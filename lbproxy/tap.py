@@ -23,7 +23,6 @@ from lbproxy import __version__
 from lbproxy.config.file import ConfigFileError
 from lbproxy.config.model import (
     Config,
-    ConfigError,
     HealthConfig,
     PoolConfig,
     ServerConfig,
@@ -31,13 +30,15 @@ from lbproxy.config.model import (
     parse_server_list,
     parse_status_ranges,
 )
+from lbproxy.errors import ConfigError
+from lbproxy.http.https import https_request_factory
 from lbproxy.http.site import ProxySite, client_settings
 from lbproxy.proxy.resource import BalancingProxyResource
 from lbproxy.service.service import ProxyService, build_router, summary
 from lbproxy.service.validate import check_config, load_checked
-from lbproxy.tls import https_request_factory, upstream_tls
 from lbproxy.tools.demo import listen_demo_apps
 from lbproxy.upstream.client import UpstreamClient
+from lbproxy.upstream.tls import upstream_tls
 
 __all__ = ["Options", "build_site", "makeService", "make_proxy_service"]
 

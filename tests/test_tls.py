@@ -32,9 +32,11 @@ from zope.interface import implementer
 
 from lbproxy.balancing.health import _failure_reason, agent_probe
 from lbproxy.balancing.pool import Pool
-from lbproxy.config.model import Config, ConfigError, PoolConfig, ServerConfig
+from lbproxy.config.model import Config, PoolConfig, ServerConfig
+from lbproxy.errors import ConfigError
+from lbproxy.http.servertls import server_endpoint
 from lbproxy.tap import Options, build_site
-from lbproxy.tls import UpstreamTLS, server_endpoint
+from lbproxy.upstream.tls import UpstreamTLS
 from tests.certs import CA
 from tests.support import (
     AppServer,

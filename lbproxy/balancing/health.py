@@ -42,8 +42,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from lbproxy.balancing.pool import Pool, Server
-from lbproxy.tls import UpstreamTLS
 from lbproxy.upstream.client import connect_failure_text
+from lbproxy.upstream.tls import UpstreamTLS
 
 __all__ = ["HealthChecker", "Probe", "agent_probe"]
 

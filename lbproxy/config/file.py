@@ -34,7 +34,6 @@ from typing import Any
 
 from lbproxy.config.model import (
     Config,
-    ConfigError,
     HealthConfig,
     PoolConfig,
     RouteConfig,
@@ -42,6 +41,7 @@ from lbproxy.config.model import (
     parse_server,
     parse_status_ranges,
 )
+from lbproxy.errors import ConfigError
 
 __all__ = ["ConfigFileError", "load_config", "parse_config"]
 

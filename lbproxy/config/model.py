@@ -13,9 +13,10 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from lbproxy.errors import ConfigError
+
 __all__ = [
     "Config",
-    "ConfigError",
     "HealthConfig",
     "PoolConfig",
     "RouteConfig",
@@ -32,12 +33,6 @@ _TARGET = re.compile(r"/[!-\"$-~]*")
 #: A C{Host} value: a name, an IPv4 address or a bracketed IPv6 address,
 #: and an optional port.
 _HOST = re.compile(r"([A-Za-z0-9._\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
-
-
-class ConfigError(ValueError):
-    """
-    A configuration value is wrong; the message is one line naming it.
-    """
 
 
 @dataclass(frozen=True, slots=True)

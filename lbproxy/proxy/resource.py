@@ -52,16 +52,11 @@ from zope.interface import implementer
 
 from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.routes import Router
+from lbproxy.errors import ConnectFailed, StaleConnection, UpstreamError
 from lbproxy.proxy.headers import end_to_end, upstream_request_headers
 from lbproxy.upstream.body import StreamingBody
 from lbproxy.upstream.client import UpstreamClient
-from lbproxy.upstream.connection import (
-    ConnectFailed,
-    StaleConnection,
-    UpstreamError,
-    UpstreamRequest,
-    serialize_request_head,
-)
+from lbproxy.upstream.connection import UpstreamRequest, serialize_request_head
 
 if TYPE_CHECKING:
     from lbproxy.http.site import ProxyRequest

@@ -34,25 +34,25 @@ from twisted.internet.defer import (
 )
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from lbproxy.balancing.health import HealthChecker, agent_probe
 from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.routes import Router
 from lbproxy.balancing.strategies import RoundRobin
-from lbproxy.config.model import Config, ConfigError
+from lbproxy.config.model import Config
+from lbproxy.errors import ConfigError
+from lbproxy.http.https import https_request_factory
+from lbproxy.http.servertls import ReloadableTLS
 from lbproxy.http.site import ProxySite
 from lbproxy.service.validate import error_text
-from lbproxy.tls import UpstreamTLS, https_request_factory, server_endpoint, upstream_tls
 from lbproxy.upstream.client import UpstreamClient
+from lbproxy.upstream.tls import UpstreamTLS, upstream_tls
 
 __all__ = [
     "ApplyError",
     "ProxyService",
-    "ReloadableTLS",
     "StartError",
     "build_router",
     "listen_error",
@@ -546,51 +546,6 @@ def with_default_backlog(description: str) -> str:
     if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
         return f"{description}:backlog={DEFAULT_BACKLOG}"
     return description
-
-
-@implementer(IOpenSSLContextFactory)
-class ReloadableTLS:
-    """
-    The context factory of an C{ssl:} listener, built from its endpoint
-    description (and C{--tls-cert-dir}), that can read its files again.
-
-    Twisted asks the listener's context factory for a context for every
-    new connection, so after L{reload} new connections get the renewed
-    certificates and connections in progress keep theirs.
-    """
-
-    def __init__(self, reactor: Any, description: str, cert_dir: str | None) -> None:
-        self._reactor = reactor
-        self._description = description
-        self._factory = self._build(cert_dir)
-
-    def _build(self, cert_dir: str | None) -> Any:
-        endpoint = server_endpoint(self._reactor, self._description, cert_dir)
-        return endpoint._sslContextFactory  # type: ignore[attr-defined]
-
-    def prepare(self, cert_dir: str | None) -> Any:
-        """
-        Read the key, certificates and SNI directory again, for L{use}.
-
-        @return: the new context factory.
-        @raise Exception: if they cannot be read.
-        """
-        factory = self._build(cert_dir)
-        factory.getContext()  # load now, so that a bad file fails here
-        return factory
-
-    def use(self, factory: Any) -> None:
-        """
-        Give new connections the certificates of C{factory}, from
-        L{prepare}.
-        """
-        self._factory = factory
-
-    def getContext(self) -> Any:
-        """
-        The context for a new connection.
-        """
-        return self._factory.getContext()
 
 
 def summary(config: Config) -> str:

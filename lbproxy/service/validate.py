@@ -31,8 +31,10 @@ from OpenSSL import SSL, crypto
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 
 from lbproxy.config.file import ConfigFileError, load_config
-from lbproxy.config.model import Config, ConfigError
-from lbproxy.tls import UpstreamTLS, check_listener_files, load_cert_dir
+from lbproxy.config.model import Config
+from lbproxy.errors import ConfigError
+from lbproxy.http.servertls import check_listener_files, load_cert_dir
+from lbproxy.upstream.tls import UpstreamTLS
 
 __all__ = ["Problem", "check_config", "error_text", "load_checked"]
 

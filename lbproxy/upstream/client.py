@@ -27,13 +27,9 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from lbproxy.balancing.pool import Server
-from lbproxy.tls import UpstreamTLS, tls_failure_text
-from lbproxy.upstream.connection import (
-    ConnectFailed,
-    IResponseSink,
-    UpstreamConnection,
-    UpstreamRequest,
-)
+from lbproxy.errors import ConnectFailed
+from lbproxy.upstream.connection import IResponseSink, UpstreamConnection, UpstreamRequest
+from lbproxy.upstream.tls import UpstreamTLS, tls_failure_text
 
 __all__ = ["UpstreamClient", "connect_failure_text"]
 

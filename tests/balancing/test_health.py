@@ -22,7 +22,7 @@ from lbproxy.balancing.health import HealthChecker, _failure_reason, agent_probe
 from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.strategies import RoundRobin
 from lbproxy.config.model import HealthConfig, PoolConfig, ServerConfig
-from lbproxy.tls import UpstreamTLS
+from lbproxy.upstream.tls import UpstreamTLS
 from tests.certs import CA
 from tests.support import AppServer, CountingSite, get, refused_port, start_app, start_proxy
 

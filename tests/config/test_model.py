@@ -9,13 +9,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy.config.model import (
     Config,
-    ConfigError,
     PoolConfig,
     ServerConfig,
     parse_duration,
     parse_server,
     parse_server_list,
 )
+from lbproxy.errors import ConfigError
 
 
 class ParseServerTests(SynchronousTestCase):

@@ -40,8 +40,8 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from lbproxy.config.model import Config, PoolConfig, ServerConfig
+from lbproxy.http.servertls import server_endpoint
 from lbproxy.tap import build_site
-from lbproxy.tls import server_endpoint
 from tests.certs import CA
 from tests.support import get
 

@@ -15,20 +15,18 @@ from zope.interface import implementer
 
 from lbproxy.balancing.pool import Server
 from lbproxy.config.model import ServerConfig
-from lbproxy.upstream.body import StreamingBody
-from lbproxy.upstream.client import UpstreamClient
-from lbproxy.upstream.connection import (
+from lbproxy.errors import (
     ConnectFailed,
     InternalError,
     InvalidResponse,
     ReadTimeout,
     ResponseTruncated,
     StaleConnection,
-    UpstreamConnection,
     UpstreamError,
-    UpstreamRequest,
-    serialize_request_head,
 )
+from lbproxy.upstream.body import StreamingBody
+from lbproxy.upstream.client import UpstreamClient
+from lbproxy.upstream.connection import UpstreamConnection, UpstreamRequest, serialize_request_head
 
 
 class RecordingSink:
