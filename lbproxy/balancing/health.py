@@ -225,7 +225,7 @@ class HealthChecker(Service):
         Start checking, server I{i} of I{n} after C{i/n} of an interval.
         """
         super().startService()
-        interval = self._pool.config.health.interval
+        interval = self._pool.config.health_interval
         servers = self._pool.servers
         for index, server in enumerate(servers):
             loop = LoopingCall(self._check, server)
@@ -255,7 +255,7 @@ class HealthChecker(Service):
         One check of C{server}; never fails, since a failure would stop the
         loop for good.  The loop waits for it, so checks never overlap.
         """
-        health = self._pool.config.health
+        pool = self._pool.config
         try:
             checking = self._probe(server)
         except Exception:
@@ -264,7 +264,7 @@ class HealthChecker(Service):
             return succeed(None)
 
         def answered(status: int) -> None:
-            if health.healthy(status):
+            if pool.healthy(status):
                 self._pool.check_passed(server)
             else:
                 self._pool.check_failed(server, f"status {status}")

@@ -97,7 +97,7 @@ class Pool:
         self.config = config
         self.name = config.name
         self.servers: tuple[Server, ...] = tuple(Server(s) for s in config.servers)
-        self.max_tries = config.max_tries or len(self.servers)
+        self.max_tries = config.tries
         self._primary = tuple(s for s in self.servers if not s.config.backup)
         self._backup = tuple(s for s in self.servers if s.config.backup)
         self._balancer = balancer
@@ -193,7 +193,7 @@ class Pool:
         """
         server.check_failures = 0
         server.check_passes += 1
-        rise = self.config.health.rise
+        rise = self.config.rise
         if server.check_passes < rise:
             return
         if not server.checked_up or server.ejected_until:
@@ -207,7 +207,7 @@ class Pool:
         """
         server.check_passes = 0
         server.check_failures += 1
-        fall = self.config.health.fall
+        fall = self.config.fall
         if server.checked_up and server.check_failures >= fall:
             server.checked_up = False
             self._update(server, f"{server.check_failures} checks failed: {reason}")

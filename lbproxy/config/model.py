@@ -1,31 +1,96 @@
 # -*- test-case-name: tests.config.test_model -*-
 """
-The configuration model: frozen values built once from the command line.
+The configuration model: frozen values built once, from the command line
+(L{lbproxy.config.commandline}) or a file (L{lbproxy.config.file}).
 
-Everything below L{lbproxy.tap} takes a L{Config}; nothing else reads
-command-line options.  Parsing helpers are pure functions that raise
-L{ConfigError} with one readable line naming the bad value.
+Every option is declared here, once, with L{option}: its default, kind,
+help and reload behaviour (see L{lbproxy.config.options}).  Everything
+below the composition root takes a L{Config}; nothing else reads options.
+Defaults are nginx's or HAProxy's unless the help says why not.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from dataclasses import dataclass
 
+from lbproxy.config.options import (
+    BYTES,
+    BYTES_OR_ZERO,
+    COUNT,
+    ENDPOINTS,
+    FLAG,
+    PORT,
+    POSITIVE,
+    SECONDS,
+    Kind,
+    Option,
+    Reload,
+    Scope,
+    Text,
+    check_fields,
+    option,
+    options_of,
+)
+from lbproxy.config.servers import ServerConfig
 from lbproxy.errors import ConfigError
 
 __all__ = [
     "Config",
-    "HealthConfig",
     "PoolConfig",
     "RouteConfig",
     "ServerConfig",
-    "parse_duration",
-    "parse_server",
-    "parse_server_list",
+    "all_options",
     "parse_status_ranges",
 ]
+
+StatusRanges = tuple[tuple[int, int], ...]
+
+
+def parse_status_ranges(text: str) -> StatusRanges:
+    """
+    Parse healthy status codes: C{"200-399"}, C{"200,204"}, C{"200-299,404"}.
+
+    @return: C{(low, high)} ranges, inclusive.
+    @raise ConfigError: if a part is not a status or a range of statuses.
+    """
+    ranges = []
+    for part in text.split(","):
+        low_text, _, high_text = part.strip().partition("-")
+        try:
+            low = int(low_text)
+            high = int(high_text) if high_text else low
+        except ValueError:
+            raise ConfigError(f"expected statuses such as 200-399, got {text!r}") from None
+        if not 100 <= low <= high <= 599:
+            raise ConfigError(f"status {part.strip()!r} is not in 100-599, got {text!r}")
+        ranges.append((low, high))
+    return tuple(ranges)
+
+
+class _Statuses(Kind):
+    metavar = "STATUSES"
+    expected = "statuses such as 200-399 or 200,204"
+
+    def check(self, value: object) -> None:
+        if not isinstance(value, tuple) or not value:
+            raise self.wrong(value)
+        for pair in value:
+            if not (
+                isinstance(pair, tuple) and len(pair) == 2 and 100 <= pair[0] <= pair[1] <= 599
+            ):
+                raise self.wrong(value)
+
+    def from_file(self, value: object) -> StatusRanges:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise self.wrong(value)
+        return parse_status_ranges(value)
+
+    def show(self, value: object) -> str:
+        assert isinstance(value, tuple)
+        return ",".join(f"{low}-{high}" if low != high else f"{low}" for low, high in value)
 
 
 #: A request target in origin form: visible ASCII, no space, no C{#}.
@@ -35,122 +100,111 @@ _TARGET = re.compile(r"/[!-\"$-~]*")
 _HOST = re.compile(r"([A-Za-z0-9._\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    """
-    One upstream (app) server.
-
-    @ivar host: a host name or IP address (IPv6 without brackets).
-    @ivar port: the TCP port.
-    @ivar scheme: C{"http"}, or C{"https"} for TLS to the server.
-    @ivar weight: relative share of requests, as nginx's C{weight=}.
-    @ivar backup: only used while every primary server is down.
-    """
-
-    host: str
-    port: int
-    scheme: str = "http"
-    weight: int = 1
-    backup: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.host:
-            raise ConfigError("upstream server has an empty host name")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"upstream port {self.port} is not in 1-65535")
-        if self.scheme not in ("http", "https"):
-            raise ConfigError(
-                f"upstream scheme {self.scheme!r} is not supported (use http or https)"
-            )
-        if self.weight < 1:
-            raise ConfigError(f"upstream weight {self.weight} must be at least 1")
-
-    @property
-    def address(self) -> str:
-        """
-        C{host:port}, with brackets around an IPv6 literal, as logs show it.
-        """
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+def _origin_path(value: str) -> str | None:
+    # It goes into each probe's request line as it is: refuse here what
+    # would fail every check.
+    if _TARGET.fullmatch(value) is None:
+        return "expected a path starting with /, visible ASCII without spaces or #"
+    return None
 
 
-@dataclass(frozen=True, slots=True)
-class HealthConfig:
-    """
-    Active health checks of a pool's servers, with HAProxy's defaults.
+def _host(value: str) -> str | None:
+    if value and _HOST.fullmatch(value) is None:
+        return "expected HOST[:PORT]"
+    return None
 
-    @ivar enabled: whether checks run at all.
-    @ivar path: the target of the probe's C{GET}.
-    @ivar interval: seconds between two checks of one server (HAProxy
-        C{inter 2s}).
-    @ivar timeout: seconds a check may take (HAProxy C{timeout check},
-        defaulting to C{inter}; 1 s here so a hung server is seen sooner).
-    @ivar statuses: C{(low, high)} status ranges that count as healthy.
-    @ivar host: the probe's C{Host} header; the server's address if L{None}.
-    @ivar fall: consecutive failed checks that take a server out (HAProxy
-        C{fall 3}).
-    @ivar rise: consecutive passed checks that bring it back (HAProxy
-        C{rise 2}).
-    """
 
-    enabled: bool = True
-    path: str = "/"
-    interval: float = 2.0
-    timeout: float = 1.0
-    statuses: tuple[tuple[int, int], ...] = ((200, 399),)
-    host: str | None = None
-    fall: int = 3
-    rise: int = 2
+def _access_log(value: str) -> str | None:
+    return None if value else "expected a file path, '-' or 'off'"
 
-    def __post_init__(self) -> None:
-        if not self.path.startswith("/"):
-            raise ConfigError(f"health check path {self.path!r} must start with /")
-        # Both go into each probe's request as ASCII: refuse here what
-        # would fail every check.
-        if not _TARGET.fullmatch(self.path):
-            raise ConfigError(
-                f"health check path {self.path!r} must be visible ASCII without spaces or #"
-            )
-        if self.host is not None and not _HOST.fullmatch(self.host):
-            raise ConfigError(f"health check host {self.host!r} is not a HOST[:PORT]")
-        if self.fall < 1 or self.rise < 1:
-            raise ConfigError(f"fall {self.fall} and rise {self.rise} must be at least 1")
 
-    def healthy(self, status: int) -> bool:
-        """
-        Whether a probe's answer status counts as healthy.
-        """
-        return any(low <= status <= high for low, high in self.statuses)
+STATUSES: Kind = _Statuses()
+PATH: Kind = Text("PATH", _origin_path, "a path starting with /")
+FILE: Kind = Text("FILE")
+HOST: Kind = Text("HOST", _host, "HOST[:PORT]")
+ACCESS_LOG: Kind = Text("PATH|-|off", _access_log, "a file path, '-' or 'off'")
 
 
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
     """
-    A named group of servers that share one balancer (nginx's C{upstream}).
-
-    @ivar health: its active health checks.
-    @ivar max_fails: failed attempts within C{fail_timeout} that take a
-        server out of rotation for C{fail_timeout} (nginx's C{max_fails=1},
-        C{fail_timeout=10s}); 0 turns passive tracking off.
-    @ivar max_tries: servers one request may be tried on; L{None} for all
-        of the pool's (nginx's C{proxy_next_upstream_tries 0}).
+    A named group of servers that share one balancer (nginx's C{upstream}),
+    and the options that apply per pool: active health checks (HAProxy's
+    defaults), passive tracking and retries (nginx's).
     """
 
     name: str
     servers: tuple[ServerConfig, ...]
-    health: HealthConfig = field(default_factory=HealthConfig)
-    max_fails: int = 1
-    fail_timeout: float = 10.0
-    max_tries: int | None = None
+
+    # Active health checks (lbproxy.balancing.health).
+    health_check: bool = option(
+        True,
+        FLAG,
+        "Active health checks: GET --health-path on a new connection to each "
+        "server every --health-interval (HAProxy's check; nginx Plus's "
+        "health_check). --no-health-check turns them off.",
+    )
+    health_path: str = option("/", PATH, "The target of the health check's GET.")
+    health_interval: float = option(
+        2.0, SECONDS, "Seconds between two checks of a server (HAProxy: inter 2s)."
+    )
+    health_timeout: float = option(
+        1.0,
+        SECONDS,
+        "Seconds a check may take to connect and answer whole (HAProxy's "
+        "timeout check defaults to inter; 1 s sees a hung server sooner).",
+    )
+    health_status: StatusRanges = option(
+        ((200, 399),),
+        STATUSES,
+        "Statuses that count as healthy, e.g. 200-399 or 200,204 (HAProxy: http-check expect).",
+    )
+    health_host: str = option(
+        "", HOST, "The Host header of checks; empty for the server's own address."
+    )
+    fall: int = option(
+        3, POSITIVE, "Consecutive failed checks that take a server out (HAProxy: fall 3)."
+    )
+    rise: int = option(
+        2, POSITIVE, "Consecutive passed checks that bring it back (HAProxy: rise 2)."
+    )
+
+    # Passive tracking and retries (lbproxy.balancing.pool).
+    max_fails: int = option(
+        1,
+        COUNT,
+        "Failed requests (refused, timed out, not HTTP) within --fail-timeout that "
+        "take a server out for --fail-timeout (nginx: max_fails=1); 0 turns this off.",
+    )
+    fail_timeout: float = option(
+        10.0,
+        SECONDS,
+        "The window of --max-fails, and how long a server stays out (nginx: fail_timeout=10s).",
+    )
+    max_tries: int = option(
+        0,
+        COUNT,
+        "Servers one request may be tried on when connecting fails; 0 is all of "
+        "the pool's (nginx: proxy_next_upstream_tries 0).",
+    )
 
     def __post_init__(self) -> None:
         if not self.servers:
             raise ConfigError(f"upstream pool {self.name!r} has no servers")
-        if self.max_fails < 0:
-            raise ConfigError(f"max fails {self.max_fails} must be 0 or more")
-        if self.max_tries is not None and self.max_tries < 1:
-            raise ConfigError(f"max tries {self.max_tries} must be at least 1")
+        check_fields(self, Scope.POOL)
+
+    def healthy(self, status: int) -> bool:
+        """
+        Whether a health check's answer status counts as healthy.
+        """
+        return any(low <= status <= high for low, high in self.health_status)
+
+    @property
+    def tries(self) -> int:
+        """
+        How many servers one request may be tried on.
+        """
+        return self.max_tries or len(self.servers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,48 +235,173 @@ class Config:
     """
     The whole configuration of one lbproxy process.
 
-    Defaults follow nginx where nginx has the setting; each is documented
-    beside its command-line option in L{lbproxy.tap.Options}.
+    @ivar pools: the upstream pools (C{--upstream} makes one, C{default}).
+    @ivar routes: which requests go to which pool, in order.
     """
 
     pools: tuple[PoolConfig, ...]
-    listen: tuple[str, ...] = ("tcp:8080",)
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    client_timeout: float = 60.0
-    upstream_keepalive: int = 32
-    upstream_idle_timeout: float = 4.0
-    access_log: str = "-"
-    demo: bool = field(default=False)
     routes: tuple[RouteConfig, ...] = ()
-    drain_timeout: float = 10.0
-    # Client framing limits and timeouts (lbproxy.http.framing); 0 is no limit
-    # on the body size.
-    client_header_timeout: float = 60.0
-    client_body_timeout: float = 60.0
-    max_body_size: int = 0
-    max_request_line: int = 8192
-    max_header_line: int = 8192
-    max_headers_size: int = 65536
-    max_headers: int = 100
-    # TLS (lbproxy.tls): listener certificates by SNI, upstream trust, and
-    # the HTTPS policies of the client side; "" and 0 are off.
-    tls_cert_dir: str = ""
-    upstream_ca: str = ""
-    upstream_client_cert: str = ""
-    upstream_insecure: bool = False
-    redirect_https: int = 0
-    hsts: int = 0
-    # Upstream answers (lbproxy.upstream.connection): the largest response head, 502
-    # beyond (nginx's "upstream sent too big header"); and how long a client
-    # may take no byte of its answer (lbproxy.proxy.resource; nginx's
-    # send_timeout).
-    max_upstream_headers_size: int = 65536
-    send_timeout: float = 60.0
+
+    # Listening and the client side (lbproxy.http).
+    listen: tuple[str, ...] = option(
+        ("tcp:8080",),
+        ENDPOINTS,
+        "A Twisted server endpoint to listen on: tcp:8080, "
+        "tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem:certKey=cert.pem, "
+        "unix:/run/lb.sock, haproxy:tcp:8080 ...; repeatable (nginx: listen). tcp:, "
+        "ssl: and unix: listeners get nginx's accept backlog, 511, unless they name one.",
+        repeatable=True,
+    )
+    client_timeout: float = option(
+        60.0,
+        SECONDS,
+        "Seconds an idle keep-alive client connection stays open (nginx: keepalive_timeout 75s).",
+    )
+    client_header_timeout: float = option(
+        60.0,
+        SECONDS,
+        "Seconds a client has to send a whole request head, from its first byte; "
+        "408 after (nginx: client_header_timeout 60s).",
+    )
+    client_body_timeout: float = option(
+        60.0,
+        SECONDS,
+        "Seconds a request body may stall between two reads; 408 after "
+        "(nginx: client_body_timeout 60s).",
+    )
+    max_body_size: int = option(
+        0,
+        BYTES_OR_ZERO,
+        "Largest request body, 413 beyond; 0 is no limit (HAProxy; nginx's "
+        "client_max_body_size is 1m).",
+    )
+    max_request_line: int = option(
+        8192,
+        BYTES,
+        "Longest request line, 414 beyond (nginx: large_client_header_buffers 4 8k).",
+    )
+    max_header_line: int = option(
+        8192,
+        BYTES,
+        "Longest request header line, 431 beyond (nginx: large_client_header_buffers 4 8k).",
+    )
+    max_headers_size: int = option(
+        65536, BYTES, "Most bytes of request headers in all, 431 beyond."
+    )
+    max_headers: int = option(
+        100,
+        POSITIVE,
+        "Most request header lines, 431 beyond (HAProxy: tune.http.maxhdr 101).",
+    )
+
+    send_timeout: float = option(
+        60.0,
+        SECONDS,
+        "Seconds a client may take no byte of an answer while lbproxy has bytes "
+        "for it; then the client connection and its upstream connection are "
+        "closed (nginx: send_timeout 60s).",
+    )
+
+    # The upstream side (lbproxy.upstream).
+    connect_timeout: float = option(
+        5.0,
+        SECONDS,
+        "Seconds to wait for a connection to an app server (nginx: "
+        "proxy_connect_timeout 60s; 5 s fails over to the next server sooner).",
+    )
+    read_timeout: float = option(
+        60.0,
+        SECONDS,
+        "Seconds an app server may stay silent, counted once the request is "
+        "sent: 504 if nothing was relayed yet, else the client connection is "
+        "aborted (nginx: proxy_read_timeout 60s).",
+    )
+    max_upstream_headers_size: int = option(
+        65536,
+        BYTES,
+        "Largest app server response head (status line and headers): 502 "
+        "beyond, logged with the server's address (nginx: proxy_buffer_size, "
+        '"upstream sent too big header").',
+    )
+    upstream_keepalive: int = option(
+        32,
+        COUNT,
+        "Idle connections kept per app server (nginx: keepalive 32); 0 closes "
+        "each connection after its request.",
+    )
+    upstream_idle_timeout: float = option(
+        4.0,
+        SECONDS,
+        "Seconds an idle pooled connection may be reused; keep it below the app "
+        "servers' own idle timeout (Node's is 5 s), so lbproxy closes first.",
+    )
+
+    # TLS (lbproxy.http.servertls, lbproxy.upstream.tls).
+    tls_cert_dir: str = option(
+        "",
+        FILE,
+        "A directory of PEM files (key, certificate, chain), one per host name "
+        "(example.com.pem, *.example.com.pem): ssl: listeners pick one by SNI; "
+        "their own certKey= answers other clients.",
+    )
+    redirect_https: int = option(
+        0,
+        PORT,
+        "Answer requests on plain listeners with 308 to https on this port "
+        "(nginx: return 308 https://$host$request_uri); 0 is off.",
+    )
+    hsts: int = option(
+        0,
+        COUNT,
+        "Strict-Transport-Security max-age in seconds, added to TLS responses "
+        "that lack one; 0 is off.",
+    )
+    upstream_ca: str = option(
+        "",
+        FILE,
+        "PEM file of the CA certificates https upstreams must chain to; empty "
+        "for the platform's trusted roots (nginx: proxy_ssl_trusted_certificate).",
+    )
+    upstream_client_cert: str = option(
+        "",
+        FILE,
+        "PEM file with a private key and certificate (and chain) presented to "
+        "https upstreams, mTLS (nginx: proxy_ssl_certificate).",
+    )
+    upstream_insecure: bool = option(
+        False,
+        FLAG,
+        "Do not verify the certificates of https upstreams; a warning is "
+        "logged at start (nginx: proxy_ssl_verify off, its default).",
+    )
+
+    # Operations (lbproxy.service).
+    access_log: str = option(
+        "-",
+        ACCESS_LOG,
+        "Where the access line of each request goes, in nginx's combined "
+        "format: '-' is the twistd log, 'off' is nowhere, anything else a "
+        "file (nginx: access_log).",
+    )
+    drain_timeout: float = option(
+        10.0,
+        SECONDS,
+        "On stop (SIGTERM), seconds requests in flight may take to finish "
+        "before they are aborted (nginx: worker_shutdown_timeout).",
+    )
+    demo: bool = option(
+        False,
+        FLAG,
+        "Start two small demo app servers on loopback (answering 'PORT 3000' "
+        "and 'PORT 3001', as the walkthrough's express apps) and proxy to them.",
+        file=False,
+        reload=Reload.RESTART,
+    )
 
     def __post_init__(self) -> None:
         if not self.pools:
             raise ConfigError("no upstream servers: give --upstream HOST:PORT")
+        check_fields(self, Scope.GLOBAL)
         names = [pool.name for pool in self.pools]
         for name in names:
             if names.count(name) > 1:
@@ -238,122 +417,12 @@ class Config:
                 f"{len(self.pools)} upstream pools but no route: add [[route]] tables "
                 "saying which requests go where"
             )
-        if not self.listen:
-            raise ConfigError("nothing to listen on: give --listen ENDPOINT")
-        if not self.access_log:
-            raise ConfigError("access log: give a file path, '-' or 'off'")
-        if self.upstream_keepalive < 0:
-            raise ConfigError(f"upstream keepalive {self.upstream_keepalive} must be 0 or more")
         if self.upstream_insecure and self.upstream_ca:
-            raise ConfigError("upstream insecure and upstream CA contradict: give one of them")
-        if not 0 <= self.redirect_https < 65536:
-            raise ConfigError(f"redirect https port {self.redirect_https} is not in 1-65535")
-        if self.hsts < 0:
-            raise ConfigError(f"hsts {self.hsts} must be 0 or more seconds")
-        for name in (
-            "max_request_line",
-            "max_header_line",
-            "max_headers_size",
-            "max_headers",
-            "max_upstream_headers_size",
-        ):
-            value = getattr(self, name)
-            if value < 1:
-                raise ConfigError(f"{name.replace('_', '-')} {value} must be 1 or more")
-        if self.max_body_size < 0:
-            raise ConfigError(f"max-body-size {self.max_body_size} must be 0 (no limit) or more")
+            raise ConfigError("upstream-insecure and upstream-ca contradict: give one of them")
 
 
-def parse_server(text: str) -> ServerConfig:
+def all_options() -> list[Option]:
     """
-    Parse one upstream address.
-
-    Accepts C{host:port}, C{http://host:port}, C{https://host:port},
-    C{[::1]:3000} and C{http://[::1]:3000}.  A trailing C{/} is allowed; any other path is not
-    (lbproxy forwards the client's path unchanged, as nginx's C{proxy_pass}
-    without a URI does).
-
-    @param text: the address as the user wrote it.
-    @return: the server.
-    @raise ConfigError: if C{text} is not such an address.
+    Every option, global ones first, in declaration order.
     """
-    raw = text.strip()
-    if not raw:
-        raise ConfigError("empty upstream address")
-    candidate = raw if "://" in raw else "http://" + raw
-    try:
-        parts = urlsplit(candidate)
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(f"bad upstream address {text!r}: {e}") from None
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(
-            f"bad upstream address {text!r}: scheme {parts.scheme!r} is not supported"
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(f"bad upstream address {text!r}: give HOST:PORT without a path")
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(f"bad upstream address {text!r}: no user info allowed")
-    host = parts.hostname
-    if not host:
-        raise ConfigError(f"bad upstream address {text!r}: no host name")
-    if port is None:
-        raise ConfigError(f"bad upstream address {text!r}: expected HOST:PORT")
-    try:
-        return ServerConfig(host=host, port=port, scheme=parts.scheme)
-    except ConfigError as e:
-        # urlsplit accepts port 0; say which address of a list is wrong.
-        raise ConfigError(f"bad upstream address {text!r}: {e}") from None
-
-
-def parse_server_list(text: str) -> tuple[ServerConfig, ...]:
-    """
-    Parse a comma-separated list of upstream addresses.
-
-    @param text: e.g. C{"localhost:3000,localhost:3001"}.
-    @return: the servers in the order given.
-    @raise ConfigError: if any address is bad or the list is empty.
-    """
-    items = [item for item in text.split(",") if item.strip()]
-    if not items:
-        raise ConfigError(f"bad upstream list {text!r}: no addresses")
-    return tuple(parse_server(item) for item in items)
-
-
-def parse_status_ranges(text: str) -> tuple[tuple[int, int], ...]:
-    """
-    Parse healthy status codes: C{"200-399"}, C{"200,204"}, C{"200-299,404"}.
-
-    @return: C{(low, high)} ranges, inclusive.
-    @raise ConfigError: if a part is not a status or a range of statuses.
-    """
-    ranges = []
-    for part in text.split(","):
-        low_text, _, high_text = part.strip().partition("-")
-        try:
-            low = int(low_text)
-            high = int(high_text) if high_text else low
-        except ValueError:
-            raise ConfigError(f"bad health status {text!r}: expected e.g. 200-399") from None
-        if not 100 <= low <= high <= 599:
-            raise ConfigError(f"bad health status {text!r}: {part.strip()!r} is not in 100-599")
-        ranges.append((low, high))
-    return tuple(ranges)
-
-
-def parse_duration(text: str, name: str) -> float:
-    """
-    Parse a positive number of seconds (fractions allowed).
-
-    @param text: e.g. C{"5"} or C{"0.5"}.
-    @param name: the option's name, for the error message.
-    @return: the seconds.
-    @raise ConfigError: if C{text} is not a positive finite number.
-    """
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise ConfigError(f"{name} {text!r} is not a number of seconds") from None
-    if not 0 < seconds < float("inf"):
-        raise ConfigError(f"{name} {text!r} must be a positive number of seconds")
-    return seconds
+    return [*options_of(Config, Scope.GLOBAL), *options_of(PoolConfig, Scope.POOL)]

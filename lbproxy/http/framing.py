@@ -54,9 +54,10 @@ The rules (RFC 9110 and RFC 9112, strict where they allow a choice):
     header line over 8 kB, all headers over 64 kB or more than 100 header
     lines, 431; a body over the configured maximum, 413.
 
-The upstream side is parsed by llhttp (L{lbproxy.upstream.connection}), which already
-rejects conflicting lengths and invalid chunks; L{response_framing_error}
-adds the one check it lacks, a C{Transfer-Encoding} other than C{chunked}.
+The upstream side is parsed by llhttp (L{lbproxy.upstream.connection}),
+which already rejects conflicting lengths and invalid chunks; its
+C{response_framing_error} adds the one check llhttp lacks, a
+C{Transfer-Encoding} other than C{chunked}.
 """
 
 from __future__ import annotations
@@ -79,7 +80,6 @@ __all__ = [
     "error_response",
     "parse_header_line",
     "parse_request_line",
-    "response_framing_error",
 ]
 
 Header = tuple[bytes, bytes]
@@ -562,26 +562,3 @@ def error_response(error: FramingError, date: bytes | None = None) -> bytes:
     if date is not None:
         head.append(b"Date: " + date)
     return b"\r\n".join(head) + b"\r\n\r\n" + body
-
-
-def response_framing_error(headers: Iterable[Header]) -> str | None:
-    """
-    Why an app server's response framing is unacceptable, if it is.
-
-    llhttp rejects conflicting lengths and bad chunks itself, but reads a
-    response whose C{Transfer-Encoding} is not C{chunked} (C{gzip},
-    C{chunked, gzip}, C{chunked} twice) until the connection closes
-    (RFC 9112 section 6.3 rule 4) or de-chunks it while the coding before
-    C{chunked} is lost.  lbproxy answers 502 instead.
-
-    @param headers: the response headers.
-    @return: a reason, or L{None} if the framing is acceptable.
-    """
-    codings: list[bytes] = []
-    for name, value in headers:
-        # The length test keeps this cheap: it runs for every response.
-        if len(name) == 17 and name.lower() == b"transfer-encoding":
-            codings.extend(coding.strip(b" \t").lower() for coding in value.split(b","))
-    if not codings or codings == [b"chunked"]:
-        return None
-    return "Transfer-Encoding other than chunked"

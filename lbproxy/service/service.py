@@ -200,10 +200,14 @@ class ProxyService(MultiService):
 
     def _start_checkers(self) -> None:
         for pool in self.resource.router.pools.values():
-            health = pool.config.health
-            if health.enabled:
+            settings = pool.config
+            if settings.health_check:
                 probe = agent_probe(
-                    self._reactor, health.path, health.timeout, health.host, self.client.tls
+                    self._reactor,
+                    settings.health_path,
+                    settings.health_timeout,
+                    settings.health_host or None,
+                    self.client.tls,
                 )
                 checker = HealthChecker(pool, probe, self._reactor)
                 self._checkers.append(checker)

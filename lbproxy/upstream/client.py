@@ -26,9 +26,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from lbproxy.balancing.pool import Server
 from lbproxy.errors import ConnectFailed
-from lbproxy.upstream.connection import IResponseSink, UpstreamConnection, UpstreamRequest
+from lbproxy.upstream.connection import (
+    IResponseSink,
+    UpstreamConnection,
+    UpstreamRequest,
+    UpstreamServer,
+)
 from lbproxy.upstream.tls import UpstreamTLS, tls_failure_text
 
 __all__ = ["UpstreamClient", "connect_failure_text"]
@@ -44,7 +48,7 @@ class _ConnectionFactory(Factory):
 
     noisy = False
 
-    def __init__(self, client: UpstreamClient, server: Server) -> None:
+    def __init__(self, client: UpstreamClient, server: UpstreamServer) -> None:
         self._client = client
         self._server = server
         self.tls = client.tls
@@ -77,7 +81,7 @@ class UpstreamClient:
         read_timeout: float = 60.0,
         keepalive: int = 32,
         idle_timeout: float = 4.0,
-        endpoint_factory: Callable[[Server], object] | None = None,
+        endpoint_factory: Callable[[UpstreamServer], object] | None = None,
         tls: UpstreamTLS | None = None,
         max_headers_size: int = 65536,
     ) -> None:
@@ -107,11 +111,11 @@ class UpstreamClient:
         self.idle_timeout = idle_timeout
         self.max_headers_size = max_headers_size
         self._endpoint_factory = endpoint_factory or self._hostname_endpoint
-        self._idle: dict[Server, list[UpstreamConnection]] = {}
-        self._endpoints: dict[Server, tuple[object, _ConnectionFactory]] = {}
+        self._idle: dict[UpstreamServer, list[UpstreamConnection]] = {}
+        self._endpoints: dict[UpstreamServer, tuple[object, _ConnectionFactory]] = {}
         self.tls = tls
 
-    def _hostname_endpoint(self, server: Server) -> Any:
+    def _hostname_endpoint(self, server: UpstreamServer) -> Any:
         endpoint = self._tcp_endpoint(server)
         if server.config.scheme != "https":
             return endpoint
@@ -123,7 +127,7 @@ class UpstreamClient:
         # to its plain write.
         return wrapClientTLS(self.tls.creator(server.config.host), endpoint)
 
-    def _tcp_endpoint(self, server: Server) -> Any:
+    def _tcp_endpoint(self, server: UpstreamServer) -> Any:
         host = server.config.host
         if isIPAddress(host):
             # No name to resolve: skip HostnameEndpoint's resolver thread
@@ -147,7 +151,7 @@ class UpstreamClient:
         )
 
     def send(
-        self, server: Server, request: UpstreamRequest, sink: IResponseSink
+        self, server: UpstreamServer, request: UpstreamRequest, sink: IResponseSink
     ) -> Callable[[], None]:
         """
         Send C{request} to C{server}, on an idle connection if one is fresh,
@@ -167,7 +171,7 @@ class UpstreamClient:
         return self.send_fresh(server, request, sink)
 
     def send_fresh(
-        self, server: Server, request: UpstreamRequest, sink: IResponseSink
+        self, server: UpstreamServer, request: UpstreamRequest, sink: IResponseSink
     ) -> Callable[[], None]:
         """
         Send C{request} to C{server} on a new connection.
@@ -241,7 +245,7 @@ class UpstreamClient:
                     connection.transport.loseConnection()
                 idle.clear()
 
-    def _take_idle(self, server: Server) -> UpstreamConnection | None:
+    def _take_idle(self, server: UpstreamServer) -> UpstreamConnection | None:
         idle = self._idle.get(server)
         if not idle:
             return None
@@ -253,7 +257,7 @@ class UpstreamClient:
             connection.transport.loseConnection()
         return None
 
-    def _release(self, connection: UpstreamConnection) -> None:
+    def connection_idle(self, connection: UpstreamConnection) -> None:
         """
         Put a connection whose exchange ended cleanly back in its pool.
 
@@ -272,7 +276,7 @@ class UpstreamClient:
         connection.idle_since = self.clock.seconds()
         self._idle.setdefault(connection.server, []).append(connection)
 
-    def _forget(self, connection: UpstreamConnection) -> None:
+    def connection_closed(self, connection: UpstreamConnection) -> None:
         """
         Remove a closed connection from its pool, if it is there.
         """
@@ -280,13 +284,13 @@ class UpstreamClient:
         if idle and connection in idle:
             idle.remove(connection)
 
-    def idle_count(self, server: Server) -> int:
+    def idle_count(self, server: UpstreamServer) -> int:
         """
         How many idle connections to C{server} are pooled now.
         """
         return len(self._idle.get(server, ()))
 
-    def forget_server(self, server: Server) -> None:
+    def forget_server(self, server: UpstreamServer) -> None:
         """
         A server left the configuration: close its idle connections and
         drop its endpoint (exchanges in flight finish on theirs).

@@ -23,9 +23,9 @@ Pieces:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 import httptools
@@ -36,6 +36,7 @@ from twisted.internet.interfaces import (
     IHandshakeListener,
     INegotiated,
     IPushProducer,
+    IReactorTime,
     ITCPTransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
@@ -43,7 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.balancing.pool import Server
+from lbproxy.config.servers import ServerConfig
 from lbproxy.errors import (
     ConnectFailed,
     InternalError,
@@ -53,16 +54,15 @@ from lbproxy.errors import (
     StaleConnection,
     UpstreamError,
 )
-from lbproxy.http.framing import response_framing_error
 from lbproxy.upstream.body import StreamingBody
 from lbproxy.upstream.tls import tls_failure_text
 
-if TYPE_CHECKING:
-    from lbproxy.upstream.client import UpstreamClient
-
 __all__ = [
     "IResponseSink",
+    "ConnectionOwner",
     "UpstreamConnection",
+    "UpstreamServer",
+    "response_framing_error",
     "UpstreamRequest",
     "serialize_request_head",
 ]
@@ -76,6 +76,45 @@ class _RefusedAnswer(Exception):
     accept (framing lbproxy does not relay, a head too large): the
     server's invalid response, unlike any other exception raised there.
     """
+
+
+class UpstreamServer(TypingProtocol):
+    """
+    What the upstream side knows of a server: its configuration.  (The
+    balancing layer's L{lbproxy.balancing.pool.Server} is one.)
+    """
+
+    config: ServerConfig
+
+    @property
+    def address(self) -> str:
+        """
+        C{host:port}, for log lines.
+        """
+
+
+class ConnectionOwner(TypingProtocol):
+    """
+    What an L{UpstreamConnection} asks of the client that made it (the
+    L{lbproxy.upstream.client.UpstreamClient}): its current settings, and
+    to take the connection back when an exchange ends cleanly or forget it
+    when it closes.
+    """
+
+    clock: IReactorTime
+    read_timeout: float
+    max_headers_size: int
+
+    def connection_idle(self, connection: UpstreamConnection) -> None:
+        """
+        C{connection}'s exchange ended cleanly: keep it for the next
+        request to its server, or close it.
+        """
+
+    def connection_closed(self, connection: UpstreamConnection) -> None:
+        """
+        C{connection} closed: it must not be handed out again.
+        """
 
 
 class IResponseSink(TypingProtocol):
@@ -160,7 +199,7 @@ class UpstreamConnection(Protocol):
 
     _log = Logger()
 
-    def __init__(self, client: UpstreamClient, server: Server) -> None:
+    def __init__(self, client: ConnectionOwner, server: UpstreamServer) -> None:
         self._client = client
         self.server = server
         self._clock = client.clock
@@ -258,7 +297,7 @@ class UpstreamConnection(Protocol):
         Leave the idle pool at once; fail or end the exchange in progress.
         """
         self.connected = False
-        self._client._forget(self)
+        self._client.connection_closed(self)
         if self._sink is None:
             return
         if self._handshaking:
@@ -453,7 +492,7 @@ class UpstreamConnection(Protocol):
             self._paused = False
             self.transport.resumeProducing()
         if self._reusable and self.connected:
-            self._client._release(self)
+            self._client.connection_idle(self)
         elif self.connected:
             self.transport.loseConnection()
         sink.response_done()
@@ -608,3 +647,26 @@ def _reason_text(reason: Failure) -> str:
     if reason.check(ierror.ConnectionLost):
         return "connection reset"
     return reason.getErrorMessage()
+
+
+def response_framing_error(headers: Iterable[Header]) -> str | None:
+    """
+    Why an app server's response framing is unacceptable, if it is.
+
+    llhttp rejects conflicting lengths and bad chunks itself, but reads a
+    response whose C{Transfer-Encoding} is not C{chunked} (C{gzip},
+    C{chunked, gzip}, C{chunked} twice) until the connection closes
+    (RFC 9112 section 6.3 rule 4) or de-chunks it while the coding before
+    C{chunked} is lost.  lbproxy answers 502 instead.
+
+    @param headers: the response headers.
+    @return: a reason, or L{None} if the framing is acceptable.
+    """
+    codings: list[bytes] = []
+    for name, value in headers:
+        # The length test keeps this cheap: it runs for every response.
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            codings.extend(coding.strip(b" \t").lower() for coding in value.split(b","))
+    if not codings or codings == [b"chunked"]:
+        return None
+    return "Transfer-Encoding other than chunked"

@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from lbproxy.balancing.health import HealthChecker, _failure_reason, agent_probe
 from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.strategies import RoundRobin
-from lbproxy.config.model import HealthConfig, PoolConfig, ServerConfig
+from lbproxy.config.model import PoolConfig, ServerConfig
 from lbproxy.upstream.tls import UpstreamTLS
 from tests.certs import CA
 from tests.support import AppServer, CountingSite, get, refused_port, start_app, start_proxy
@@ -31,12 +31,11 @@ def _pool(
     clock: Clock,
     count: int = 2,
     backups: int = 0,
-    health: HealthConfig | None = None,
     **settings: object,
 ) -> Pool:
     servers = tuple(ServerConfig(f"10.0.0.{i}", 80) for i in range(1, count + 1))
     servers += tuple(ServerConfig(f"10.0.1.{i}", 80, backup=True) for i in range(1, backups + 1))
-    config = PoolConfig("web", servers, health=health or HealthConfig(), **settings)  # type: ignore[arg-type]
+    config = PoolConfig("web", servers, **settings)  # type: ignore[arg-type]
     return Pool(config, RoundRobin(), clock)
 
 
@@ -78,7 +77,7 @@ class ActiveCheckTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.probe = FakeProbe()
-        self.pool = _pool(self.clock, health=HealthConfig(interval=2.0, fall=3, rise=2))
+        self.pool = _pool(self.clock, health_interval=2.0, fall=3, rise=2)
         self.transitions = _Transitions(self)
         self.checker = HealthChecker(self.pool, self.probe, self.clock)
         self.checker.startService()
@@ -428,7 +427,7 @@ class BackupTests(SynchronousTestCase):
         back it serves again and the backup idles.
         """
         clock = Clock()
-        pool = _pool(clock, count=2, backups=1, health=HealthConfig(fall=1, rise=1))
+        pool = _pool(clock, count=2, backups=1, fall=1, rise=1)
         a, b, backup = pool.servers
         self.assertEqual({pool.pick() for _ in range(4)}, {a, b})
         pool.check_failed(a, "connection refused")
@@ -444,7 +443,7 @@ class BackupTests(SynchronousTestCase):
         reported once until a server comes back.
         """
         clock = Clock()
-        pool = _pool(clock, count=1, backups=1, health=HealthConfig(fall=1, rise=1))
+        pool = _pool(clock, count=1, backups=1, fall=1, rise=1)
         for server in pool.servers:
             pool.check_failed(server, "timed out")
         self.assertIsNone(pool.pick())
@@ -556,8 +555,7 @@ class FailoverIntegrationTests(TestCase):
         b = _Restartable(self, "3001")
         proxy_port, site, _ = start_proxy(self, [a.number, b.number])
         pool = site.resource.router.pools["default"]
-        health = HealthConfig(interval=0.05, timeout=0.5, fall=2, rise=2)
-        pool.config = replace(pool.config, health=health)
+        pool.config = replace(pool.config, health_interval=0.05, health_timeout=0.5, fall=2, rise=2)
         checker = HealthChecker(pool, agent_probe(reactor, "/", 0.5, None), reactor)
         checker.startService()
         self.addCleanup(checker.stopService)

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy.cli import main
 from lbproxy.config.file import ConfigFileError, load_config
-from lbproxy.config.model import HealthConfig, RouteConfig, ServerConfig
+from lbproxy.config.model import RouteConfig, ServerConfig
 
 EXAMPLE = """
 listen = ["tcp:8080", "tcp:8081:interface=127.0.0.1"]
@@ -22,12 +22,16 @@ drain-timeout = 5
 [upstream.web]
 servers = ["localhost:3000", { address = "localhost:3001", weight = 2 },
            { address = "localhost:3002", backup = true }]
-health = { path = "/healthz", interval = 2.0, timeout = 1.0, rise = 2, fall = 3 }
+health-path = "/healthz"
+health-interval = 2.0
+health-timeout = 1.0
+rise = 2
+fall = 3
 max-fails = 2
 
 [upstream.api]
 servers = ["10.0.0.5:9000"]
-health = { enabled = false }
+health-check = false
 
 [[route]]
 host = "api.example.com"
@@ -72,9 +76,12 @@ class LoadTests(SynchronousTestCase):
                 ServerConfig("localhost", 3002, backup=True),
             ),
         )
-        self.assertEqual(web.health, HealthConfig(path="/healthz", interval=2.0, timeout=1.0))
+        self.assertEqual(
+            (web.health_path, web.health_interval, web.health_timeout, web.rise, web.fall),
+            ("/healthz", 2.0, 1.0, 2, 3),
+        )
         self.assertEqual(web.max_fails, 2)
-        self.assertFalse(api.health.enabled)
+        self.assertFalse(api.health_check)
         self.assertEqual(
             config.routes,
             (RouteConfig("api", host="api.example.com", path="/api/"), RouteConfig("web")),
@@ -94,11 +101,16 @@ class LoadTests(SynchronousTestCase):
         """
         problems = self._problems(
             'lisen = ["tcp:1"]\n[upstream.web]\nservers = [{ address = "a:1", wieght = 2 }]\n'
-            'helth = {}\n[[route]]\nupstream = "web"\nprefix = "/"\n'
+            'helth-path = "/"\n[[route]]\nupstream = "web"\nprefix = "/"\n'
         )
         self.assertEqual(
             [p.split(":")[0] for p in problems],
-            ["lisen", "upstream.web.helth", "upstream.web.servers[0].wieght", "route[0].prefix"],
+            [
+                "lisen",
+                "upstream.web.helth-path",
+                "upstream.web.servers[0].wieght",
+                "route[0].prefix",
+            ],
         )
 
     def test_every_problem_reported(self) -> None:
@@ -109,7 +121,7 @@ class LoadTests(SynchronousTestCase):
         problems = self._problems(
             'read-timeout = "soon"\nupstream-keepalive = -1\n'
             '[upstream.web]\nservers = ["nope", { address = "a:1", weight = 0 }]\n'
-            'health = { interval = -2, status = "abc", rise = 0 }\nmax-fails = "x"\n'
+            'health-interval = -2\nhealth-status = "abc"\nrise = 0\nmax-fails = "x"\n'
         )
         joined = "\n".join(problems)
         for expected in (
@@ -117,10 +129,10 @@ class LoadTests(SynchronousTestCase):
             "upstream-keepalive: expected a whole number, 0 or more, got -1",
             "upstream.web.servers[0].address: bad upstream address 'nope'",
             "upstream.web.servers[1].weight: expected a whole number, 1 or more, got 0",
-            "upstream.web.health.interval: expected a positive number of seconds, got -2",
-            "upstream.web.health.status: bad health status 'abc'",
-            "upstream.web.health.rise: expected a whole number, 1 or more, got 0",
-            "upstream.web.max-fails: expected a number, got 'x'",
+            "upstream.web.health-interval: expected a positive number of seconds, got -2",
+            "upstream.web.health-status: expected statuses such as 200-399, got 'abc'",
+            "upstream.web.rise: expected a whole number, 1 or more, got 0",
+            "upstream.web.max-fails: expected a whole number, 0 or more, got 'x'",
         ):
             self.assertIn(expected, joined)
 
@@ -132,15 +144,15 @@ class LoadTests(SynchronousTestCase):
         """
         problems = self._problems(
             'read-timeout = inf\nclient-timeout = nan\n[upstream.web]\nservers = ["a:1"]\n'
-            "health = { interval = nan, timeout = inf }\nfail-timeout = -inf\n"
+            "health-interval = nan\nhealth-timeout = inf\nfail-timeout = -inf\n"
         )
         self.assertEqual(
             problems,
             [
                 "read-timeout: expected a positive number of seconds, got inf",
                 "client-timeout: expected a positive number of seconds, got nan",
-                "upstream.web.health.interval: expected a positive number of seconds, got nan",
-                "upstream.web.health.timeout: expected a positive number of seconds, got inf",
+                "upstream.web.health-interval: expected a positive number of seconds, got nan",
+                "upstream.web.health-timeout: expected a positive number of seconds, got inf",
                 "upstream.web.fail-timeout: expected a positive number of seconds, got -inf",
             ],
         )
@@ -151,15 +163,16 @@ class LoadTests(SynchronousTestCase):
         a non-ASCII character) is refused when the file is read, rather
         than failing every check with a traceback.
         """
-        for health, expected in (
-            ('{ path = "/a b" }', "health check path '/a b'"),
-            ('{ path = "/caf\u00e9" }', "health check path '/caf\u00e9'"),
-            ('{ host = "caf\u00e9.example" }', "health check host 'caf\u00e9.example'"),
-            ('{ host = "a b" }', "health check host 'a b'"),
+        for key, value in (
+            ("health-path", "/a b"),
+            ("health-path", "/caf\u00e9"),
+            ("health-host", "caf\u00e9.example"),
+            ("health-host", "a b"),
         ):
-            problems = self._problems(f'[upstream.web]\nservers = ["a:1"]\nhealth = {health}\n')
+            problems = self._problems(f'[upstream.web]\nservers = ["a:1"]\n{key} = "{value}"\n')
             self.assertEqual(len(problems), 1, problems)
-            self.assertTrue(problems[0].startswith("upstream.web.health: " + expected), problems)
+            self.assertTrue(problems[0].startswith(f"upstream.web.{key}: expected"), problems)
+            self.assertTrue(problems[0].endswith(f"got {value!r}"), problems)
 
     def test_route_to_unknown_pool(self) -> None:
         """
@@ -289,7 +302,13 @@ class LimitTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write('max-request-line = 0\n[upstream.web]\nservers = ["a:1"]\n')
         error = self.assertRaises(ConfigFileError, load_config, path)
-        self.assertEqual(error.problems, [f"{path}: max-request-line 0 must be 1 or more"])
+        self.assertEqual(
+            error.problems,
+            [
+                f"{path}: max-request-line: expected a size in bytes, 1 or more "
+                "(8192, 8k, 1m), got 0"
+            ],
+        )
 
 
 class UpstreamAnswerKeysTests(SynchronousTestCase):
@@ -311,7 +330,13 @@ class UpstreamAnswerKeysTests(SynchronousTestCase):
         self.assertEqual(load(path).max_upstream_headers_size, 8192)
         path, load = self._load("max-upstream-headers-size = 0\n")
         error = self.assertRaises(ConfigFileError, load, path)
-        self.assertEqual(error.problems, [f"{path}: max-upstream-headers-size 0 must be 1 or more"])
+        self.assertEqual(
+            error.problems,
+            [
+                f"{path}: max-upstream-headers-size: expected a size in bytes, 1 or more "
+                "(8192, 8k, 1m), got 0"
+            ],
+        )
 
     def test_send_timeout(self) -> None:
         """

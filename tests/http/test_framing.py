@@ -20,8 +20,8 @@ from lbproxy.http.framing import (
     error_response,
     parse_header_line,
     parse_request_line,
-    response_framing_error,
 )
+from lbproxy.upstream.connection import response_framing_error
 from tests.support import get, parse_responses, raw_request, start_proxy
 
 _HOST = b"Host: app.example"

@@ -66,7 +66,7 @@ def _toml(
     endpoints = ", ".join(f'"{endpoint}"' for endpoint in listen)
     return (
         f'listen = [{endpoints}]\naccess-log = "off"\ndrain-timeout = 5\n{extra}'
-        f"[upstream.web]\nservers = [{addresses}]\nhealth = {{ enabled = false }}\n{pool}"
+        f"[upstream.web]\nservers = [{addresses}]\nhealth-check = false\n{pool}"
     )
 
 
@@ -320,8 +320,8 @@ class RouteIntegrationTests(TestCase):
         with open(path, "w") as f:
             f.write(
                 'listen = ["tcp:0:interface=127.0.0.1"]\naccess-log = "off"\n'
-                f'[upstream.web]\nservers = ["127.0.0.1:{web}"]\nhealth = {{ enabled = false }}\n'
-                f'[upstream.api]\nservers = ["127.0.0.1:{api}"]\nhealth = {{ enabled = false }}\n'
+                f'[upstream.web]\nservers = ["127.0.0.1:{web}"]\nhealth-check = false\n'
+                f'[upstream.api]\nservers = ["127.0.0.1:{api}"]\nhealth-check = false\n'
                 '[[route]]\nhost = "api.example.com"\npath = "/api/"\nupstream = "api"\n'
                 '[[route]]\nhost = "*.example.com"\nupstream = "web"\n'
             )
@@ -694,11 +694,9 @@ class ReloadConnectTimeoutTests(SynchronousTestCase):
 
         from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-        from lbproxy.config.model import Config, HealthConfig, PoolConfig, ServerConfig
+        from lbproxy.config.model import Config, PoolConfig, ServerConfig
 
-        pool = PoolConfig(
-            "default", (ServerConfig("10.0.0.1", 3000),), health=HealthConfig(enabled=False)
-        )
+        pool = PoolConfig("default", (ServerConfig("10.0.0.1", 3000),), health_check=False)
         config = Config(pools=(pool,), access_log="off", connect_timeout=5.0)
         memory = MemoryReactorClock()
         service, site = make_proxy_service(config, memory)
