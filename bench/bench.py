@@ -206,41 +206,80 @@ def command_output(argv, env=None):
 # -------------------------------------------------------- process handling
 
 
-def session_cpu_ticks(sid):
-    """Sum utime+stime (clock ticks) of all live processes in session sid.
+@dataclass
+class ProcInfo:
+    """What the harness reads of one process in /proc/PID/stat."""
 
-    Each process the harness starts is a session leader (start_new_session),
-    so this covers e.g. nginx's master and worker together.
+    state: str  # R, S, D, Z (zombie: exited, not yet reaped), ...
+    ppid: int
+    pgid: int
+    sid: int
+    ticks: int  # utime + stime, clock ticks
+    child_ticks: int  # cutime + cstime: children it has waited for
+    start: int  # start time since boot, clock ticks (tells a reused pid apart)
+
+
+def proc_table():
+    """{pid: ProcInfo} of every live process (those that vanish are skipped)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                data = stat.read()
+        except OSError:
+            continue
+        # Fields after "(comm)": state ppid pgrp session ... utime(11) stime
+        # cutime cstime ... starttime(19), counted from state = 0.
+        f = data[data.rfind(b")") + 2 :].split()
+        table[int(entry)] = ProcInfo(
+            state=f[0].decode(),
+            ppid=int(f[1]),
+            pgid=int(f[2]),
+            sid=int(f[3]),
+            ticks=int(f[11]) + int(f[12]),
+            child_ticks=int(f[13]) + int(f[14]),
+            start=int(f[19]),
+        )
+    return table
+
+
+def tree_pids(leader, table=None):
+    """The pids of ``leader``'s whole process tree, sorted.
+
+    Every process the harness starts leads its own session
+    (start_new_session), so this is the session and process group led by
+    ``leader`` plus every descendant by parent pid, wherever it went (a
+    worker that called setsid is still found through its parent). This
+    covers nginx's master and workers, and lbproxy's ``--workers``.
     """
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                data = stat.read()
-        except OSError:
-            continue
-        fields = data[data.rfind(b")") + 2 :].split()
-        if int(fields[3]) == sid:
-            total += int(fields[11]) + int(fields[12])
-    return total
+    table = proc_table() if table is None else table
+    found = {pid for pid, p in table.items() if leader in (pid, p.sid, p.pgid)}
+    children = {}
+    for pid, p in table.items():
+        children.setdefault(p.ppid, []).append(pid)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return sorted(found)
 
 
-def session_pids(sid):
-    """The pids of all live processes in session ``sid``."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                data = stat.read()
-        except OSError:
-            continue
-        if int(data[data.rfind(b")") + 2 :].split()[3]) == sid:
-            pids.append(int(entry))
-    return pids
+def tree_cpu(leader):
+    """CPU ticks of ``leader``'s process tree so far, and per process.
+
+    Returns (total, {pid: own ticks}). The total also counts each process's
+    waited-for children (cutime + cstime), so a worker that exits and is
+    reaped by its parent keeps counting: the difference of two totals is the
+    CPU the whole tree used in between.
+    """
+    table = proc_table()
+    own = {pid: table[pid].ticks for pid in tree_pids(leader, table)}
+    total = sum(own.values()) + sum(table[pid].child_ticks for pid in own)
+    return total, own
 
 
 def proc_status_kib(pid, field_name):
@@ -304,18 +343,26 @@ class Service:
     port: int
     proc: subprocess.Popen
     logfile: str
+    # Its process tree when stop() began, and the pids stop() had to kill
+    # after the leader was gone.
+    _tree: dict = field(default_factory=dict)
+    leftovers: list = field(default_factory=list)
 
     def alive(self):
         """Tell whether the process is still running."""
         return self.proc.poll() is None
 
     def cpu_ticks(self):
-        """CPU time used so far by the process and its children, in ticks."""
-        return session_cpu_ticks(self.proc.pid)
+        """CPU time used so far by its whole process tree, in ticks."""
+        return tree_cpu(self.proc.pid)[0]
+
+    def cpu_snapshot(self):
+        """(total ticks, {pid: ticks}) of its process tree: see tree_cpu."""
+        return tree_cpu(self.proc.pid)
 
     def pids(self):
-        """The pids of the process and its children (e.g. nginx's worker)."""
-        return session_pids(self.proc.pid)
+        """The pids of its process tree (e.g. nginx's master and workers)."""
+        return tree_pids(self.proc.pid)
 
     def rss_kib(self):
         """Sum of the current RSS of the process and its children, KiB."""
@@ -330,13 +377,29 @@ class Service:
             return ""
 
     def stop(self):
-        """SIGTERM the process group, then SIGKILL it after a deadline."""
+        """SIGTERM the process group, then SIGKILL it after a deadline.
+
+        The process tree is noted first; whatever of it is still alive once
+        the leader is gone (a worker in another process group, or one the
+        service left behind) is killed too, and listed in ``leftovers``.
+        """
         if self.proc.poll() is not None:
+            # The leader is gone (it died, or stop() ran before): what is
+            # left of its session or process group.
+            leader = self.proc.pid
+            table = proc_table()
+            self._tree.update(
+                (pid, p.start)
+                for pid, p in table.items()
+                if pid != leader and leader in (p.sid, p.pgid)
+            )
+            self._kill_leftovers(self._tree)
             return
+        self._tree = self._tree_with_starts()
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
+            pass
         try:
             self.proc.wait(timeout=STOP_DEADLINE)
         except subprocess.TimeoutExpired:
@@ -345,6 +408,38 @@ class Service:
             except ProcessLookupError:
                 pass
             self.proc.wait(timeout=STOP_DEADLINE)
+        # Give the rest of the tree the same deadline to follow the leader.
+        deadline = time.monotonic() + STOP_DEADLINE
+        while self._alive_of(self._tree) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._kill_leftovers(self._tree)
+
+    def _tree_with_starts(self):
+        """{pid: start time} of its process tree, other than the leader."""
+        table = proc_table()
+        return {
+            pid: table[pid].start for pid in tree_pids(self.proc.pid, table) if pid != self.proc.pid
+        }
+
+    @staticmethod
+    def _alive_of(tree):
+        """The pids of ``tree`` still running (same pid and start time, not a zombie)."""
+        table = proc_table()
+        return [
+            pid
+            for pid, start in tree.items()
+            if pid in table and table[pid].start == start and table[pid].state not in "ZX"
+        ]
+
+    def _kill_leftovers(self, tree):
+        """SIGKILL what is left of ``tree``; note it in ``leftovers``."""
+        for pid in self._alive_of(tree):
+            self.leftovers.append(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        tree.clear()
 
 
 def start_service(name, argv, port, tmpdir, env=None, cwd=None):
@@ -640,6 +735,9 @@ class WrkResult:
     backend_cpu: float | None = None  # % of one core, both backends together
     wrk_cpu: float | None = None  # % of one core, wrk
     other_cpu: float | None = None  # % of one core, rest of the machine
+    # % of one core of each of the proxy's processes, busiest first (only
+    # processes alive at both ends of the run).
+    proxy_procs: list = field(default_factory=list)
 
     def error_count(self):
         """Total of non-2xx/3xx responses and socket errors."""
@@ -705,14 +803,15 @@ def run_wrk(argv, duration):
 def measure(target, scenario, args, backends):
     """Warm up, then run wrk once for (target, scenario) and return a WrkResult.
 
-    Also samples the CPU used by the proxy, the backends and wrk during the
+    Also samples the CPU used by the proxy (its whole process tree, and
+    each of its processes), the backends and wrk during the
     measured run, to show which of them was the bottleneck, and the rest of
     the machine's busy CPU ("other": idle proxies, the harness, anything else
     running on the machine), to show noise.
     """
     run_wrk(wrk_argv(target.port, scenario, 1, args.wrk_timeout), 1)
     argv = wrk_argv(target.port, scenario, args.duration, args.wrk_timeout)
-    proxy_before = target.service.cpu_ticks() if target.service else 0
+    proxy_before, procs_before = target.service.cpu_snapshot() if target.service else (0, {})
     backend_before = sum(b.cpu_ticks() for b in backends)
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     machine_before = machine_busy_ticks()
@@ -722,7 +821,7 @@ def measure(target, scenario, args, backends):
     machine_after = machine_busy_ticks()
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     backend_after = sum(b.cpu_ticks() for b in backends)
-    proxy_after = target.service.cpu_ticks() if target.service else 0
+    proxy_after, procs_after = target.service.cpu_snapshot() if target.service else (0, {})
 
     result = parse_wrk(output)
     if code != 0 and not result.failed:
@@ -732,6 +831,14 @@ def measure(target, scenario, args, backends):
     tick = os.sysconf("SC_CLK_TCK")
     if target.service:
         result.proxy_cpu = 100.0 * (proxy_after - proxy_before) / tick / wall
+        result.proxy_procs = sorted(
+            (
+                100.0 * (ticks - procs_before[pid]) / tick / wall
+                for pid, ticks in procs_after.items()
+                if pid in procs_before
+            ),
+            reverse=True,
+        )
     result.backend_cpu = 100.0 * (backend_after - backend_before) / tick / wall
     wrk_cpu_s = (wrk_after.ru_utime - wrk_before.ru_utime) + (
         wrk_after.ru_stime - wrk_before.ru_stime
@@ -1259,6 +1366,22 @@ def run_rounds(ctx, active, scenarios):
     return results
 
 
+def stop_all(ctx):
+    """Stop every service of the suite; note any process left behind.
+
+    A proxy whose processes did not all exit on SIGTERM (within the stop
+    deadline, after its main process) gets a note: they were SIGKILLed.
+    """
+    for service in reversed(ctx.services):
+        service.stop()
+        if service.leftovers:
+            ctx.notes.append(
+                f"{service.name}: {len(service.leftovers)} process(es) still running after "
+                f"SIGTERM and its main process's exit, killed: pids {service.leftovers}"
+            )
+            service.leftovers = []
+
+
 def run_suite(suite, args, command, python):
     """Run one suite with fresh backends and write its section; exit code."""
     started = datetime.datetime.now().astimezone()
@@ -1276,6 +1399,7 @@ def run_suite(suite, args, command, python):
             import suites  # here, so that "bench" is this module (see the end)
 
             title, body = getattr(suites, f"run_{suite}")(ctx)
+        stop_all(ctx)
         update_results(
             args.out, suite, section_text(suite, title, command, started, body, ctx.notes, info)
         )
@@ -1286,8 +1410,7 @@ def run_suite(suite, args, command, python):
         log("interrupted")
         return 130
     finally:
-        for service in reversed(ctx.services):
-            service.stop()
+        stop_all(ctx)
         if ctx.keep_tmp:
             log(f"kept configs and logs in {tmpdir}")
         else:
