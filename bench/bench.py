@@ -1,8 +1,8 @@
 """Benchmark harness for lbproxy (run it through ``bench/run``).
 
-``--suite throughput`` (the default) is described below; ``memory``,
-``idle`` and ``scaling`` live in ``suites.py`` and ``all`` runs the four in
-turn. Each suite writes its own section of ``bench/RESULTS.md`` (between
+``--suite throughput`` (the default) is described below; ``workers``,
+``memory``, ``idle`` and ``scaling`` live in ``suites.py`` and ``all`` runs
+the five in turn. Each suite writes its own section of ``bench/RESULTS.md`` (between
 ``<!-- suite:NAME -->`` markers), leaving the other sections alone.
 
 What the throughput suite does:
@@ -48,7 +48,7 @@ NODE = shutil.which("node") or "/usr/bin/node"
 SBIN_PATH = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
 
 ALL_TARGETS = ["direct", "nginx", "haproxy", "stock", "lbproxy", "lbproxy-nolog"]
-SUITES = ["throughput", "memory", "idle", "scaling"]
+SUITES = ["throughput", "workers", "memory", "idle", "scaling"]
 # Open-file limit the harness asks for (inherited by every process it starts:
 # lbproxy, nginx, wrk); 10,000 idle clients need more than the usual 1024.
 NOFILE_WANTED = 65536
@@ -478,12 +478,13 @@ def nginx_conf(
     tmpdir,
     port,
     backends,
+    worker_processes=1,
     worker_connections=4096,
     keepalive_timeout="65s",
     client_max_body_size="8m",
     extra="",
 ):
-    """Write an nginx config (1 worker, keepalive upstream) and return it.
+    """Write an nginx config (1 worker by default, keepalive upstream); return it.
 
     The access log is nginx's default: ``combined`` format, one ``write`` per
     request (no ``buffer=``), to ``nginx-access.log`` in ``tmpdir``.
@@ -497,7 +498,7 @@ def nginx_conf(
     nofile = worker_connections + 1024
     if hard != resource.RLIM_INFINITY:
         nofile = min(nofile, hard)
-    conf = f"""{user}worker_processes 1;
+    conf = f"""{user}worker_processes {worker_processes};
 worker_rlimit_nofile {nofile};
 pid {tmpdir}/nginx.pid;
 error_log {tmpdir}/nginx-error.log warn;
@@ -1182,7 +1183,7 @@ def machine_info(python):
 
 RESULTS_TITLE = "# lbproxy benchmark results"
 RESULTS_INTRO = """Each section below is written by one suite of `bench/run --suite NAME`
-(throughput, memory, idle, scaling) and replaced in place, between its
+(throughput, workers, memory, idle, scaling) and replaced in place, between its
 `<!-- suite:NAME -->` markers, the next time that suite runs; the other
 sections are left as they are, so sections may come from different runs
 (see each one's date and command). All figures come from a shared, noisy
@@ -1322,9 +1323,10 @@ def parse_args(argv):
         "--suite",
         default="throughput",
         choices=[*SUITES, "all"],
-        help="throughput (default: wrk req/s table), memory (RSS while streaming a "
-        "big download/upload), idle (RSS with 10,000 idle keep-alive clients, "
-        "client timeout), scaling (req/s and p99 at growing concurrency), or all",
+        help="throughput (default: wrk req/s table), workers (1 and 2 processes, "
+        "lbproxy and nginx), memory (RSS while streaming a big download/upload), idle "
+        "(RSS with 10,000 idle keep-alive clients, client timeout), scaling (req/s and "
+        "p99 at growing concurrency), or all",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument(
@@ -1359,7 +1361,7 @@ def parse_args(argv):
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke test: 1 round of 2 s (throughput, scaling); 2,000 idle clients",
+        help="smoke test: 1 round of 2 s (throughput, workers, scaling); 2,000 idle clients",
     )
     parser.add_argument(
         "--keep-tmp", action="store_true", help="keep the temp dir with configs and logs"
@@ -1376,6 +1378,17 @@ def parse_args(argv):
         default="",
         help="extra lbproxy options for every suite, one shell-quoted string, "
         "e.g. '--upstream-keepalive 256' (shown in the command line of the report)",
+    )
+    group = parser.add_argument_group("workers suite")
+    group.add_argument(
+        "--worker-counts",
+        default="1,2",
+        help="lbproxy --workers N and nginx worker_processes N, comma list (default 1,2)",
+    )
+    group.add_argument(
+        "--worker-scenarios",
+        default="small_c32,small_c256",
+        help="GET / scenarios small_cN, comma list (default small_c32,small_c256)",
     )
     group = parser.add_argument_group("memory suite")
     group.add_argument(
@@ -1428,15 +1441,22 @@ def parse_args(argv):
             parser.error(f"unknown target {t!r}; choose from {', '.join(ALL_TARGETS)}")
     if args.rounds < 1 or args.duration < 1:
         parser.error("--rounds and --duration must be at least 1")
+    args.worker_scenarios = [s for s in args.worker_scenarios.split(",") if s]
+    for s in args.worker_scenarios:
+        if not re.fullmatch(r"small_c[1-9]\d*", s):
+            parser.error(f"--worker-scenarios: {s!r} is not small_cN")
     if not os.path.isdir(os.path.join(args.lbproxy_tree, "lbproxy")):
         parser.error(f"--lbproxy-tree: no lbproxy/ package in {args.lbproxy_tree}")
     LBPROXY_TREE[0] = os.path.abspath(args.lbproxy_tree)
     try:
+        args.worker_counts = [int(v) for v in args.worker_counts.split(",") if v]
         args.download_mib = [float(v) for v in args.download_mib.split(",") if v]
         args.upload_mib = [float(v) for v in args.upload_mib.split(",") if v]
         args.concurrency = [int(v) for v in args.concurrency.split(",") if v]
     except ValueError as exc:
         parser.error(str(exc))
+    if not args.worker_counts or min(args.worker_counts) < 1:
+        parser.error("--worker-counts must be positive integers")
     if args.rate_mb <= 0 or args.connections < 1 or args.client_timeout <= 0:
         parser.error("--rate-mb, --connections and --client-timeout must be positive")
     return args
