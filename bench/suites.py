@@ -40,6 +40,9 @@ NGINX_STREAMING = """    proxy_request_buffering off;
 
 RSS_TARGET_MEMORY_MIB = 120
 RSS_TARGET_IDLE_MIB = 300
+KIB_PER_IDLE_TARGET = 3.0  # issue #13: KiB of RSS per idle keep-alive client
+P99_OF_NGINX_TARGET = 1.5  # issue #13: lbproxy p99 / nginx's at c=1024
+P99_TARGET_CONNECTIONS = 1024
 WORKERS_GAIN_TARGET = 1.3  # issue #13: lbproxy req/s with 2 workers / 1 worker
 UPLOAD_LEAD_TARGET_S = 0.5
 
@@ -336,12 +339,13 @@ def open_deadline(total):
 def idle_rss(ctx, name, total):
     """Open idle clients to target ``name``, RSS at each checkpoint.
 
-    Returns (table rows, extra lines, RSS in KiB at the last checkpoint).
+    Returns (table rows, extra lines, RSS in KiB at the last checkpoint,
+    KiB per idle client there: RSS growth since start / clients idle).
     """
     options = {"nginx_options": idle_nginx_options(total)} if name == "nginx" else {}
     target = ctx.start(name, tag=f"idle-{name}", **options)
     if target.status != "ok":
-        return [f"| {name} | not run (see notes) |  |  |  |  |  |  |  |"], [], None
+        return [f"| {name} | not run (see notes) |  |  |  |  |  |  |  |"], [], None, None
     service = target.service
     limits = ", ".join(f"pid {p}: {bench.proc_nofile(p)}" for p in service.pids())
     extra = [f"- {name}: open files limit {limits}"]
@@ -349,7 +353,7 @@ def idle_rss(ctx, name, total):
     time.sleep(0.5)
     base = service.rss_kib()
     rows = [f"| {name} | 0 | 0 | 0 | 0 | {mib(base)} | - | - | - |"]
-    rss = None
+    rss = per_conn = None
     open_time = 0.0
     try:
         for count in checkpoints_for(total):
@@ -387,7 +391,7 @@ def idle_rss(ctx, name, total):
     if not service.alive():
         ctx.notes.append(f"{name}: process exited during the idle suite")
     ctx.stop(target)
-    return rows, extra, rss
+    return rows, extra, rss, per_conn
 
 
 def idle_timeout(ctx, name, total, timeout):
@@ -448,7 +452,7 @@ def run_idle(ctx):
     names = ctx.targets_for("idle")
     rows, extra, summary = [], [], []
     for name in names:
-        r, e, rss = idle_rss(ctx, name, total)
+        r, e, rss, per_conn = idle_rss(ctx, name, total)
         rows += r
         extra += e
         if name == "lbproxy" and rss is not None:
@@ -456,6 +460,15 @@ def run_idle(ctx):
             summary.append(
                 f"- lbproxy RSS with {total} idle clients asked for: **{mib(rss)} MiB** "
                 f"(target < {RSS_TARGET_IDLE_MIB} MiB at 10,000: {met})"
+            )
+        if per_conn is not None:
+            target = ""
+            if name == "lbproxy":
+                ok = per_conn <= KIB_PER_IDLE_TARGET
+                target = f" (issue #13: at most {KIB_PER_IDLE_TARGET:g} KiB: {bench.met(ok)})"
+            summary.append(
+                f"- {name}: **{per_conn:.2f} KiB per idle keep-alive client** at {total} "
+                f"clients (RSS growth since start / clients open){target}"
             )
     timeout_rows = [idle_timeout(ctx, name, total, args.client_timeout) for name in names]
     t = args.client_timeout
@@ -513,12 +526,16 @@ def run_scaling(ctx):
     args = ctx.args
     biggest = max(args.concurrency)
     targets = []
-    for name in ctx.targets_for("scaling"):
+    names = ctx.targets_for(
+        "scaling", allowed=("lbproxy", "nginx", "lbproxy-nolog"), default=("lbproxy", "nginx")
+    )
+    for name in names:
         options = {}
         if name == "nginx":
             options["nginx_options"] = {"worker_connections": max(4096, 2 * biggest + 1024)}
         target = ctx.start(name, tag=f"scaling-{name}", **options)
         targets.append(target)
+    bench.check_access_logs(ctx, targets)
     active = [t for t in targets if t.status == "ok"]
     scenarios = [f"small_c{c}" for c in args.concurrency]
     results = bench.run_rounds(ctx, active, scenarios)
@@ -527,29 +544,37 @@ def run_scaling(ctx):
         f"GET / (small answer), same two node backends; {args.rounds} round(s), "
         f"targets and connection counts interleaved, each run after an uncounted 1 s "
         f"warm-up; medians over the rounds. CPU % as in the throughput suite "
-        f"(percent of one core). wrk opens its N connections at the start of each run.",
+        f"(percent of one core, the proxy's whole process tree). wrk opens its N "
+        f"connections at the start of each run. lbproxy runs with its default options "
+        f"(access log to the twistd log, stdout, into a file), nginx with its default "
+        f"combined access log to a file. \"p99 / nginx's\" is the target's median p99 "
+        f"over nginx's at the same N.",
         "",
         "| connections | target | req/s (median) | % of nginx | p50 ms | p99 ms "
-        "| errors (all rounds) | proxy CPU % | backends CPU % | wrk CPU % | other CPU % "
-        "| req/s per round |",
-        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
+        "| p99 / nginx's | errors (all rounds) | proxy CPU % | backends CPU % | wrk CPU % "
+        "| other CPU % | req/s per round |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     med = bench.median
+    p99_ratios = []
     for c, scenario in zip(args.concurrency, scenarios, strict=True):
-        nginx_runs = results.get(("nginx", scenario), [])
-        nginx_rps = med([r.rps for r in nginx_runs if not r.failed])
+        nginx_rps = bench.rps_median(results, "nginx", scenario)
+        nginx_p99 = bench.p99_median(results, "nginx", scenario)
         for target in targets:
             if target.status != "ok":
-                lines.append(f"| {c} | {target.name} | {target.status} |" + "  |" * 9)
+                lines.append(f"| {c} | {target.name} | {target.status} |" + "  |" * 10)
                 continue
             runs = results.get((target.name, scenario), [])
-            rps = med([r.rps for r in runs if not r.failed])
-            of_nginx = f"{100 * rps / nginx_rps:.0f}%" if rps and nginx_rps else "-"
+            rps = bench.rps_median(results, target.name, scenario)
+            p99 = bench.p99_median(results, target.name, scenario)
+            if target.name == "lbproxy" and p99 is not None and nginx_p99:
+                p99_ratios.append((c, p99, nginx_p99))
             per_round = ", ".join("FAIL" if r.failed else f"{r.rps:.0f}" for r in runs)
             lines.append(
-                f"| {c} | {target.name} | {bench.fmt(rps, '.0f')} | {of_nginx} "
+                f"| {c} | {target.name} | {bench.fmt(rps, '.0f')} "
+                f"| {bench.ratio(100 * rps if rps else None, nginx_rps, '.0f', '%')} "
                 f"| {bench.fmt(med([r.p50_ms for r in runs]), '.2f')} "
-                f"| **{bench.fmt(med([r.p99_ms for r in runs]), '.2f')}** "
+                f"| **{bench.fmt(p99, '.2f')}** | {bench.ratio(p99, nginx_p99)} "
                 f"| {bench.error_text(runs)} "
                 f"| {bench.fmt(med([r.proxy_cpu for r in runs]), '.0f')} "
                 f"| {bench.fmt(med([r.backend_cpu for r in runs]), '.0f')} "
@@ -564,7 +589,19 @@ def run_scaling(ctx):
         if r.failed
     ]
     ctx.notes.extend(failures[:10])
+    summary = []
+    for c, p99, nginx_p99 in p99_ratios:
+        line = (
+            f"- c={c}: lbproxy p99 {p99:.2f} ms / nginx p99 {nginx_p99:.2f} ms = "
+            f"**{p99 / nginx_p99:.2f}×**"
+        )
+        if c == P99_TARGET_CONNECTIONS:
+            ok = p99 / nginx_p99 <= P99_OF_NGINX_TARGET
+            line += f" (issue #13: at most {P99_OF_NGINX_TARGET:g}×: {bench.met(ok)})"
+        summary.append(line)
     table = "\n".join(lines) + "\n"
+    if summary:
+        table += "\n### lbproxy p99 against nginx's\n\n" + "\n".join(summary) + "\n"
     print()
     print(table)
     return "How cost grows with concurrency", table
