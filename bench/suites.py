@@ -1,4 +1,4 @@
-"""The memory, idle and scaling suites of ``bench/run`` (issue #4).
+"""The workers, memory, idle and scaling suites of ``bench/run`` (issues #4, #13).
 
 Each ``run_SUITE(ctx)`` gets a ``bench.Context`` (options, the two running
 node backends, lists to register services and notes in) and returns
@@ -11,6 +11,8 @@ notes and machine and writes the section into RESULTS.md.
 - idle: RSS with 100, 1,000 and 10,000 idle keep-alive clients, then
   whether idle clients are closed after the client timeout.
 - scaling: wrk req/s and latency at growing concurrency, lbproxy beside nginx.
+- workers: wrk req/s with 1 and 2 processes, lbproxy ``--workers N`` beside
+  nginx ``worker_processes N``.
 """
 
 import json
@@ -38,6 +40,10 @@ NGINX_STREAMING = """    proxy_request_buffering off;
 
 RSS_TARGET_MEMORY_MIB = 120
 RSS_TARGET_IDLE_MIB = 300
+KIB_PER_IDLE_TARGET = 3.0  # issue #13: KiB of RSS per idle keep-alive client
+P99_OF_NGINX_TARGET = 1.5  # issue #13: lbproxy p99 / nginx's at c=1024
+P99_TARGET_CONNECTIONS = 1024
+WORKERS_GAIN_TARGET = 1.3  # issue #13: lbproxy req/s with 2 workers / 1 worker
 UPLOAD_LEAD_TARGET_S = 0.5
 
 
@@ -333,12 +339,13 @@ def open_deadline(total):
 def idle_rss(ctx, name, total):
     """Open idle clients to target ``name``, RSS at each checkpoint.
 
-    Returns (table rows, extra lines, RSS in KiB at the last checkpoint).
+    Returns (table rows, extra lines, RSS in KiB at the last checkpoint,
+    KiB per idle client there: RSS growth since start / clients idle).
     """
     options = {"nginx_options": idle_nginx_options(total)} if name == "nginx" else {}
     target = ctx.start(name, tag=f"idle-{name}", **options)
     if target.status != "ok":
-        return [f"| {name} | not run (see notes) |  |  |  |  |  |  |  |"], [], None
+        return [f"| {name} | not run (see notes) |  |  |  |  |  |  |  |"], [], None, None
     service = target.service
     limits = ", ".join(f"pid {p}: {bench.proc_nofile(p)}" for p in service.pids())
     extra = [f"- {name}: open files limit {limits}"]
@@ -346,7 +353,7 @@ def idle_rss(ctx, name, total):
     time.sleep(0.5)
     base = service.rss_kib()
     rows = [f"| {name} | 0 | 0 | 0 | 0 | {mib(base)} | - | - | - |"]
-    rss = None
+    rss = per_conn = None
     open_time = 0.0
     try:
         for count in checkpoints_for(total):
@@ -384,7 +391,7 @@ def idle_rss(ctx, name, total):
     if not service.alive():
         ctx.notes.append(f"{name}: process exited during the idle suite")
     ctx.stop(target)
-    return rows, extra, rss
+    return rows, extra, rss, per_conn
 
 
 def idle_timeout(ctx, name, total, timeout):
@@ -445,7 +452,7 @@ def run_idle(ctx):
     names = ctx.targets_for("idle")
     rows, extra, summary = [], [], []
     for name in names:
-        r, e, rss = idle_rss(ctx, name, total)
+        r, e, rss, per_conn = idle_rss(ctx, name, total)
         rows += r
         extra += e
         if name == "lbproxy" and rss is not None:
@@ -453,6 +460,15 @@ def run_idle(ctx):
             summary.append(
                 f"- lbproxy RSS with {total} idle clients asked for: **{mib(rss)} MiB** "
                 f"(target < {RSS_TARGET_IDLE_MIB} MiB at 10,000: {met})"
+            )
+        if per_conn is not None:
+            target = ""
+            if name == "lbproxy":
+                ok = per_conn <= KIB_PER_IDLE_TARGET
+                target = f" (issue #13: at most {KIB_PER_IDLE_TARGET:g} KiB: {bench.met(ok)})"
+            summary.append(
+                f"- {name}: **{per_conn:.2f} KiB per idle keep-alive client** at {total} "
+                f"clients (RSS growth since start / clients open){target}"
             )
     timeout_rows = [idle_timeout(ctx, name, total, args.client_timeout) for name in names]
     t = args.client_timeout
@@ -510,12 +526,16 @@ def run_scaling(ctx):
     args = ctx.args
     biggest = max(args.concurrency)
     targets = []
-    for name in ctx.targets_for("scaling"):
+    names = ctx.targets_for(
+        "scaling", allowed=("lbproxy", "nginx", "lbproxy-nolog"), default=("lbproxy", "nginx")
+    )
+    for name in names:
         options = {}
         if name == "nginx":
             options["nginx_options"] = {"worker_connections": max(4096, 2 * biggest + 1024)}
         target = ctx.start(name, tag=f"scaling-{name}", **options)
         targets.append(target)
+    bench.check_access_logs(ctx, targets)
     active = [t for t in targets if t.status == "ok"]
     scenarios = [f"small_c{c}" for c in args.concurrency]
     results = bench.run_rounds(ctx, active, scenarios)
@@ -524,29 +544,37 @@ def run_scaling(ctx):
         f"GET / (small answer), same two node backends; {args.rounds} round(s), "
         f"targets and connection counts interleaved, each run after an uncounted 1 s "
         f"warm-up; medians over the rounds. CPU % as in the throughput suite "
-        f"(percent of one core). wrk opens its N connections at the start of each run.",
+        f"(percent of one core, the proxy's whole process tree). wrk opens its N "
+        f"connections at the start of each run. lbproxy runs with its default options "
+        f"(access log to the twistd log, stdout, into a file), nginx with its default "
+        f"combined access log to a file. \"p99 / nginx's\" is the target's median p99 "
+        f"over nginx's at the same N.",
         "",
         "| connections | target | req/s (median) | % of nginx | p50 ms | p99 ms "
-        "| errors (all rounds) | proxy CPU % | backends CPU % | wrk CPU % | other CPU % "
-        "| req/s per round |",
-        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
+        "| p99 / nginx's | errors (all rounds) | proxy CPU % | backends CPU % | wrk CPU % "
+        "| other CPU % | req/s per round |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     med = bench.median
+    p99_ratios = []
     for c, scenario in zip(args.concurrency, scenarios, strict=True):
-        nginx_runs = results.get(("nginx", scenario), [])
-        nginx_rps = med([r.rps for r in nginx_runs if not r.failed])
+        nginx_rps = bench.rps_median(results, "nginx", scenario)
+        nginx_p99 = bench.p99_median(results, "nginx", scenario)
         for target in targets:
             if target.status != "ok":
-                lines.append(f"| {c} | {target.name} | {target.status} |" + "  |" * 9)
+                lines.append(f"| {c} | {target.name} | {target.status} |" + "  |" * 10)
                 continue
             runs = results.get((target.name, scenario), [])
-            rps = med([r.rps for r in runs if not r.failed])
-            of_nginx = f"{100 * rps / nginx_rps:.0f}%" if rps and nginx_rps else "-"
+            rps = bench.rps_median(results, target.name, scenario)
+            p99 = bench.p99_median(results, target.name, scenario)
+            if target.name == "lbproxy" and p99 is not None and nginx_p99:
+                p99_ratios.append((c, p99, nginx_p99))
             per_round = ", ".join("FAIL" if r.failed else f"{r.rps:.0f}" for r in runs)
             lines.append(
-                f"| {c} | {target.name} | {bench.fmt(rps, '.0f')} | {of_nginx} "
+                f"| {c} | {target.name} | {bench.fmt(rps, '.0f')} "
+                f"| {bench.ratio(100 * rps if rps else None, nginx_rps, '.0f', '%')} "
                 f"| {bench.fmt(med([r.p50_ms for r in runs]), '.2f')} "
-                f"| **{bench.fmt(med([r.p99_ms for r in runs]), '.2f')}** "
+                f"| **{bench.fmt(p99, '.2f')}** | {bench.ratio(p99, nginx_p99)} "
                 f"| {bench.error_text(runs)} "
                 f"| {bench.fmt(med([r.proxy_cpu for r in runs]), '.0f')} "
                 f"| {bench.fmt(med([r.backend_cpu for r in runs]), '.0f')} "
@@ -561,7 +589,146 @@ def run_scaling(ctx):
         if r.failed
     ]
     ctx.notes.extend(failures[:10])
+    summary = []
+    for c, p99, nginx_p99 in p99_ratios:
+        line = (
+            f"- c={c}: lbproxy p99 {p99:.2f} ms / nginx p99 {nginx_p99:.2f} ms = "
+            f"**{p99 / nginx_p99:.2f}×**"
+        )
+        if c == P99_TARGET_CONNECTIONS:
+            ok = p99 / nginx_p99 <= P99_OF_NGINX_TARGET
+            line += f" (issue #13: at most {P99_OF_NGINX_TARGET:g}×: {bench.met(ok)})"
+        summary.append(line)
     table = "\n".join(lines) + "\n"
+    if summary:
+        table += "\n### lbproxy p99 against nginx's\n\n" + "\n".join(summary) + "\n"
     print()
     print(table)
     return "How cost grows with concurrency", table
+
+
+# ----------------------------------------------------------------- workers
+
+
+def run_workers(ctx):
+    """The workers suite: 1 and 2 processes of lbproxy and of nginx.
+
+    lbproxy gets ``--workers N``, nginx ``worker_processes N``; GET / at the
+    ``--worker-scenarios`` concurrencies, interleaved over the rounds. An
+    lbproxy that refuses ``--workers`` (not written yet) is reported as not
+    available and nginx still runs. Returns (title, section body).
+    """
+    args = ctx.args
+    fronts = ctx.targets_for("workers")
+    biggest = max(bench.scenario_spec(s)[1] for s in args.worker_scenarios)
+    entries = []  # (front, workers, Target)
+    for n in args.worker_counts:
+        for front in fronts:
+            label = f"{front}-w{n}"
+            if front == "nginx":
+                options = {
+                    "nginx_options": {
+                        "worker_processes": n,
+                        "worker_connections": max(4096, 2 * biggest + 1024),
+                    }
+                }
+            else:
+                options = {"lbproxy_args": ["--workers", str(n)]}
+            target = ctx.start(label, kind=front, tag=f"workers-{label}", **options)
+            entries.append((front, n, target))
+    targets = [t for _f, _n, t in entries]
+    bench.check_access_logs(ctx, targets)
+    active = [t for t in targets if t.status == "ok"]
+    for t in active:
+        bench.log(f"{t.name}: {len(t.service.pids())} process(es) {t.service.pids()}")
+    results = bench.run_rounds(ctx, active, args.worker_scenarios)
+    base_n = 1 if 1 in args.worker_counts else min(args.worker_counts)
+    med = bench.median
+    lines = [
+        f"`wrk -t1 -cN -d{args.duration}s --latency --timeout={args.wrk_timeout}s` GET / "
+        f"(small answer), same two node backends; {args.rounds} round(s), targets and "
+        f"scenarios interleaved, each run after an uncounted 1 s warm-up; medians over the "
+        f"rounds. `lbproxy-wN` is lbproxy with its default options plus `--workers N` "
+        f"(access log to the twistd log, stdout, into a file); `nginx-wN` is nginx with "
+        f"`worker_processes N` (default accept, no `reuseport`), its default combined "
+        f'access log to a file, upstream keepalive 32 per worker. "processes" counts the '
+        f"front's whole process tree (nginx: master + workers); proxy CPU % is summed over "
+        f'it, "CPU % by process" shows each process\'s share, busiest first (medians '
+        f'per rank). "× {base_n} worker(s)" is the req/s over the same front\'s with '
+        f"{base_n}. On this 2-core machine wrk (one thread) and the two node backends use "
+        f"the same cores, so a second worker cannot double anything: compare the two "
+        f"fronts' ratios.",
+        "",
+    ]
+    gains = {}
+    for scenario in args.worker_scenarios:
+        _path, connections, _extra = bench.scenario_spec(scenario)
+        lines += [
+            f"#### {scenario}: GET /, {connections} connections",
+            "",
+            f"| target | workers | processes | req/s (median) | × {base_n} worker(s) "
+            "| % of nginx (same workers) | p50 ms | p99 ms | errors (all rounds) "
+            "| proxy CPU % | CPU % by process | backends CPU % | wrk CPU % | other CPU % "
+            "| req/s per round |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---|",
+        ]
+        for front, n, target in entries:
+            if target.status != "ok":
+                lines.append(f"| {target.name} | {n} | {target.status} |" + "  |" * 12)
+                continue
+            runs = results.get((target.name, scenario), [])
+            rps = bench.rps_median(results, target.name, scenario)
+            base = bench.rps_median(results, f"{front}-w{base_n}", scenario)
+            nginx = bench.rps_median(results, f"nginx-w{n}", scenario)
+            if n != base_n and rps and base:
+                gains.setdefault(front, []).append((scenario, n, rps, base))
+            ranks = max((len(r.proxy_procs) for r in runs), default=0)
+            by_process = " + ".join(
+                bench.fmt(med([r.proxy_procs[i] for r in runs if i < len(r.proxy_procs)]), ".0f")
+                for i in range(ranks)
+            )
+            per_round = ", ".join("FAIL" if r.failed else f"{r.rps:.0f}" for r in runs)
+            lines.append(
+                f"| {target.name} | {n} | {ranks or '-'} | {bench.fmt(rps, '.0f')} "
+                f"| {bench.ratio(rps, base)} "
+                f"| {bench.ratio(100 * rps if rps else None, nginx, '.0f', '%')} "
+                f"| {bench.fmt(med([r.p50_ms for r in runs]), '.2f')} "
+                f"| {bench.fmt(med([r.p99_ms for r in runs]), '.2f')} "
+                f"| {bench.error_text(runs)} "
+                f"| {bench.fmt(med([r.proxy_cpu for r in runs]), '.0f')} "
+                f"| {by_process or '-'} "
+                f"| {bench.fmt(med([r.backend_cpu for r in runs]), '.0f')} "
+                f"| {bench.fmt(med([r.wrk_cpu for r in runs]), '.0f')} "
+                f"| {bench.fmt(med([r.other_cpu for r in runs]), '.0f')} "
+                f"| {per_round} |"
+            )
+        lines.append("")
+    summary = []
+    for front in fronts:
+        for scenario, n, rps, base in gains.get(front, []):
+            line = (
+                f"- {front}, {scenario}: {n} workers / {base_n}: {rps:.0f} / {base:.0f} req/s "
+                f"= **{rps / base:.2f}×**"
+            )
+            if front == "lbproxy" and n == 2 and base_n == 1:
+                ok = rps / base >= WORKERS_GAIN_TARGET
+                line += f" (issue #13: at least {WORKERS_GAIN_TARGET:g}×: {bench.met(ok)})"
+            summary.append(line)
+        missing = [t.status for f, _n, t in entries if f == front and t.status != "ok"]
+        if missing and not gains.get(front):
+            summary.append(f"- {front}: {missing[0]}")
+    failures = [
+        f"{name} {scenario}: {r.failed}"
+        for (name, scenario), runs in results.items()
+        for r in runs
+        if r.failed
+    ]
+    ctx.notes.extend(failures[:10])
+    body = (
+        "\n".join(lines)
+        + "\n### Workers against one\n\n"
+        + ("\n".join(summary) or "- (nothing to compare)")
+    )
+    print()
+    print(body)
+    return "Workers: one process against two", body + "\n"
