@@ -248,7 +248,7 @@ class Config:
         ENDPOINTS,
         "A Twisted server endpoint to listen on: tcp:8080, "
         "tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem:certKey=cert.pem, "
-        "unix:/run/lb.sock, haproxy:tcp:8080 ...; repeatable (nginx: listen). tcp:, "
+        "unix:/run/lb.sock, haproxy:tcp:8080 ... (nginx: listen). tcp:, "
         "ssl: and unix: listeners get nginx's accept backlog, 511, unless they name one.",
         repeatable=True,
     )
