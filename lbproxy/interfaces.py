@@ -1,18 +1,33 @@
 """
-The contracts several lbproxy classes implement.
+The contracts several lbproxy classes implement; this module imports
+nothing of lbproxy, so that any layer may use it.
+
+  - L{IBalancer}: a balancing strategy (zope interface, checked with
+    C{verifyObject} in tests).
+  - L{Candidate}: what a strategy reads of a server (a typing protocol:
+    the balancing layer's C{Server} is one, and so are the simulator's).
 """
 
 from __future__ import annotations
 
 from collections.abc import Container, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from zope.interface import Interface
 
-if TYPE_CHECKING:
-    from lbproxy.balancing.pool import Server
+__all__ = ["Candidate", "IBalancer"]
 
-__all__ = ["IBalancer"]
+
+class Candidate(Protocol):
+    """
+    A server as a balancing strategy sees it.
+
+    @ivar weight: its share of requests relative to its pool's others.
+    @ivar up: whether it may take requests (in rotation).
+    """
+
+    weight: int
+    up: bool
 
 
 class IBalancer(Interface):
@@ -23,7 +38,7 @@ class IBalancer(Interface):
     weights) and never do I/O.
     """
 
-    def pick(servers: Sequence[Server], exclude: Container[Server]) -> Server | None:
+    def pick(servers: Sequence[Candidate], exclude: Container[Candidate]) -> Candidate | None:
         """
         Choose the server for the next request.
 

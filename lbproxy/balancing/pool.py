@@ -21,6 +21,7 @@ here does network I/O; time comes from the clock the pool is given.
 from __future__ import annotations
 
 from collections.abc import Container, Mapping
+from typing import cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -134,10 +135,11 @@ class Pool:
         """
         if self._next_readmit is not _NEVER:
             self._readmit_ejected()
-        server = self._balancer.pick(self._primary, exclude)
-        if server is None and self._backup:
-            server = self._balancer.pick(self._backup, exclude)
-        return server
+        picked = self._balancer.pick(self._primary, exclude)
+        if picked is None and self._backup:
+            picked = self._balancer.pick(self._backup, exclude)
+        # The strategy returns one of the candidates it was given.
+        return cast(Server | None, picked)
 
     def first_with_none_up(self) -> bool:
         """

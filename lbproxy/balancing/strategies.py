@@ -9,8 +9,7 @@ from collections.abc import Container, Sequence
 
 from zope.interface import implementer
 
-from lbproxy.balancing.pool import Server
-from lbproxy.interfaces import IBalancer
+from lbproxy.interfaces import Candidate, IBalancer
 
 __all__ = ["RoundRobin"]
 
@@ -29,14 +28,14 @@ class RoundRobin:
     """
 
     def __init__(self) -> None:
-        self._current: dict[Server, int] = {}
+        self._current: dict[Candidate, int] = {}
 
-    def pick(self, servers: Sequence[Server], exclude: Container[Server]) -> Server | None:
+    def pick(self, servers: Sequence[Candidate], exclude: Container[Candidate]) -> Candidate | None:
         """
         Choose the next server in rotation; see L{IBalancer.pick}.
         """
         current = self._current
-        best: Server | None = None
+        best: Candidate | None = None
         best_weight = 0
         total = 0
         for server in servers:

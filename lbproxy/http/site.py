@@ -6,7 +6,7 @@ proxying.
 L{ProxyRequest} skips what a proxy never needs on its hot path: parsing the
 query string and form bodies into C{args} (the body is forwarded, not
 read) and walking the resource tree (the resource is a leaf that takes
-every path).  It tells its L{lbproxy.proxy.resource.ProxyExchange} when the client
+every path).  It tells its L{RequestExchange} when the client
 goes away, so the upstream exchange is abandoned at once.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
@@ -44,7 +45,6 @@ from lbproxy.upstream.body import StreamingBody
 
 if TYPE_CHECKING:
     from lbproxy.config.model import Config
-    from lbproxy.proxy.resource import ProxyExchange
 
 __all__ = ["ProxyChannel", "ProxyRequest", "ProxySite", "client_settings", "combined_log_line"]
 
@@ -100,6 +100,25 @@ def combined_log_line(timestamp: str, request: server.Request) -> str:
     )
 
 
+class RequestExchange(TypingProtocol):
+    """
+    What the client side tells the exchange proxying one of its requests
+    (L{lbproxy.proxy.resource.ProxyExchange} is one).
+    """
+
+    def client_gone(self) -> None:
+        """
+        The client went away or its request was refused: abandon the
+        upstream side, nothing more of the request will come.
+        """
+
+    def processing_failed(self) -> None:
+        """
+        twisted.web caught an exception while the request was processed:
+        end the exchange (it answers 500 itself).
+        """
+
+
 class ProxyRequest(server.Request):
     """
     A request whose body and target are forwarded, never interpreted.
@@ -119,7 +138,7 @@ class ProxyRequest(server.Request):
     @ivar body_stream: the body on its way upstream, if there is a body.
     """
 
-    exchange: ProxyExchange | None = None
+    exchange: RequestExchange | None = None
     body_stream: StreamingBody | None = None
     _body_received = False
     _finish_waiting = False

@@ -46,7 +46,7 @@ from lbproxy.errors import ConfigError
 from lbproxy.http.https import https_request_factory
 from lbproxy.http.servertls import ReloadableTLS
 from lbproxy.http.site import ProxySite
-from lbproxy.service.validate import error_text
+from lbproxy.service.listeners import error_text, listen_error, with_default_backlog
 from lbproxy.upstream.client import UpstreamClient
 from lbproxy.upstream.tls import UpstreamTLS, upstream_tls
 
@@ -55,9 +55,7 @@ __all__ = [
     "ProxyService",
     "StartError",
     "build_router",
-    "listen_error",
     "summary",
-    "with_default_backlog",
 ]
 
 ServerKey = tuple[str, str, int]
@@ -105,16 +103,6 @@ class ApplyError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
-
-
-def listen_error(description: str, error: Exception) -> str:
-    """
-    One line saying why lbproxy cannot listen on C{description}: the
-    socket's error for a port in use, the parser's for a bad string.
-    """
-    if isinstance(error, CannotListenError):
-        return f"cannot listen on {description}: {error.socketError}"
-    return f"cannot listen on {description}: {error_text(error)}"
 
 
 class ProxyService(MultiService):
@@ -533,23 +521,6 @@ class ProxyService(MultiService):
         closing.addErrback(lambda reason: reason.trap(TimeoutError))
         closing.addCallback(lambda _: super(ProxyService, self).stopService())
         return closing
-
-
-#: nginx's listen backlog on Linux.  Twisted's default, 50, makes a burst
-#: of new clients (wrk -c256) wait for SYN retransmits: p99 632 ms against
-#: 56 ms with 511 on this machine.
-DEFAULT_BACKLOG = 511
-
-
-def with_default_backlog(description: str) -> str:
-    """
-    A listening endpoint description with nginx's backlog unless it names
-    one: C{tcp:8080} becomes C{tcp:8080:backlog=511}.
-    """
-    kind = description.split(":", 1)[0]
-    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
-        return f"{description}:backlog={DEFAULT_BACKLOG}"
-    return description
 
 
 def summary(config: Config) -> str:

@@ -27,16 +27,16 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from OpenSSL import SSL, crypto
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 
 from lbproxy.config.file import ConfigFileError, load_config
 from lbproxy.config.model import Config
 from lbproxy.errors import ConfigError
 from lbproxy.http.servertls import check_listener_files, load_cert_dir
+from lbproxy.service.listeners import error_text, with_default_backlog
 from lbproxy.upstream.tls import UpstreamTLS
 
-__all__ = ["Problem", "check_config", "error_text", "load_checked"]
+__all__ = ["Problem", "check_config", "load_checked"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,6 @@ def load_checked(path: str, reactor: Any) -> Config:
 def _listener_problem(reactor: Any, description: str) -> str | None:
     # Imported here: lbproxy.service.service imports the site and the whole proxy,
     # which C{lbproxy check} does not need otherwise.
-    from lbproxy.service.service import with_default_backlog
 
     try:
         # As the service will build it (with the default backlog, which
@@ -187,18 +186,3 @@ def _access_log_problem(path: str) -> str | None:
     if not os.access(directory, os.W_OK | os.X_OK):
         return f"cannot create it: directory {directory!r} is not writable"
     return None
-
-
-def error_text(error: Exception) -> str:
-    """
-    One readable line for an exception of Twisted's endpoint parser or of
-    OpenSSL.
-    """
-    if isinstance(error, OSError) and error.strerror:
-        if error.filename:
-            return f"{error.filename!r}: {error.strerror}"
-        return error.strerror
-    if isinstance(error, (crypto.Error, SSL.Error)):
-        reasons = [item[-1] for item in (error.args[0] if error.args else []) if item]
-        return "OpenSSL: " + (", ".join(r for r in reasons if r) or "error")
-    return str(error) or type(error).__name__

@@ -418,7 +418,7 @@ class BacklogTests(TestCase):
         C{tcp:}, C{tcp6:}, C{ssl:} and C{unix:} endpoints get C{backlog=511};
         an explicit backlog and other endpoint kinds are left alone.
         """
-        from lbproxy.service.service import with_default_backlog
+        from lbproxy.service.listeners import with_default_backlog
 
         self.assertEqual(with_default_backlog("tcp:8080"), "tcp:8080:backlog=511")
         self.assertEqual(
