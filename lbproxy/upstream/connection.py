@@ -24,6 +24,7 @@ Pieces:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from enum import Enum, auto
 from functools import partial
 from typing import Any
 from typing import Protocol as TypingProtocol
@@ -58,6 +59,7 @@ from lbproxy.upstream.body import StreamingBody
 from lbproxy.upstream.tls import tls_failure_text
 
 __all__ = [
+    "ConnectionState",
     "IResponseSink",
     "ConnectionOwner",
     "UpstreamConnection",
@@ -188,6 +190,44 @@ class UpstreamRequest:
         self.head_only = method == b"HEAD"
 
 
+class ConnectionState(Enum):
+    """
+    Where an L{UpstreamConnection} is in its life; its docstring shows the
+    transitions.
+    """
+
+    CONNECTING = auto()
+    HANDSHAKING = auto()
+    IDLE = auto()
+    AWAITING = auto()
+    READING_HEAD = auto()
+    READING_BODY = auto()
+    READING_TO_CLOSE = auto()
+    DONE = auto()
+    CLOSING = auto()
+    CLOSED = auto()
+
+
+# The members as module globals, which each read compares the state with:
+# reading one off the Enum class goes through EnumType's attribute hook
+# (about 100 ns on CPython 3.11, a global 15 ns).  A test checks each name.
+(
+    CONNECTING,
+    HANDSHAKING,
+    IDLE,
+    AWAITING,
+    READING_HEAD,
+    READING_BODY,
+    READING_TO_CLOSE,
+    DONE,
+    CLOSING,
+    CLOSED,
+) = ConnectionState
+# Reading an answer, the most frequent first; no exchange in progress.
+_READING = (READING_BODY, READING_HEAD, READING_TO_CLOSE)
+_BETWEEN_EXCHANGES = (IDLE, CLOSING, CLOSED)
+
+
 @implementer(IPushProducer, IHandshakeListener)
 class UpstreamConnection(Protocol):
     """
@@ -195,6 +235,42 @@ class UpstreamConnection(Protocol):
 
     It carries one exchange at a time (no pipelining to upstreams, as nginx
     and HAProxy).  Between exchanges it sits idle in its L{UpstreamClient}.
+
+    Its life is one L{ConnectionState}, C{state}.  An arrow to a state is
+    an assignment C{self.state = ...} in this class, and there are no
+    others; an arrow to a failure kind fails the exchange, which leaves the
+    connection CLOSING (dropped by lbproxy), or CLOSED if the server's close
+    was the failure::
+
+      CONNECTING  --connectionMade--> HANDSHAKING (TLS) or IDLE
+      HANDSHAKING   the first request waits for TLS (which holds its head;
+                    a streamed body waits here)
+        --handshakeCompleted--> AWAITING, or IDLE if no request came yet
+        --close--> ConnectFailed (nothing was sent: safe to retry)
+      IDLE          no exchange: in the pool, or about to get a first request
+        --send--> AWAITING;  --bytes--> lbproxy closes;  --close--> CLOSED
+      AWAITING      request sent (its body may still be going up), no answer
+        --a byte--> READING_HEAD
+        --close--> StaleConnection if reused, else ResponseTruncated
+      READING_HEAD  part of the head arrived (interim 1xx heads stay here)
+        --final head--> READING_BODY, READING_TO_CLOSE, or DONE (HEAD request)
+        --close, not HTTP, refused framing, head over max_headers_size-->
+          InvalidResponse
+      READING_BODY  final head relayed; the body has a length or chunks
+        --its end--> DONE;  --close--> ResponseTruncated;  --bad chunk-->
+          InvalidResponse
+      READING_TO_CLOSE  final head relayed; the body ends with the connection
+        --close--> CLOSED, the answer complete
+      DONE          answer complete, for the rest of the read that ended it
+        --> IDLE (back to the pool) or CLOSING (not reusable)
+      CLOSING       --connectionLost--> CLOSED
+
+    Any state with an exchange can also fail with L{ReadTimeout} (silence
+    past the read timeout) or L{InternalError} (a bug in lbproxy, sending or
+    in the sink).  A refused or timed-out connect fails before there is a
+    connection (L{lbproxy.upstream.client.UpstreamClient.send_fresh}).
+
+    @ivar state: the L{ConnectionState}; read it, never set it from outside.
     """
 
     _log = Logger()
@@ -204,16 +280,20 @@ class UpstreamConnection(Protocol):
         self.server = server
         self._clock = client.clock
         self._parser = httptools.HttpResponseParser(self)
+        self.state = CONNECTING
+        # The exchange in progress, from send to its end.
         self._sink: IResponseSink | None = None
         self._request: UpstreamRequest | None = None
         self._body: StreamingBody | None = None
+        # Facts about the exchange, not states, since they hold whatever the
+        # state: whether the connection served one before (a close before any
+        # byte is then StaleConnection), and whether it may go back to the
+        # pool (Connection: close, bytes after the answer or an unsent body
+        # rest say no), read when the exchange ends.
         self._reused = False
-        self._received = False
-        self._headers_done = False
-        self._interim = False
-        self._complete = False
-        self._until_eof = False
         self._reusable = True
+        # The client side's backpressure: it comes and goes while the body is
+        # relayed, and the end of the exchange undoes it.
         self._paused = False
         self._reason = b""
         self._headers: list[Header] = []
@@ -225,8 +305,6 @@ class UpstreamConnection(Protocol):
         self._timer: IDelayedCall | None = None
         self._last_read = 0.0
         self.idle_since = 0.0
-        self.connected = False
-        self._handshaking = False
         # Counts exchanges, so that abandoning one that is over (the
         # connection went back to the pool and serves another) does nothing.
         self._exchange = 0
@@ -237,9 +315,8 @@ class UpstreamConnection(Protocol):
         """
         Turn off Nagle: requests are small and latency matters.
         """
-        self.connected = True
         # Over TLS (https upstreams) the handshake is still to come.
-        self._handshaking = INegotiated.providedBy(self.transport)
+        self.state = HANDSHAKING if INegotiated.providedBy(self.transport) else IDLE
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
 
@@ -248,7 +325,8 @@ class UpstreamConnection(Protocol):
         The TLS handshake succeeded: the server's certificate is verified,
         and a streamed request body waiting for it starts to flow.
         """
-        self._handshaking = False
+        if self.state is HANDSHAKING:
+            self.state = IDLE if self._sink is None else AWAITING
         body = self._body
         if body is not None:
             # send() ran during the handshake and held the body back.
@@ -258,14 +336,15 @@ class UpstreamConnection(Protocol):
         """
         Parse answer bytes; finish the exchange when the answer is complete.
         """
-        if self._sink is None:
-            # Bytes while idle: the server broke the protocol.
+        state = self.state
+        if state is AWAITING:
+            self.state = state = READING_HEAD
+        elif state not in _READING:
+            # No answer expected (IDLE, CLOSING): the server broke the protocol.
             self._reusable = False
             self.transport.loseConnection()
             return
-        self._received = True
         self._last_read = self._clock.seconds()
-        in_head = not self._headers_done
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
@@ -282,44 +361,40 @@ class UpstreamConnection(Protocol):
         except httptools.HttpParserError as e:
             self._fail(InvalidResponse(f"invalid HTTP response: {_parser_message(e)}"))
             return
-        if in_head and not self._headers_done:
+        if state is READING_HEAD and self.state is READING_HEAD:
             # Still in the head after this read, so all of it was head:
             # llhttp would buffer a header line of any length, so stop here.
             self._head_read += len(data)
             if self._head_read > self._client.max_headers_size:
                 self._fail(InvalidResponse(self._too_big_header()))
-                return
-        if self._complete:
+        elif self.state is DONE:
             self._finish_exchange()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
         Leave the idle pool at once; fail or end the exchange in progress.
         """
-        self.connected = False
+        state, self.state = self.state, CLOSED
         self._client.connection_closed(self)
-        if self._sink is None:
-            return
-        if self._handshaking:
-            # The request never left lbproxy (TLS buffers it until the
-            # handshake is done): a failed connect, safe to try elsewhere.
-            why = tls_failure_text(reason) or _reason_text(reason)
-            self._fail(ConnectFailed(f"TLS handshake failed: {why}"))
-        elif self._headers_done and self._until_eof and not self._complete:
+        if state is READING_TO_CLOSE:
             # The body was delimited by the end of the connection.
-            self._complete = True
             self._reusable = False
             self._finish_exchange()
-        elif not self._received:
+        elif state is AWAITING:
             why = _reason_text(reason)
             if self._reused:
                 self._fail(StaleConnection(f"reused connection closed: {why}"))
             else:
                 self._fail(ResponseTruncated(f"closed before answering: {why}"))
-        elif not self._headers_done:
+        elif state is READING_HEAD:
             self._fail(InvalidResponse("closed in the middle of the response headers"))
-        else:
+        elif state is READING_BODY:
             self._fail(ResponseTruncated("closed in the middle of the response body"))
+        elif state is HANDSHAKING and self._sink is not None:
+            # The request never left lbproxy (TLS buffers it until the
+            # handshake is done): a failed connect, safe to try elsewhere.
+            why = tls_failure_text(reason) or _reason_text(reason)
+            self._fail(ConnectFailed(f"TLS handshake failed: {why}"))
 
     # Sending
 
@@ -346,13 +421,15 @@ class UpstreamConnection(Protocol):
         self._reused = reused
         self._last_read = self._clock.seconds()
         self._timer = self._clock.callLater(self._client.read_timeout, self._check_read_timeout)
+        if self.state is not HANDSHAKING:
+            self.state = AWAITING
         body = request.body
         if isinstance(body, bytes):
             _send_now(self.transport, request.head + body if body else request.head)
             return abandon
         _send_now(self.transport, request.head)
         self._body = body
-        if self._handshaking:
+        if self.state is HANDSHAKING:
             # TLS holds what is written until its handshake is done, and a
             # failed handshake drops it.  The head is rebuilt for the next
             # server, but body bytes handed over now would count as sent and
@@ -371,7 +448,7 @@ class UpstreamConnection(Protocol):
         self._last_read = self._clock.seconds()
 
     def _abandon(self, exchange: int) -> None:
-        if self._sink is not None and exchange == self._exchange:
+        if exchange == self._exchange and self.state not in _BETWEEN_EXCHANGES:
             self.abort()
 
     def abort(self) -> None:
@@ -383,7 +460,8 @@ class UpstreamConnection(Protocol):
         self._sink = None
         self._stop_body(keep=False)
         self._cancel_timer()
-        if self.connected:
+        if self.state is not CLOSED:
+            self.state = CLOSING
             self.transport.abortConnection()
 
     # IPushProducer: the client side pauses us when it cannot keep up.
@@ -392,7 +470,7 @@ class UpstreamConnection(Protocol):
         """
         Stop reading from the app server until L{resumeProducing}.
         """
-        if not self._paused and self.connected:
+        if not self._paused and self.state is not CLOSED:
             self._paused = True
             self.transport.pauseProducing()
 
@@ -400,7 +478,7 @@ class UpstreamConnection(Protocol):
         """
         Read from the app server again.
         """
-        if self._paused and self.connected:
+        if self._paused and self.state is not CLOSED:
             self._paused = False
             self._last_read = self._clock.seconds()
             self.transport.resumeProducing()
@@ -414,7 +492,7 @@ class UpstreamConnection(Protocol):
     # httptools callbacks (called from inside feed_data)
 
     def on_message_begin(self) -> None:
-        if self._complete:
+        if self.state is DONE:
             # More bytes after a complete answer: unsolicited data.
             self._reusable = False
 
@@ -428,6 +506,10 @@ class UpstreamConnection(Protocol):
         self._head_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
+        if self.state is not READING_HEAD:
+            # An unsolicited answer after a complete one (DONE), or the sink
+            # abandoned the exchange inside a callback (CLOSING): ignored.
+            return
         # "HTTP/1.1 200 " and the CRLFs ending the status line and the head.
         self._head_size += 17
         if self._head_size > self._client.max_headers_size:
@@ -442,8 +524,8 @@ class UpstreamConnection(Protocol):
         status = parser.get_status_code()
         if status < 200:
             # An interim answer (100 Continue, 103 Early Hints): skip it.
-            # lbproxy holds the whole body already and sends no Expect.
-            self._interim = True
+            # lbproxy holds the whole body already and sends no Expect.  The
+            # state stays READING_HEAD, which its on_message_complete keeps.
             self._headers = []
             self._reason = b""
             return
@@ -452,27 +534,30 @@ class UpstreamConnection(Protocol):
         if framing_error is not None:
             # llhttp reads such an answer until EOF; refuse it (502).
             raise _RefusedAnswer(f"invalid HTTP response: {framing_error}")
-        self._headers_done = True
-        self._until_eof = _delimited_by_eof(status, headers, self._request)
         if not parser.should_keep_alive():
             self._reusable = False
-        assert self._sink is not None
-        self._sink.response_headers(status, self._reason, headers, self)
         if self._request is not None and self._request.head_only:
             # llhttp cannot be told that a HEAD answer has no body: finish
             # here and give the next exchange a fresh parser.
-            self._complete = True
+            self.state = DONE
             self._parser = httptools.HttpResponseParser(self)
+        elif _delimited_by_eof(status, headers):
+            self.state = READING_TO_CLOSE
+        else:
+            self.state = READING_BODY
+        assert self._sink is not None
+        self._sink.response_headers(status, self._reason, headers, self)
 
     def on_body(self, body: bytes) -> None:
-        if self._sink is not None and not self._complete:
-            self._sink.response_body(body)
+        state = self.state
+        if state is READING_BODY or state is READING_TO_CLOSE:
+            self._sink.response_body(body)  # type: ignore[union-attr]  # set while reading
 
     def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
-            return
-        self._complete = True
+        # (An interim answer's end leaves READING_HEAD as it is.)
+        state = self.state
+        if state is READING_BODY or state is READING_TO_CLOSE:
+            self.state = DONE
 
     # Internals
 
@@ -491,10 +576,14 @@ class UpstreamConnection(Protocol):
         if self._paused:
             self._paused = False
             self.transport.resumeProducing()
-        if self._reusable and self.connected:
-            self._client.connection_idle(self)
-        elif self.connected:
-            self.transport.loseConnection()
+        # (CLOSED: the server's close ended the answer.)
+        if self.state is not CLOSED:
+            if self._reusable:
+                self.state = IDLE
+                self._client.connection_idle(self)
+            else:
+                self.state = CLOSING
+                self.transport.loseConnection()
         sink.response_done()
 
     def _fail(self, error: UpstreamError) -> None:
@@ -505,7 +594,8 @@ class UpstreamConnection(Protocol):
         # A body none of which was sent is kept for another server.
         self._stop_body(keep=True)
         self._cancel_timer()
-        if self.connected:
+        if self.state is not CLOSED:
+            self.state = CLOSING
             self.transport.abortConnection()
         if sink is not None:
             sink.response_failed(error)
@@ -540,10 +630,6 @@ class UpstreamConnection(Protocol):
         )
 
     def _reset_answer(self) -> None:
-        self._received = False
-        self._headers_done = False
-        self._complete = False
-        self._until_eof = False
         self._reason = b""
         self._headers = []
         self._head_size = 0
@@ -571,7 +657,7 @@ class UpstreamConnection(Protocol):
         work off the per-chunk path.
         """
         self._timer = None
-        if self._sink is None:
+        if self.state in _BETWEEN_EXCHANGES:
             return
         now = self._clock.seconds()
         if self._paused or (self._body is not None and not self._body.complete):
@@ -619,13 +705,13 @@ def _send_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-def _delimited_by_eof(status: int, headers: list[Header], request: UpstreamRequest | None) -> bool:
+def _delimited_by_eof(status: int, headers: list[Header]) -> bool:
     """
-    Whether an answer's body runs until the connection closes
-    (RFC 9112 section 6.3, rule 8): no length, not chunked, and a status
-    that has a body.
+    Whether the body of an answer to a request other than C{HEAD} runs
+    until the connection closes (RFC 9112 section 6.3, rule 8): no length,
+    not chunked, and a status that has a body.
     """
-    if status in (204, 304) or (request is not None and request.head_only):
+    if status in (204, 304):
         return False
     for name, value in headers:
         lower = name.lower()

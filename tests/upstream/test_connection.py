@@ -24,9 +24,15 @@ from lbproxy.errors import (
     StaleConnection,
     UpstreamError,
 )
+from lbproxy.upstream import connection as connection_module
 from lbproxy.upstream.body import StreamingBody
 from lbproxy.upstream.client import UpstreamClient
-from lbproxy.upstream.connection import UpstreamConnection, UpstreamRequest, serialize_request_head
+from lbproxy.upstream.connection import (
+    ConnectionState,
+    UpstreamConnection,
+    UpstreamRequest,
+    serialize_request_head,
+)
 
 
 class RecordingSink:
@@ -54,6 +60,28 @@ class RecordingSink:
 
     def response_failed(self, error: UpstreamError) -> None:
         self.error = error
+
+
+class _CallsSink(RecordingSink):
+    """
+    A L{RecordingSink} that also records the order of what it is told.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[object] = []
+
+    def response_headers(self, status, reason, headers, producer) -> None:
+        self.calls.append(("headers", status))
+
+    def response_body(self, data: bytes) -> None:
+        self.calls.append(("body", data))
+
+    def response_done(self) -> None:
+        self.calls.append("done")
+
+    def response_failed(self, error: UpstreamError) -> None:
+        self.calls.append(("failed", error))
 
 
 def _request(method: bytes = b"GET") -> UpstreamRequest:
@@ -278,6 +306,201 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(self.client.idle_count(self.server), 0)
 
 
+class StateTests(SynchronousTestCase):
+    """
+    L{UpstreamConnection.state} follows the transitions its docstring
+    draws, and each way an exchange ends leaves the state it names.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = UpstreamClient(None, self.clock)
+        self.server = Server(ServerConfig("127.0.0.1", 3000))
+        self.transport = StringTransport()
+        self.connection = UpstreamConnection(self.client, self.server)
+        self.sink = RecordingSink()
+
+    def _send(self, request: UpstreamRequest | None = None, reused: bool = False) -> None:
+        self.connection.makeConnection(self.transport)
+        self.connection.send(request or _request(), self.sink, reused=reused)
+
+    def assertState(self, state: ConnectionState) -> None:
+        """
+        The connection is in C{state}.
+        """
+        self.assertIs(self.connection.state, state)
+
+    def test_module_names(self) -> None:
+        """
+        Each module-level name the connection compares with is the member
+        of that name.
+        """
+        for member in ConnectionState:
+            self.assertIs(getattr(connection_module, member.name), member)
+
+    def test_exchange_and_back_to_the_pool(self) -> None:
+        """
+        CONNECTING, IDLE once connected, AWAITING once sent, READING_HEAD
+        from the first byte, READING_BODY after the head, and IDLE again,
+        in the pool, once the body is complete.
+        """
+        self.assertState(ConnectionState.CONNECTING)
+        self.connection.makeConnection(self.transport)
+        self.assertState(ConnectionState.IDLE)
+        self.connection.send(_request(), self.sink, reused=False)
+        self.assertState(ConnectionState.AWAITING)
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-")
+        self.assertState(ConnectionState.READING_HEAD)
+        self.connection.dataReceived(b"Length: 4\r\n\r\nab")
+        self.assertState(ConnectionState.READING_BODY)
+        self.connection.dataReceived(b"cd")
+        self.assertState(ConnectionState.IDLE)
+        self.assertEqual((self.sink.body, self.sink.done), (b"abcd", True))
+        self.assertEqual(self.client.idle_count(self.server), 1)
+
+    def test_stale(self) -> None:
+        """
+        A reused connection closed before any byte of the answer fails
+        with L{StaleConnection} and is CLOSED.
+        """
+        self._send(reused=True)
+        self.connection.connectionLost()
+        self.assertIsInstance(self.sink.error, StaleConnection)
+        self.assertState(ConnectionState.CLOSED)
+
+    def test_closed_in_head(self) -> None:
+        """
+        A close in the middle of the head is L{InvalidResponse}.
+        """
+        self._send(reused=True)
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\n")
+        self.connection.connectionLost()
+        self.assertIsInstance(self.sink.error, InvalidResponse)
+        self.assertState(ConnectionState.CLOSED)
+
+    def test_closed_in_body(self) -> None:
+        """
+        A close in the middle of a body of known length is
+        L{ResponseTruncated}, after the head went to the sink.
+        """
+        self._send()
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\na")
+        self.connection.connectionLost()
+        self.assertEqual(self.sink.status, 200)
+        self.assertIsInstance(self.sink.error, ResponseTruncated)
+        self.assertState(ConnectionState.CLOSED)
+
+    def test_body_to_close(self) -> None:
+        """
+        A body without length or chunks is READING_TO_CLOSE, and the close
+        completes the answer.
+        """
+        self._send()
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nall")
+        self.assertState(ConnectionState.READING_TO_CLOSE)
+        self.connection.connectionLost()
+        self.assertEqual((self.sink.body, self.sink.done, self.sink.error), (b"all", True, None))
+        self.assertState(ConnectionState.CLOSED)
+        self.assertEqual(self.client.idle_count(self.server), 0)
+
+    def test_head_request(self) -> None:
+        """
+        The answer to a HEAD request is complete with its head: the
+        connection is IDLE again in the same read.
+        """
+        self._send(_request(b"HEAD"))
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
+        self.assertTrue(self.sink.done)
+        self.assertState(ConnectionState.IDLE)
+
+    def test_interim_answer(self) -> None:
+        """
+        An interim 1xx answer leaves the connection READING_HEAD; the final
+        head moves it on.
+        """
+        self._send()
+        self.connection.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.assertState(ConnectionState.READING_HEAD)
+        self.assertIsNone(self.sink.status)
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n")
+        self.assertState(ConnectionState.READING_BODY)
+        self.assertEqual(self.sink.status, 200)
+
+    def test_answered_before_the_body_was_sent(self) -> None:
+        """
+        An answer complete while the request body is still going up (an
+        early 413) is relayed, and the connection is CLOSING, not pooled:
+        the rest of the body would reach the next request.
+        """
+        body = StreamingBody(StringTransport(), 10)
+        body.feed(b"12345")
+        self._send(UpstreamRequest(b"POST", b"POST / HTTP/1.1\r\n\r\n", body))
+        self.connection.dataReceived(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual((self.sink.status, self.sink.done), (413, True))
+        self.assertState(ConnectionState.CLOSING)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.client.idle_count(self.server), 0)
+
+    def test_not_reusable(self) -> None:
+        """
+        A complete answer with C{Connection: close} leaves the connection
+        CLOSING, then CLOSED when it is lost.
+        """
+        self._send()
+        self.connection.dataReceived(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.assertState(ConnectionState.CLOSING)
+        self.connection.connectionLost()
+        self.assertState(ConnectionState.CLOSED)
+        self.assertEqual((self.sink.done, self.sink.error), (True, None))
+
+    def test_failure_then_close(self) -> None:
+        """
+        A failure (here an invalid answer) leaves the connection CLOSING;
+        its loss then tells the sink nothing more.
+        """
+        self._send()
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")
+        self.assertIsInstance(self.sink.error, InvalidResponse)
+        self.assertState(ConnectionState.CLOSING)
+        self.sink.error = None
+        self.connection.connectionLost()
+        self.assertIsNone(self.sink.error)
+        self.assertState(ConnectionState.CLOSED)
+
+    def test_read_timeout(self) -> None:
+        """
+        A read timeout fails the exchange and leaves the connection CLOSING.
+        """
+        self._send()
+        self.clock.advance(self.client.read_timeout)
+        self.assertIsInstance(self.sink.error, ReadTimeout)
+        self.assertState(ConnectionState.CLOSING)
+
+    def test_abort(self) -> None:
+        """
+        Abandoning the exchange leaves the connection CLOSING.
+        """
+        self._send()
+        self.connection.abort()
+        self.assertState(ConnectionState.CLOSING)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_bytes_while_idle(self) -> None:
+        """
+        Bytes while IDLE close the connection; it leaves the pool, CLOSED,
+        when the close is done.
+        """
+        self._send()
+        self.connection.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.connection.dataReceived(b"surprise")
+        self.assertTrue(self.transport.disconnecting)
+        self.connection.connectionLost()
+        self.assertState(ConnectionState.CLOSED)
+        self.assertEqual(self.client.idle_count(self.server), 0)
+
+
 class IdlePoolTests(SynchronousTestCase):
     """
     The idle pool: LIFO reuse, idle timeout, keepalive trimming.
@@ -420,6 +643,18 @@ class HandshakeTests(SynchronousTestCase):
         self.assertTrue(transport.value().endswith(b"\r\n\r\n12345"))
         self.assertTrue(body.sent_any)
 
+    def test_states(self) -> None:
+        """
+        A TLS connection is HANDSHAKING until the handshake completes, with
+        its first request sent meanwhile; then AWAITING the answer.
+        """
+        connection, _ = self._tls_connection()
+        self.assertIs(connection.state, ConnectionState.HANDSHAKING)
+        connection.send(_request(), RecordingSink(), reused=False)
+        self.assertIs(connection.state, ConnectionState.HANDSHAKING)
+        connection.handshakeCompleted()
+        self.assertIs(connection.state, ConnectionState.AWAITING)
+
     def test_failed_handshake_keeps_the_body(self) -> None:
         """
         A handshake that fails is a L{ConnectFailed} (another server may
@@ -435,6 +670,7 @@ class HandshakeTests(SynchronousTestCase):
         body.end()
         connection.connectionLost(Failure(SSL.Error([("SSL", "", "certificate verify failed")])))
         self.assertIsInstance(sink.error, ConnectFailed)
+        self.assertIs(connection.state, ConnectionState.CLOSED)
         self.assertFalse(body.sent_any)
         plain = StringTransport()
         second = UpstreamConnection(self.client, Server(ServerConfig("127.0.0.1", 3001)))
@@ -540,6 +776,42 @@ class ExchangeBoundaryTests(SynchronousTestCase):
         self.assertFalse(connection.transport.disconnecting)
         connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         self.assertEqual((second.body, second.done, second.error), (b"ok", True, None))
+
+    def test_unsolicited_answer_in_the_same_read(self) -> None:
+        """
+        A second answer in the same read as a complete one is not relayed
+        (the sink gets one head and one end); the connection is not pooled.
+        """
+        connection = UpstreamConnection(self.client, self.server)
+        connection.makeConnection(StringTransport())
+        sink = _CallsSink()
+        connection.send(_request(), sink, reused=False)
+        connection.dataReceived(
+            b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nxy"
+        )
+        self.assertEqual(sink.calls, [("headers", 204), "done"])
+        self.assertIs(connection.state, ConnectionState.CLOSING)
+        self.assertEqual(self.client.idle_count(self.server), 0)
+
+    def test_abandoned_inside_a_callback(self) -> None:
+        """
+        A sink that abandons the exchange from inside C{response_headers}
+        hears nothing more of it, and nothing raises.
+        """
+        connection = UpstreamConnection(self.client, self.server)
+        connection.makeConnection(StringTransport())
+
+        class AbandoningSink(_CallsSink):
+            def response_headers(self, status, reason, headers, producer) -> None:
+                super().response_headers(status, reason, headers, producer)
+                abandon()
+
+        sink = AbandoningSink()
+        abandon = connection.send(_request(), sink, reused=False)
+        connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(sink.calls, [("headers", 200)])
+        self.assertIs(connection.state, ConnectionState.CLOSING)
+        self.assertTrue(connection.transport.disconnecting)
 
     def test_abandon_in_flight(self) -> None:
         """
