@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.upstream.test_connection -*-
 """
-The upstream client: pooled keep-alive HTTP/1.1 connections to app servers.
+One keep-alive HTTP/1.1 connection to an app server, and what it sends.
 
 Why not L{twisted.web.client.Agent} over an C{HTTPConnectionPool}: measured
 on this machine (see C{bench/RESULTS.md} and DESIGN.md), a proxy built on
@@ -11,14 +11,11 @@ is that lean protocol: one exchange at a time per connection, the response
 parsed by C{httptools} (the llhttp parser from Node.js: strict, fast, well
 kept) rather than by hand, and bytes passed straight to an L{IResponseSink}.
 
-Pieces:
-  - L{UpstreamConnection}: one TCP connection; sends a request head and body,
-    parses the answer, enforces the read timeout, and is an C{IPushProducer}
-    so the client side can pause it (backpressure).
-  - L{UpstreamClient}: per server, a stack of idle connections (nginx's
-    C{keepalive N}) and the endpoint to make new ones.
-  - L{UpstreamError} and subclasses: why an exchange failed, and whether it
-    is safe to send the request elsewhere.
+Pieces: L{UpstreamConnection} (with its L{ConnectionState}) sends a
+request head and body, parses the answer, enforces the read timeout, and is
+an C{IPushProducer} so the client side can pause it (backpressure);
+L{UpstreamRequest} and L{serialize_request_head} make what it sends.  The
+idle pool is L{lbproxy.upstream.client}; the failure kinds, L{lbproxy.errors}.
 """
 
 from __future__ import annotations
