@@ -22,8 +22,8 @@ from twisted.python import usage
 from lbproxy import __version__
 from lbproxy.config import commandline
 from lbproxy.config.model import Config, ServerConfig
-from lbproxy.http.https import https_request_factory
-from lbproxy.http.site import ProxySite, client_settings
+from lbproxy.http.accesslog import AccessLog, TwistdLog, open_sink
+from lbproxy.http.site import ProxySite
 from lbproxy.proxy.resource import BalancingProxyResource
 from lbproxy.service.service import ProxyService, build_router, summary
 from lbproxy.service.validate import check_config, load_checked
@@ -115,13 +115,17 @@ class _UpstreamClientService(TimerService):
         return result
 
 
-def build_site(config: Config, reactor: Any, clock: Any = None) -> tuple[ProxySite, UpstreamClient]:
+def build_site(
+    config: Config, reactor: Any, clock: Any = None, open_log: bool = True
+) -> tuple[ProxySite, UpstreamClient]:
     """
     Build the proxy's site and upstream client, without listening.
 
     @param config: the configuration.
     @param reactor: what connects to app servers.
     @param clock: what times timeouts; the reactor if L{None}.
+    @param open_log: open the access log now (through Twisted's logger
+        for C{-}); the service opens it when it starts instead.
     @return: the site to listen with and the client it sends through.
     """
     clock = clock if clock is not None else reactor
@@ -138,19 +142,17 @@ def build_site(config: Config, reactor: Any, clock: Any = None) -> tuple[ProxySi
     resource = BalancingProxyResource(
         build_router(config, clock), client, send_timeout=config.send_timeout
     )
-    site = ProxySite(
-        resource,
-        client_timeout=config.client_timeout,
-        access_log=config.access_log,
-        reactor=clock,
-        **client_settings(config),
-    )
-    site.requestFactory = https_request_factory(config.redirect_https, config.hsts)
+    sink = open_sink(config.access_log, None) if open_log else None
+    site = ProxySite(resource, config, AccessLog(clock, sink), clock)
     return site, client
 
 
 def make_proxy_service(
-    config: Config, reactor: Any, config_path: str | None = None, daemon: bool = False
+    config: Config,
+    reactor: Any,
+    config_path: str | None = None,
+    daemon: bool = False,
+    twistd_log: TwistdLog | None = None,
 ) -> tuple[ProxyService, ProxySite]:
     """
     Build lbproxy's services from a configuration.
@@ -159,6 +161,8 @@ def make_proxy_service(
     @param reactor: the reactor to connect, listen and time with.
     @param config_path: the file to re-read on SIGHUP, if any.
     @param daemon: whether twistd daemonises (see L{ProxyService}).
+    @param twistd_log: where twistd logs, for C{--access-log -}; through
+        Twisted's logger if L{None}.
     @return: the service (start it to serve) and the site, which tests use
         to reach the resource and client.
     """
@@ -171,10 +175,18 @@ def make_proxy_service(
             "demo app servers listening on {addresses}",
             addresses=", ".join(s.address for s in servers),
         )
-    site, client = build_site(config, reactor)
+    site, client = build_site(config, reactor, open_log=False)
     # A reload checks the file as lbproxy check and the start do.
     load = (lambda: load_checked(config_path, reactor)) if config_path else None
-    service = ProxyService(config, reactor, site, client, load, daemon)
+    service = ProxyService(
+        config,
+        reactor,
+        site,
+        client,
+        load,
+        daemon,
+        open_sink=lambda setting: open_sink(setting, twistd_log),
+    )
     if demo_ports:
         _ListeningPortsService(demo_ports).setServiceParent(service)
     _UpstreamClientService(client).setServiceParent(service)
@@ -194,5 +206,7 @@ def makeService(options: Options) -> IService:
     path = getattr(options, "config_path", None)
     twistd = getattr(options, "parent", None)
     daemon = twistd is not None and not twistd.get("nodaemon", True)
-    service, _ = make_proxy_service(options.config, _reactor(), path, daemon)
+    service, _ = make_proxy_service(
+        options.config, _reactor(), path, daemon, TwistdLog.from_options(twistd)
+    )
     return service

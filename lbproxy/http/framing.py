@@ -77,6 +77,7 @@ __all__ = [
     "RequestLine",
     "TOKEN",
     "check_head",
+    "connection_tokens",
     "error_response",
     "parse_header_line",
     "parse_request_line",
@@ -562,3 +563,15 @@ def error_response(error: FramingError, date: bytes | None = None) -> bytes:
     if date is not None:
         head.append(b"Date: " + date)
     return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """
+    The lower-cased option names listed in C{Connection} header values.
+
+    @param values: every value of the C{Connection} header.
+    @return: e.g. C{{b"close", b"x-secret"}}.
+    """
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(b",") if token.strip()
+    )

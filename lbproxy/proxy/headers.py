@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from lbproxy.http.framing import connection_tokens
+
 __all__ = [
     "HOP_BY_HOP",
-    "connection_tokens",
     "end_to_end",
     "upstream_request_headers",
 ]
@@ -49,18 +50,6 @@ _REWRITTEN_UPSTREAM: frozenset[bytes] = frozenset(
         b"content-length",
     }
 )
-
-
-def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
-    """
-    The lower-cased option names listed in C{Connection} header values.
-
-    @param values: every value of the C{Connection} header.
-    @return: e.g. C{{b"close", b"x-secret"}}.
-    """
-    return frozenset(
-        token.strip().lower() for value in values for token in value.split(b",") if token.strip()
-    )
 
 
 def end_to_end(headers: Iterable[Header]) -> list[Header]:

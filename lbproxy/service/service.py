@@ -43,10 +43,12 @@ from lbproxy.balancing.routes import Router
 from lbproxy.balancing.strategies import RoundRobin
 from lbproxy.config.model import Config
 from lbproxy.errors import ConfigError
-from lbproxy.http.https import https_request_factory
+from lbproxy.http import accesslog
+from lbproxy.http.accesslog import LineSink
 from lbproxy.http.servertls import ReloadableTLS
 from lbproxy.http.site import ProxySite
 from lbproxy.service.listeners import error_text, listen_error, with_default_backlog
+from lbproxy.twistedinternals import set_ssl_context_factory
 from lbproxy.upstream.client import UpstreamClient
 from lbproxy.upstream.tls import UpstreamTLS, upstream_tls
 
@@ -124,6 +126,7 @@ class ProxyService(MultiService):
         client: UpstreamClient,
         load: Callable[[], Config] | None = None,
         daemon: bool = False,
+        open_sink: Callable[[str], LineSink | None] | None = None,
     ) -> None:
         """
         @param config: the configuration to start with; C{site}'s resource
@@ -137,6 +140,10 @@ class ProxyService(MultiService):
             file to reload.
         @param daemon: twistd daemonises (no C{-n}): a failed start raises
             L{StartError}, not L{SystemExit}; see L{_cannot_start}.
+        @param open_sink: opens where the access lines of an
+            C{access-log} setting go (L{lbproxy.http.accesslog.open_sink}
+            with where twistd logs), raising L{OSError}; through Twisted's
+            logger if L{None}.
         """
         super().__init__()
         self.config = config
@@ -151,7 +158,7 @@ class ProxyService(MultiService):
         self._previous_sighup: Any = None
         self._reloading = DeferredLock()
         self._listeners_bound = False
-        self._log_held = False
+        self._open_sink = open_sink or (lambda setting: accesslog.open_sink(setting, None))
         self._start_checkers()
         for description in config.listen:
             listener, tls = self._listener(description, config.tls_cert_dir)
@@ -181,7 +188,7 @@ class ProxyService(MultiService):
         if isinstance(endpoint, SSL4ServerEndpoint):
             # Certificates (and the SNI directory) are read again on reload.
             tls = ReloadableTLS(self._reactor, description, cert_dir or None)
-            endpoint._sslContextFactory = tls  # type: ignore[attr-defined]
+            set_ssl_context_factory(endpoint, tls)
         # Fail at once (port in use) rather than log and run deaf.
         service._raiseSynchronously = True  # type: ignore[attr-defined]
         return service, tls
@@ -212,16 +219,10 @@ class ProxyService(MultiService):
             when twistd daemonises.)
         """
         super().privilegedStartService()
-        # Binding starts the site, which opens a file access log: as root,
-        # a new file would be root's, and the user twistd switches to could
-        # not reopen it on SIGHUP.  startService opens it, as that user
-        # (no request is accepted before the reactor runs).
-        path, self.site.logPath = self.site.logPath, None
-        try:
-            self._bind()
-        finally:
-            self.site.logPath = path
-        self._log_held = path is not None
+        # The access log is opened in startService, as the user twistd
+        # switches to: a file created as root could not be reopened by that
+        # user on SIGHUP.  (No request is accepted before the reactor runs.)
+        self._bind()
 
     def _bind(self) -> None:
         if self._listeners_bound:
@@ -260,12 +261,10 @@ class ProxyService(MultiService):
             log file cannot be opened.
         """
         self._bind()
-        if self._log_held:
-            self._log_held = False
-            try:
-                self.site.apply(self.config, self.site.open_access_log(self.config.access_log))
-            except OSError as e:
-                self._cannot_start(f"cannot open access log {self.config.access_log}: {e.strerror}")
+        try:
+            self.site.access_log.replace_sink(self._open_sink(self.config.access_log))
+        except OSError as e:
+            self._cannot_start(f"cannot open access log {self.config.access_log}: {e.strerror}")
         super().startService()
         for checker in self._checkers:
             checker.startService()
@@ -370,9 +369,11 @@ class ProxyService(MultiService):
                 upstream = new
         except ConfigError as e:
             problems.append(str(e))
-        log_file = None
+        log_file: LineSink | None = None
         try:
-            log_file = self.site.open_access_log(config.access_log)
+            # Opened anew even if the path is the same, so that logrotate
+            # can move the file away and then send SIGHUP.
+            log_file = self._open_sink(config.access_log)
         except OSError as e:
             problems.append(f"access log {config.access_log!r}: {e.strerror}")
 
@@ -446,9 +447,8 @@ class ProxyService(MultiService):
         for key, server in known.items():
             if key not in kept:
                 self.client.forget_server(server)
-        self.site.apply(config, log_file)
-        # Each connection takes the site's request class when it is made.
-        self.site.requestFactory = https_request_factory(config.redirect_https, config.hsts)
+        self.site.apply(config)
+        self.site.access_log.replace_sink(log_file)
         for checker in self._checkers:
             checker.stopService()
         self._checkers = []
@@ -519,6 +519,7 @@ class ProxyService(MultiService):
         closing = self.site.close_connections()
         closing.addTimeout(2.0, self._reactor)
         closing.addErrback(lambda reason: reason.trap(TimeoutError))
+        closing.addCallback(lambda _: self.site.access_log.close())
         closing.addCallback(lambda _: super(ProxyService, self).stopService())
         return closing
 

@@ -4,7 +4,8 @@ Request bodies that go to the app server as they arrive from the client.
 
 twisted.web collects a whole request body (in memory or a temporary file)
 before a resource sees the request.  lbproxy instead starts proxying when
-the headers are complete: L{lbproxy.http.site.ProxyRequest} feeds each piece of
+the headers are complete: the client side (L{lbproxy.http.h1},
+L{lbproxy.http.h2request}) feeds each piece of
 the body into a L{StreamingBody}, which writes it to the upstream connection
 as soon as there is one.  Backpressure runs both ways:
 

@@ -193,12 +193,14 @@ class BalancingTests(TestCase):
     def test_http10_client(self):
         """
         An HTTP/1.0 client never gets chunked encoding; the connection
-        closes after the answer.
+        closes after the answer.  The status line says HTTP/1.1, lbproxy's
+        version, as nginx's does (RFC 9110 section 6.2).
         """
         _, done = raw_request(self.proxy_port, b"GET /chunked HTTP/1.0\r\n\r\n")
         data = yield done
         head, body = data.split(b"\r\n\r\n", 1)
-        self.assertTrue(head.startswith(b"HTTP/1.0 200"), head)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.assertIn(b"\r\nConnection: close", head)
         self.assertNotIn(b"chunked", head.lower())
         self.assertEqual(body, b"first,second,third")
 
@@ -555,7 +557,7 @@ class AccessLogTests(TestCase):
         path = self.mktemp()
         proxy_port, site, _ = start_proxy(self, [port], access_log=path)
         yield get(proxy_port, b"/", headers=b"User-Agent: curl/8\r\nReferer: http://r/\r\n")
-        site._logFile.flush()  # lines are written at least once a second
+        site.access_log.flush()  # lines are written at least once a second
         with open(path) as f:
             lines = f.readlines()
         self.assertEqual(len(lines), 1)
@@ -838,7 +840,7 @@ class LoopTests(TestCase):
         The app server sees a C{Via} entry naming this lbproxy, after any
         the client sent.
         """
-        from lbproxy.proxy.resource import VIA_TOKEN
+        from lbproxy.proxy.exchange import VIA_TOKEN
 
         app, _, port = start_app(self, "3000")
         proxy_port, _, _ = start_proxy(self, [port])
@@ -885,7 +887,7 @@ class InternalErrorTests(TestCase):
         C{max-fails 1} the server stays in rotation and the next request
         gets 200 from it.
         """
-        from lbproxy.proxy import resource
+        from lbproxy.proxy import exchange as resource
 
         calls = []
         original = resource.end_to_end
@@ -1025,6 +1027,7 @@ class SendTimeoutTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         from lbproxy.config.model import Config, PoolConfig, ServerConfig
+        from lbproxy.http.accesslog import AccessLog
         from lbproxy.http.site import ProxySite
         from lbproxy.proxy.resource import BalancingProxyResource
         from lbproxy.service.service import build_router
@@ -1035,9 +1038,7 @@ class SendTimeoutTests(SynchronousTestCase):
         self.resource = BalancingProxyResource(
             build_router(config, self.clock), self.upstream, send_timeout=8.0
         )
-        self.site = ProxySite(
-            self.resource, client_timeout=60.0, access_log="off", reactor=self.clock
-        )
+        self.site = ProxySite(self.resource, config, AccessLog(self.clock, None), self.clock)
 
     def _answering(self, transport: StringTransport | None = None):
         """

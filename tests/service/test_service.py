@@ -384,7 +384,7 @@ class DrainTests(TestCase):
         # Every client connection was closed cleanly (its answer flushed)
         # before the stop finished: twistd then stops the reactor, which
         # would drop whatever was still unsent.
-        self.assertEqual(service.site.channels, set())
+        self.assertEqual(service.site.connections, set())
         response = yield slow
         self.assertEqual(response.body, b"held by A")
         # Its access line was written although the listener had stopped.
@@ -835,7 +835,7 @@ class PrivilegedStartTests(TestCase):
         service.startService()
         self.assertTrue(os.path.exists(access_log))
         self.assertEqual((yield get(port)).body, b"PORT A")
-        site._logFile.flush()
+        site.access_log.flush()
         with open(access_log) as f:
             self.assertIn('"GET / HTTP/1.1" 200', f.read())
 

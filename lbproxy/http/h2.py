@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_http2 -*-
+# -*- test-case-name: tests.http.test_h2 -*-
 """
 HTTP/2 client connections behind lbproxy's gate (L{lbproxy.http.h2gate}).
 
@@ -58,7 +58,6 @@ from twisted.logger import Logger
 from twisted.web._http2 import H2Connection
 from twisted.web.http import datetimeToString
 
-from lbproxy.http.channel import _peer
 from lbproxy.http.framing import DEFAULT_LIMITS, REASONS, FramingError, Limits
 from lbproxy.http.h2gate import BodyLength, check_request_headers, check_trailers, hpack_budget
 
@@ -283,15 +282,8 @@ class ProxyH2Connection(H2Connection):
     def _log_refusal(self, error: FramingError) -> None:
         # Through the site's rate-limited log, as HTTP/1.1 refusals: a scan
         # must not flood the log.
-        refusals = getattr(self.site, "refusals", None)
-        if refusals is None:
-            self._log.info(
-                "refused an HTTP/2 request from {peer}: {error}",
-                peer=_peer(self.transport),
-                error=str(error),
-            )
-            return
-        refusals.refused(f"HTTP/2 {error}", _peer(self.transport))
+        peer = getattr(self.transport.getPeer(), "host", "-")
+        self.site.refusals.refused(f"HTTP/2 {error}", str(peer))
 
     def _requestDone(self, streamID: int) -> None:
         """

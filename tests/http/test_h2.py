@@ -1,5 +1,5 @@
 """
-HTTP/2 requests through lbproxy's gate (L{lbproxy.http.http2}, L{lbproxy.http.h2gate}),
+HTTP/2 requests through lbproxy's gate (L{lbproxy.http.h2}, L{lbproxy.http.h2gate}),
 sent by a real h2 client that validates nothing itself, over TLS with ALPN,
 to a real lbproxy on loopback with a recording app server behind it.
 
