@@ -718,7 +718,11 @@ class HTTP11Connection(Protocol):
             self._body_last_read = now
             self._arm(now + self.settings.body_timeout)
             expect = request.header(b"expect")
-            if expect is not None and expect.lower() == b"100-continue" and head.version == b"HTTP/1.1":
+            if (
+                expect is not None
+                and expect.lower() == b"100-continue"
+                and head.version == b"HTTP/1.1"
+            ):
                 # RFC 9110 section 10.1.1: lbproxy reads the body at once.
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         else:

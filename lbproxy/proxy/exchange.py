@@ -36,24 +36,51 @@ from __future__ import annotations
 import enum
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from lbproxy.balancing.pool import Pool, Server
+from lbproxy.balancing.routes import Router
 from lbproxy.errors import UpstreamError
 from lbproxy.http.request import ClientRequest, Header
 from lbproxy.proxy.headers import end_to_end, upstream_request_headers
 from lbproxy.proxy.retry import Next, after_failure
 from lbproxy.upstream.body import StreamingBody
+from lbproxy.upstream.client import UpstreamClient
 from lbproxy.upstream.connection import UpstreamRequest, serialize_request_head
 
-if TYPE_CHECKING:
-    from lbproxy.proxy.resource import BalancingProxyResource
 
-__all__ = ["VIA_TOKEN", "ProxyExchange", "State", "build_upstream_request"]
+class ExchangeOwner(Protocol):
+    """
+    What an exchange needs of the proxy resource that made it: the routes
+    and pools in force, the upstream client, the send timeout, a C{Date}
+    for its own answers, and the count of exchanges in flight.
+    """
+
+    router: Router[Pool]
+    client: UpstreamClient
+    send_timeout: float
+
+    def exchange_started(self, exchange: ProxyExchange) -> None:
+        """
+        C{exchange} is in flight.
+        """
+
+    def exchange_ended(self, exchange: ProxyExchange) -> None:
+        """
+        C{exchange} is over.
+        """
+
+    def date(self) -> bytes:
+        """
+        The current C{Date} header value.
+        """
+
+
+__all__ = ["VIA_TOKEN", "ExchangeOwner", "ProxyExchange", "State", "build_upstream_request"]
 
 #: Names this process in the C{Via} header it adds (RFC 9110 section 7.6.3),
 #: so that a request coming back to it is recognised as a loop (508) rather
@@ -112,7 +139,7 @@ class ProxyExchange:
     )
     _log = Logger()
 
-    def __init__(self, resource: BalancingProxyResource, request: ClientRequest) -> None:
+    def __init__(self, resource: ExchangeOwner, request: ClientRequest) -> None:
         """
         @param resource: the proxy resource: routes, the upstream client,
             the send timeout, and the count of exchanges in flight.
