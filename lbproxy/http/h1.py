@@ -98,6 +98,10 @@ EAGER_READ = 16 * 1024
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 
+#: Bytes of an answer collected before they are written even without a
+#: flush (each read from the app server is flushed anyway).
+_FLUSH_SIZE = 64 * 1024
+
 #: A C{Host} value lbproxy puts in a redirect: a name, IPv4 address or
 #: bracketed IPv6 address, with an optional port.
 _REDIRECT_HOST = re.compile(rb"([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]+)?")
@@ -275,6 +279,8 @@ class HTTP11Request:
         "finished",
         "keep_alive",
         "_chunked",
+        "_out",
+        "_out_size",
     )
 
     def __init__(self, connection: HTTP11Connection, head: RequestHead, started: float) -> None:
@@ -291,6 +297,8 @@ class HTTP11Request:
         self.finished = False
         self.keep_alive = head.version == b"HTTP/1.1"
         self._chunked = False
+        self._out: list[bytes] = []
+        self._out_size = 0
 
     @property
     def secure(self) -> bool:
@@ -380,29 +388,47 @@ class HTTP11Request:
         parts.append(b"\r\n")
         if producer is not None:
             connection.answer_producer(producer)
-        connection.write(b"".join(parts))
+        self._out = [b"".join(parts)]
+        self._out_size = 0
 
     def write(self, data: bytes) -> None:
         """
-        Write a piece of the answer's body.
+        Write a piece of the answer's body: collected until L{flush} (or
+        64 KiB), so that the head and the body of a small answer go out in
+        one system call.
         """
         if not data or self.finished:
             return
         self.bytes_sent += len(data)
+        out = self._out
         if self._chunked:
-            self._connection.write(b"%x\r\n%s\r\n" % (len(data), data))
+            out.append(b"%x\r\n%s\r\n" % (len(data), data))
         else:
-            self._connection.write(data)
+            out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= _FLUSH_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        """
+        Send what was collected.
+        """
+        out = self._out
+        if out:
+            self._out = []
+            self._out_size = 0
+            self._connection.write(out[0] if len(out) == 1 else b"".join(out))
 
     def finish(self) -> None:
         """
-        The answer is complete.
+        The answer is complete: send it all.
         """
         if self.finished:
             return
         self.finished = True
         if self._chunked:
-            self._connection.write(b"0\r\n\r\n")
+            self._out.append(b"0\r\n\r\n")
+        self.flush()
         self._connection.answer_done(self)
 
     def abort(self) -> None:

@@ -260,6 +260,11 @@ class H2Request(server.Request):
         if channel is not None:
             channel.abortConnection()
 
+    def flush(self) -> None:
+        """
+        Nothing held back: Twisted's HTTP/2 connection sends by priority.
+        """
+
     def unsent(self) -> int | None:
         """
         Unknown on a stream: its flow control resumes the exchange whenever

@@ -111,9 +111,15 @@ class ClientRequest(Protocol):
         Write a piece of the answer's body.
         """
 
+    def flush(self) -> None:
+        """
+        Send what C{respond} and C{write} collected: they may hold it back
+        so that a head and a small body go out in one write.
+        """
+
     def finish(self) -> None:
         """
-        The answer is complete.
+        The answer is complete (and what was collected is sent).
         """
 
     def abort(self) -> None:

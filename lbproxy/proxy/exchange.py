@@ -256,6 +256,13 @@ class ProxyExchange:
         if self.state is State.RELAYING:
             self._request.write(data)
 
+    def response_read_done(self) -> None:
+        """
+        One read of the answer is relayed: send it on to the client.
+        """
+        if self.state is State.RELAYING:
+            self._request.flush()
+
     def response_done(self) -> None:
         """
         The answer is complete: finish the client's answer.

@@ -138,6 +138,13 @@ class IResponseSink(TypingProtocol):
         A piece of the body arrived, already de-chunked.
         """
 
+    def response_read_done(self) -> None:
+        """
+        What one read of the server's bytes held has been delivered, and
+        the answer goes on: a moment to send on what was collected (the
+        head and the first piece of the body go out together).
+        """
+
     def response_done(self) -> None:
         """
         The answer is complete.
@@ -366,6 +373,10 @@ class UpstreamConnection(Protocol):
                 self._fail(InvalidResponse(self._too_big_header()))
         elif self.state is DONE:
             self._finish_exchange()
+        elif self._sink is not None and self.state is not READING_HEAD:
+            # The head, and maybe some body, went to the sink in this read;
+            # more will come in later ones.
+            self._sink.response_read_done()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """

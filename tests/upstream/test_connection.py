@@ -55,6 +55,9 @@ class RecordingSink:
     def response_body(self, data: bytes) -> None:
         self.body += data
 
+    def response_read_done(self) -> None:
+        self.reads = getattr(self, "reads", 0) + 1
+
     def response_done(self) -> None:
         self.done = True
 
