@@ -584,7 +584,9 @@ class FailoverIntegrationTests(TestCase):
 def _until(condition, limit: float = 10.0):
     """
     Poll the reactor (not sleep) until C{condition()} holds, at most
-    C{limit} seconds.
+    C{limit} seconds: for the integration tests whose outcome comes from
+    real health checks over real sockets (the unit tests of checks and
+    pools use a Clock).
     """
     waited = 0.0
     while not condition():

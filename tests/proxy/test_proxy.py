@@ -442,8 +442,10 @@ class StreamingTests(TestCase):
 
         client.on_data = pause_on_first_data
         yield first
-        # Wait, by polling the reactor (not sleeping), until the app server
-        # has been stuck (paused, sending nothing more) for a while.
+        # Real time is needed here: the socket buffers between the app,
+        # lbproxy and the client fill as the kernel moves bytes, and no
+        # event says "the app server is held back for good"; so the reactor
+        # is polled (never slept) until the app stays paused.
         stream = None
         last_sent, stable = -1, 0
         for _ in range(400):
@@ -777,8 +779,10 @@ class UploadTests(TestCase):
         yield client.made
         uploader = _Uploader(client.transport, total)
         yield stalled
-        # Poll the reactor (no sleeping) until the uploader has been held
-        # back for a while.
+        # Real time is needed here: the socket buffers between the client,
+        # lbproxy and the app fill as the kernel moves bytes, and no event
+        # says "the client is held back for good"; so the reactor is polled
+        # (never slept) until the uploader stays paused.
         stable, last = 0, -1
         for _ in range(500):
             yield deferLater(reactor, 0.02, lambda: None)

@@ -281,11 +281,16 @@ class ReloadTests(TestCase):
         _, _, port_b = start_app(self, "B")
         service, proxy_port = yield self._start(_toml([port_a]))
         self._write(_toml([port_b]))
+        reloaded: Deferred[bool] = Deferred()
+        reload = service.reload
+
+        def reload_and_tell() -> Deferred[bool]:
+            return reload().addCallback(lambda applied: reloaded.callback(applied))
+
+        self.patch(service, "reload", reload_and_tell)
         os.kill(os.getpid(), signal.SIGHUP)
-        for _ in range(200):
-            if service.config.pools[0].servers[0].port == port_b:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
+        yield reloaded
+        self.assertEqual(service.config.pools[0].servers[0].port, port_b)
         self.assertEqual((yield get(proxy_port)).body, b"PORT B")
 
     @inlineCallbacks
