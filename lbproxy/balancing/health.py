@@ -42,6 +42,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from lbproxy.balancing.pool import Pool, Server
+from lbproxy.balancing.server import AdminState
 from lbproxy.upstream.client import connect_failure_text
 from lbproxy.upstream.tls import UpstreamTLS
 
@@ -256,6 +257,9 @@ class HealthChecker(Service):
         loop for good.  The loop waits for it, so checks never overlap.
         """
         pool = self._pool.config
+        if server.admin is AdminState.MAINT:
+            # Maintenance pauses checks (HAProxy's maint): nothing to learn.
+            return succeed(None)
         try:
             checking = self._probe(server)
         except Exception:

@@ -14,8 +14,12 @@ to be in:
     C{fail_timeout} eject it for C{fail_timeout} (nginx); C{rise}
     consecutive passing checks after the ejection bring it back sooner.
 
-Every change of state is logged once, naming the server and why.  Nothing
-here does network I/O; time comes from the clock the pool is given.
+A third, the operator's (L{AdminState}: drain, maintenance), takes a server
+out whatever its health.  Every change of state is logged once, naming the
+server and why.  The pool also counts each server's requests, answers,
+failures and response times (L{lbproxy.balancing.server.ServerStats}) as
+exchanges tell it.  Nothing here does network I/O; time comes from the
+clock the pool is given.
 """
 
 from __future__ import annotations
@@ -26,56 +30,13 @@ from typing import cast
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from lbproxy.config.model import PoolConfig, ServerConfig
+from lbproxy.balancing.server import AdminState, Server
+from lbproxy.config.model import PoolConfig
 from lbproxy.interfaces import IBalancer
 
-__all__ = ["Pool", "Server"]
+__all__ = ["Pool", "Server", "status_class"]
 
 _NEVER = float("inf")
-
-
-class Server:
-    """
-    One upstream server in a pool.
-
-    @ivar config: what the configuration says about it.
-    @ivar address: C{host:port}, for logs and error messages.
-    @ivar up: whether it may take requests (derived from the two below).
-    @ivar checked_up: what active checks say.
-    @ivar ejected_until: until when passive tracking keeps it out (0: not
-        ejected).
-    @ivar weight: its share of requests relative to its pool's others.
-    """
-
-    __slots__ = (
-        "config",
-        "address",
-        "up",
-        "weight",
-        "checked_up",
-        "ejected_until",
-        "check_passes",
-        "check_failures",
-        "fails",
-        "fails_since",
-    )
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.config = config
-        self.address = config.address
-        self.weight = config.weight
-        # Servers start in rotation, as in HAProxy and nginx: a dead one is
-        # found by its first failed attempt or its first `fall` checks.
-        self.up = True
-        self.checked_up = True
-        self.ejected_until = 0.0
-        self.check_passes = 0
-        self.check_failures = 0
-        self.fails = 0
-        self.fails_since = 0.0
-
-    def __repr__(self) -> str:
-        return f"<Server {self.address} {'up' if self.up else 'down'}>"
 
 
 class Pool:
@@ -193,6 +154,7 @@ class Pool:
         """
         A health check of C{server} passed.
         """
+        server.stats.last_check = (self._clock.seconds(), True, "passed")
         server.check_failures = 0
         server.check_passes += 1
         rise = self.config.rise
@@ -207,6 +169,7 @@ class Pool:
         """
         A health check of C{server} failed because of C{reason}.
         """
+        server.stats.last_check = (self._clock.seconds(), False, reason)
         server.check_passes = 0
         server.check_failures += 1
         fall = self.config.fall
@@ -214,17 +177,82 @@ class Pool:
             server.checked_up = False
             self._update(server, f"{server.check_failures} checks failed: {reason}")
 
+    # The operator's states.
+
+    def set_admin(self, server: Server, state: AdminState) -> None:
+        """
+        Put C{server} in an admin state (drain, maintenance, back to
+        normal), logged; requests in flight to it finish either way.
+        """
+        if server.admin is state:
+            return
+        server.admin = state
+        self._log.info(
+            "upstream {server} {state} (operator)",
+            server=server.address,
+            state=state.value.upper(),
+            pool=self.name,
+        )
+        self._update(server, "operator")
+
+    # What exchanges tell: attempts and their ends.
+
+    def attempt_started(self, server: Server, retry: bool) -> None:
+        """
+        A request goes to C{server}.
+
+        @param retry: it is the request's second or later attempt.
+        """
+        server.active += 1
+        stats = server.stats
+        stats.requests += 1
+        if retry:
+            stats.retries += 1
+
+    def attempt_ended(self, server: Server, status: int, elapsed: float | None) -> None:
+        """
+        An attempt on C{server} ended.
+
+        @param status: the answer's status, or 0 if it failed (then
+            C{attempt_failed} tells why, if it was the server's fault).
+        @param elapsed: seconds from sending to the complete answer, if
+            there was one.
+        """
+        server.active -= 1
+        stats = server.stats
+        if status:
+            stats.by_class[status_class(status)] += 1
+        else:
+            stats.failures += 1
+        if elapsed is not None:
+            stats.latency.record(self._clock.seconds(), elapsed)
+
     def _update(self, server: Server, why: str) -> None:
-        up = server.checked_up and not server.ejected_until
+        healthy = server.checked_up and not server.ejected_until
+        if not healthy and why != "operator":
+            server.down_reason = why
+        server.healthy = healthy
+        up = healthy and server.admin is AdminState.NORMAL
         if up == server.up:
             return
         server.up = up
         if up:
+            server.down_reason = ""
             self._all_down_reported = False
-            self._log.info(
-                "upstream {server} UP ({why})", server=server.address, why=why, pool=self.name
-            )
-        else:
+            if why != "operator":
+                self._log.info(
+                    "upstream {server} UP ({why})", server=server.address, why=why, pool=self.name
+                )
+        elif why != "operator":
             self._log.warn(
                 "upstream {server} DOWN ({why})", server=server.address, why=why, pool=self.name
             )
+
+
+def status_class(status: int) -> str:
+    """
+    C{"2xx"} for 200-299 and so on (C{"5xx"} for anything odd).
+    """
+    if 100 <= status < 600:
+        return f"{status // 100}xx"
+    return "5xx"

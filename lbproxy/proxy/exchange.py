@@ -136,6 +136,8 @@ class ProxyExchange:
         "_send_timer",
         "_stalled_since",
         "_unsent",
+        "_sent_at",
+        "_status",
     )
     _log = Logger()
 
@@ -159,6 +161,8 @@ class ProxyExchange:
         self._send_timer: IDelayedCall | None = None
         self._stalled_since = 0.0
         self._unsent: int | None = None
+        self._sent_at = 0.0
+        self._status = 0
 
     def start(self) -> None:
         """
@@ -196,8 +200,30 @@ class ProxyExchange:
                 self._answer_error(503, b"Service Unavailable", b"no healthy upstream")
             return
         self._tried.append(server)
-        self._server = server
+        self._begin(server)
         self._abandon = self._resource.client.send(server, self._upstream_request, self)
+
+    def _begin(self, server: Server) -> None:
+        """
+        An attempt on C{server} starts (counted by its pool).
+        """
+        assert self._pool is not None
+        self._server = server
+        self._status = 0
+        self._sent_at = self._resource.client.clock.seconds()
+        self._pool.attempt_started(server, retry=len(self._tried) > 1 or self._resent)
+
+    def _finish_attempt(self, complete: bool) -> None:
+        """
+        The current attempt ended: answered whole (C{complete}), or not.
+        """
+        server, self._server = self._server, None
+        if server is None or self._pool is None:
+            return
+        elapsed = None
+        if complete:
+            elapsed = self._resource.client.clock.seconds() - self._sent_at
+        self._pool.attempt_ended(server, self._status if complete else 0, elapsed)
 
     def _end(self) -> None:
         """
@@ -211,6 +237,7 @@ class ProxyExchange:
         abandon, self._abandon = self._abandon, None
         if abandon is not None:
             abandon()
+        self._finish_attempt(complete=False)
 
     def abort(self) -> None:
         """
@@ -244,6 +271,7 @@ class ProxyExchange:
         if self.state is not State.WAITING:
             return
         self._producer = producer
+        self._status = status
         self._request.respond(status, reason, end_to_end(headers), self)
         # The answer has started: a later failure resets the client.  (A
         # failure above, a bug, still gets the client a plain 502.)
@@ -269,6 +297,7 @@ class ProxyExchange:
         """
         if self.state is not State.RELAYING:
             return
+        self._finish_attempt(complete=True)
         self._end()
         self._request.finish()
 
@@ -282,6 +311,7 @@ class ProxyExchange:
         request = self._request
         server = self._server
         assert server is not None and self._pool is not None
+        self._finish_attempt(complete=False)
         self._log.warn(
             "upstream {server} failed: {reason} ({method} {target})",
             server=server.address,
@@ -308,6 +338,7 @@ class ProxyExchange:
             self._attempt()
         elif decision is Next.FRESH_CONNECTION:
             self._resent = True
+            self._begin(server)
             client = self._resource.client
             self._abandon = client.send_fresh(server, self._upstream_request, self)
         elif decision is Next.GATEWAY_TIMEOUT:
