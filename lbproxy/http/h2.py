@@ -270,8 +270,13 @@ class ProxyH2Connection(H2Connection):
             else:
                 kept.append(event)
         if known:
-            reset = StreamReset()
-            reset.stream_id = stream_id
+            try:
+                reset = StreamReset(stream_id=stream_id)
+            except TypeError:
+                # h2 before 4.3 (setup.cfg's floor is 4.1) takes no arguments;
+                # 4.3 made the events dataclasses with a required stream_id.
+                reset = StreamReset()  # type: ignore[call-arg]
+                reset.stream_id = stream_id
             reset.error_code = ErrorCodes.PROTOCOL_ERROR
             reset.remote_reset = False
             kept.append(reset)
