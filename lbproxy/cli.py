@@ -75,10 +75,10 @@ def selftest(url: str, timeout: float = 5.0) -> int:
             raise SystemExit(1)
 
     try:
+        # react always ends with SystemExit, whatever the coroutine does.
         react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
     except SystemExit as e:
         return int(e.code or 0)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

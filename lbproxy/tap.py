@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import gc
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, Service
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
@@ -76,7 +78,9 @@ class _ListeningPortsService(Service):
         super().stopService()
         from twisted.internet.defer import gatherResults
 
-        return gatherResults([port.stopListening() for port in self._ports])
+        # TCP ports (listen_demo_apps) always answer with a Deferred; the
+        # interface allows None.
+        return gatherResults([cast(Deferred[None], port.stopListening()) for port in self._ports])
 
 
 class _FreezeStartupObjects(Service):
@@ -169,7 +173,10 @@ def make_proxy_service(
     demo_ports = []
     if config.demo:
         demo_ports = listen_demo_apps(reactor)
-        servers = tuple(ServerConfig("127.0.0.1", port.getHost().port) for port in demo_ports)
+        # TCP ports on 127.0.0.1: their address is an IPv4Address.
+        servers = tuple(
+            ServerConfig("127.0.0.1", cast(IPv4Address, port.getHost()).port) for port in demo_ports
+        )
         config = replace(config, pools=(replace(config.pools[0], servers=servers),))
         _log.info(
             "demo app servers listening on {addresses}",

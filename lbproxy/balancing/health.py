@@ -19,7 +19,7 @@ mid-answer does not keep a socket per check.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet import error
@@ -170,7 +170,7 @@ def agent_probe(
         # connection is this check's alone to abort.
         connections = _CheckConnections(reactor)
         agent = Agent(reactor, policy, connectTimeout=timeout, pool=connections)
-        checking = agent.request(b"GET", url, headers)
+        answering = agent.request(b"GET", url, headers)
 
         def got_response(response: IResponse) -> Deferred[int]:
             done: Deferred[None] = Deferred()
@@ -181,7 +181,8 @@ def agent_probe(
             connections.abort()
             return reason
 
-        checking.addCallback(got_response)
+        # (The same Deferred throughout: each step returns it, retyped.)
+        checking = answering.addCallback(got_response)
         checking.addTimeout(timeout, reactor, onTimeoutCancel=_timed_out)
         return checking.addErrback(failed)
 
@@ -199,7 +200,9 @@ def _failure_reason(failure: Failure) -> str:
     reasons = getattr(failure.value, "reasons", None)
     if reasons:
         failure = reasons[0]
-    return connect_failure_text(failure) or failure.type.__name__
+    # A Failure always has its exception's type (Twisted types it Optional).
+    kind = cast(type[BaseException], failure.type)
+    return connect_failure_text(failure) or kind.__name__
 
 
 class HealthChecker(Service):
@@ -276,10 +279,10 @@ class HealthChecker(Service):
         def failed(reason: Failure) -> None:
             self._pool.check_failed(server, _failure_reason(reason))
 
-        checking.addCallbacks(answered, failed)
-        checking.addErrback(
+        checked = checking.addCallbacks(answered, failed)
+        checked.addErrback(
             lambda reason: self._log.failure(
                 "health check of {server} failed", reason, server=server.address
             )
         )
-        return checking
+        return checked

@@ -71,6 +71,7 @@ from lbproxy.http.framing import (
     error_response,
 )
 from lbproxy.http.request import ClientRequest, Header, RequestExchange
+from lbproxy.interfaces import IStreamTransport
 from lbproxy.twistedinternals import send_now, unsent_bytes
 from lbproxy.upstream.body import StreamingBody
 
@@ -480,6 +481,9 @@ class HTTP11Connection(Protocol):
     """
 
     _log = Logger()
+    # Set by makeConnection before any other event; read only while
+    # _connected (Twisted types it as an optional ITransport).
+    transport: IStreamTransport
 
     def __init__(
         self, settings: ConnectionSettings, clock: IReactorTime, host: ConnectionHost | None = None

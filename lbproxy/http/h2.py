@@ -40,7 +40,7 @@ C{h2} that C{setup.cfg} allows (C{.ci/run}).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h2.connection
 from h2.config import H2Configuration
@@ -60,6 +60,11 @@ from twisted.web.http import datetimeToString
 
 from lbproxy.http.framing import DEFAULT_LIMITS, REASONS, FramingError, Limits
 from lbproxy.http.h2gate import BodyLength, check_request_headers, check_trailers, hpack_budget
+from lbproxy.interfaces import IStreamTransport
+
+if TYPE_CHECKING:
+    from lbproxy.http.h2request import H2Request
+    from lbproxy.http.site import ProxySite
 
 __all__ = ["ProxyH2Connection"]
 
@@ -115,8 +120,10 @@ class _GatedH2(h2.connection.H2Connection):
         the gate checks the same per stream.
         """
         stream = super()._begin_new_stream(stream_id, allowed_ids)
-        stream._initialize_content_length = _unchecked
-        stream._track_content_length = _unchecked
+        # Replaced on this stream object only; mypy checks a function put in
+        # a method's place as if it were to be bound to the stream.
+        stream._initialize_content_length = _unchecked  # type: ignore[method-assign, assignment]
+        stream._track_content_length = _unchecked  # type: ignore[method-assign, assignment]
         return stream
 
     def reset_stream(self, stream_id: int, error_code: int = ErrorCodes.INTERNAL_ERROR) -> None:
@@ -139,6 +146,15 @@ class ProxyH2Connection(H2Connection):
     """
 
     _log = Logger()
+    # Set by ProxySite.http2_connection before the connection starts
+    # (Twisted's H2Connection reads requestFactory without declaring it,
+    # and declares site and factory as None until a factory sets them).
+    requestFactory: type[H2Request]
+    site: ProxySite  # type: ignore[assignment]
+    factory: ProxySite  # type: ignore[assignment]
+    # Set by makeConnection before any other event: the HTTP/1.1
+    # connection's (lbproxy.http.h1), handed over after ALPN.
+    transport: IStreamTransport
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS, reactor: Any = None) -> None:
         """
@@ -270,8 +286,13 @@ class ProxyH2Connection(H2Connection):
             else:
                 kept.append(event)
         if known:
-            reset = StreamReset()
-            reset.stream_id = stream_id
+            try:
+                reset = StreamReset(stream_id=stream_id)
+            except TypeError:
+                # h2 before 4.3 (setup.cfg's floor is 4.1) takes no arguments;
+                # 4.3 made the events dataclasses with a required stream_id.
+                reset = StreamReset()  # type: ignore[call-arg]
+                reset.stream_id = stream_id
             reset.error_code = ErrorCodes.PROTOCOL_ERROR
             reset.remote_reset = False
             kept.append(reset)

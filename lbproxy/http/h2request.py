@@ -15,7 +15,7 @@ chunked).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -27,6 +27,11 @@ from twisted.web.http_headers import Headers
 from lbproxy.http.framing import REASONS
 from lbproxy.http.request import Header, RequestExchange
 from lbproxy.upstream.body import StreamingBody
+
+if TYPE_CHECKING:
+    from twisted.web._http2 import H2Stream
+
+    from lbproxy.http.site import ProxySite
 
 __all__ = ["H2Request"]
 
@@ -48,6 +53,11 @@ class H2Request(server.Request):
     # twisted.web would add "Content-Type: text/html" to answers without
     # one, and "Server"/"Date" of its own; the app server's pass through.
     defaultContentType = None
+    # Twisted types a request's channel as an HTTP/1.1 HTTPChannel; on
+    # HTTP/2 it is the stream, which makes the request and then calls
+    # gotLength, where the site (lbproxy's) is set.
+    channel: H2Stream  # type: ignore[assignment]
+    site: ProxySite
     exchange: RequestExchange | None = None
     body: StreamingBody | None = None
     _waiting = False
@@ -159,7 +169,7 @@ class H2Request(server.Request):
         """
         The stream's C{:path}, as the gate passed it.
         """
-        return self.uri  # type: ignore[no-any-return]
+        return self.uri
 
     @property
     def version(self) -> bytes:
@@ -208,14 +218,14 @@ class H2Request(server.Request):
         """
         The answer's status, for the access log.
         """
-        return self.code  # type: ignore[no-any-return]
+        return self.code
 
     @property
     def bytes_sent(self) -> int:
         """
         Body bytes written, for the access log.
         """
-        return self.sentLength  # type: ignore[no-any-return]
+        return self.sentLength
 
     def header(self, name: bytes) -> bytes | None:
         """
@@ -294,8 +304,11 @@ class H2Request(server.Request):
 
     def _start(self) -> None:
         stream = self.channel
-        self.method = stream.command
-        self.uri = stream.path
+        # The stream took them from :method and :path, which the gate
+        # (lbproxy.http.h2gate) lets no head without; Twisted starts them
+        # as None.
+        self.method = cast(bytes, stream.command)
+        self.uri = cast(bytes, stream.path)
         self.clientproto = b"HTTP/2"
         self.site = stream.site
         self.prepath = []

@@ -156,12 +156,15 @@ class SNIContextFactory:
             context.set_alpn_select_callback(self._select_protocol)
         return context
 
-    def _select_protocol(self, connection: SSL.Connection, offered: list[bytes]) -> bytes:
+    def _select_protocol(
+        self, connection: SSL.Connection, offered: list[bytes]
+    ) -> bytes | SSL._NoOverlappingProtocols:
+        # (pyOpenSSL names the type of its sentinel privately; annotation only.)
         for protocol in self._protocols:
             if protocol in offered:
                 return protocol
         # No protocol in common: carry on without ALPN (RFC 7301 allows it).
-        return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[no-any-return]
+        return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
 def server_endpoint(reactor: Any, description: str, cert_dir: str | None) -> IStreamServerEndpoint:
@@ -172,12 +175,12 @@ def server_endpoint(reactor: Any, description: str, cert_dir: str | None) -> ISt
 
     @raise ConfigError: if the certificate directory is unusable.
     """
-    endpoint = serverFromString(reactor, description)
+    endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     if cert_dir is not None and isinstance(endpoint, SSL4ServerEndpoint):
         # SSL4ServerEndpoint has no public way to change its context
         # factory; wrap the one Twisted built from privateKey=/certKey=.
-        endpoint._sslContextFactory = SNIContextFactory(  # type: ignore[attr-defined]
-            endpoint._sslContextFactory,  # type: ignore[attr-defined]
+        endpoint._sslContextFactory = SNIContextFactory(
+            endpoint._sslContextFactory,
             load_cert_dir(cert_dir),
         )
     return endpoint

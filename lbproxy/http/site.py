@@ -79,7 +79,7 @@ class ProxySite(server.Site):
         @param access_log: where answered requests are logged.
         @param reactor: what times connections.
         """
-        super().__init__(handler, reactor=reactor)  # type: ignore[arg-type]
+        super().__init__(handler, reactor=reactor)
         self.handler = handler
         self.access_log = access_log
         self.refusals = RateLimitedLog(reactor)
@@ -117,7 +117,10 @@ class ProxySite(server.Site):
         """
         self.settings = self._settings(config)
 
-    def buildProtocol(self, addr: Any) -> HTTP11Connection:
+    # Twisted types HTTPFactory.buildProtocol as building its HTTP channel;
+    # lbproxy's connections are its own (the site is a twisted.web Site for
+    # Twisted's HTTP/2 code only, see the module docstring).
+    def buildProtocol(self, addr: Any) -> HTTP11Connection:  # type: ignore[override]
         """
         A new client connection.
         """
@@ -170,8 +173,13 @@ class ProxySite(server.Site):
         connection.requestFactory = self.requestFactory
         connection.site = self
         connection.factory = self
-        connection.timeOut = self.settings.client_timeout
-        connection.callLater = self.reactor.callLater
+        # Twisted's TimeoutMixin annotates timeOut as int; it is seconds, and
+        # HTTPFactory's own is int | float.
+        connection.timeOut = self.settings.client_timeout  # type: ignore[assignment]
+        # TimeoutMixin.callLater is the hook Twisted documents for replacing
+        # its clock; mypy checks a bound method put in a method's place as if
+        # it were to be bound again.
+        connection.callLater = self.reactor.callLater  # type: ignore[method-assign, assignment]
         return connection
 
     def close_connections(self) -> Deferred[None]:

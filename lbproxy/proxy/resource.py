@@ -72,7 +72,7 @@ class BalancingProxyResource(ReverseProxyResource):
         """
         ProxyExchange(self, request).start()
 
-    def render(self, request: ClientRequest) -> int:  # type: ignore[override]
+    def render(self, request: ClientRequest) -> int:
         """
         Start proxying a twisted.web request (an HTTP/2 stream).
         """

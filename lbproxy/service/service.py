@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import (
     Deferred,
@@ -182,15 +183,17 @@ class ProxyService(MultiService):
             Twisted cannot parse, unusable certificate files).
         """
         description = with_default_backlog(description)
-        service = strports.service(description, self.site, reactor=self._reactor)
-        endpoint = service.endpoint  # type: ignore[attr-defined]
+        service: StreamServerEndpointService = strports.service(
+            description, self.site, reactor=self._reactor
+        )
+        endpoint = service.endpoint
         tls = None
         if isinstance(endpoint, SSL4ServerEndpoint):
             # Certificates (and the SNI directory) are read again on reload.
             tls = ReloadableTLS(self._reactor, description, cert_dir or None)
             set_ssl_context_factory(endpoint, tls)
         # Fail at once (port in use) rather than log and run deaf.
-        service._raiseSynchronously = True  # type: ignore[attr-defined]
+        service._raiseSynchronously = True
         return service, tls
 
     def _start_checkers(self) -> None:
@@ -497,7 +500,7 @@ class ProxyService(MultiService):
                 timeout=self.config.drain_timeout,
                 count=in_flight,
             )
-        drained = self.resource.drained()
+        drained: Deferred[None] = self.resource.drained()
         drained.addTimeout(self.config.drain_timeout, self._reactor)
 
         def gave_up(reason: Failure) -> None:

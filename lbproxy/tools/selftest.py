@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from lbproxy.tools.corpus import APP, CASES, Case
@@ -129,9 +129,10 @@ def split_statuses(data: bytes) -> tuple[list[int], bool]:
         if status in (204, 304):
             data = rest
         elif b"transfer-encoding" in fields:
-            data = _skip_chunked(rest)
-            if data is None:
+            after = _skip_chunked(rest)
+            if after is None:
                 return statuses, False
+            data = after
         elif b"content-length" in fields and fields[b"content-length"].isdigit():
             data = rest[int(fields[b"content-length"]) :]
         else:
@@ -188,6 +189,10 @@ class _Exchange(Protocol):
     Sends one case and collects every byte until the server closes.
     """
 
+    # Set by makeConnection before connectionMade (Twisted types it as an
+    # optional ITransport); a TCP or TLS client transport.
+    transport: ITCPTransport
+
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
         self.received = b""
@@ -201,7 +206,7 @@ class _Exchange(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.received += data
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.done.callback(not self.timed_out)

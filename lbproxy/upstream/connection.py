@@ -52,6 +52,7 @@ from lbproxy.errors import (
     StaleConnection,
     UpstreamError,
 )
+from lbproxy.interfaces import IStreamTransport
 from lbproxy.upstream.body import StreamingBody
 from lbproxy.upstream.tls import tls_failure_text
 
@@ -278,6 +279,9 @@ class UpstreamConnection(Protocol):
     """
 
     _log = Logger()
+    # Set by makeConnection before any other event (Twisted types it as an
+    # optional ITransport).
+    transport: IStreamTransport
 
     def __init__(self, client: ConnectionOwner, server: UpstreamServer) -> None:
         self._client = client
@@ -625,7 +629,7 @@ class UpstreamConnection(Protocol):
     def _internal_error(self, error: BaseException, doing: str) -> None:
         self._log.failure(
             "lbproxy internal error {doing} from {server}",
-            failure=Failure(error, type(error), error.__traceback__),  # type: ignore[no-untyped-call]
+            failure=Failure(error, type(error), error.__traceback__),
             doing=doing,
             server=self.server.address,
         )

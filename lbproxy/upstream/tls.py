@@ -11,7 +11,7 @@ verifies what requests verify.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from OpenSSL import SSL
 from twisted.internet import ssl
@@ -43,7 +43,10 @@ def tls_failure_text(reason: Failure) -> str | None:
         names = ", ".join(str(getattr(e, "mismatched_id", e)) for e in errors)
         return f"certificate does not match the host name ({names or reason.value})"
     if reason.check(SSL.Error):
-        parts = [item[-1] for item in (reason.value.args[0] if reason.value.args else []) if item]
+        # check() matched: the value is an SSL.Error (a Failure always holds
+        # its exception; Twisted types the attribute Optional).
+        args = cast(SSL.Error, reason.value).args
+        parts = [item[-1] for item in (args[0] if args else []) if item]
         return ", ".join(p for p in parts if p) or "TLS error"
     return None
 
