@@ -192,5 +192,5 @@ class Server:
         C{maintenance}.
         """
         if self.admin is not AdminState.NORMAL:
-            return self.admin.value
+            return str(self.admin.value)
         return "up" if self.healthy else "down"
