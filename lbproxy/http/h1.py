@@ -973,7 +973,9 @@ class HTTP11Connection(Protocol):
         transport.unregisterProducer()
         transport.write(error_response(error, self.settings.date()))
         lose_write = getattr(transport, "loseWriteConnection", None)
-        if lose_write is None:
+        if lose_write is None or self.secure:
+            # Over TLS the attribute is the TCP transport's below it: a FIN
+            # there would cut the TLS stream; close it as TLS does.
             self._close()
             return
         # Lingering close, as nginx's lingering_close: send the answer and a

@@ -20,7 +20,6 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
-from twisted.internet.endpoints import _parse as _parse_endpoint
 from twisted.internet.error import VerifyError
 from twisted.internet.interfaces import IOpenSSLContextFactory, IStreamServerEndpoint
 from twisted.web.http import H2_ENABLED
@@ -28,6 +27,7 @@ from zope.interface import implementer
 
 from lbproxy.errors import ConfigError
 from lbproxy.tlsfiles import MINIMUM_TLS, certificates, private_certificate, private_key, read_pem
+from lbproxy.twistedinternals import parse_endpoint, set_ssl_context_factory, ssl_context_factory
 
 __all__ = [
     "ReloadableTLS",
@@ -47,7 +47,7 @@ def check_listener_files(description: str) -> None:
 
     @raise ConfigError: naming the file and what is wrong with it.
     """
-    args, kwargs = _parse_endpoint(description)
+    args, kwargs = parse_endpoint(description)
     if "ssl" not in args[:2]:  # ssl:..., or a wrapper such as haproxy:ssl:...
         return
     key_path = kwargs.get("privateKey", "server.pem")
@@ -179,9 +179,9 @@ def server_endpoint(reactor: Any, description: str, cert_dir: str | None) -> ISt
     if cert_dir is not None and isinstance(endpoint, SSL4ServerEndpoint):
         # SSL4ServerEndpoint has no public way to change its context
         # factory; wrap the one Twisted built from privateKey=/certKey=.
-        endpoint._sslContextFactory = SNIContextFactory(
-            endpoint._sslContextFactory,
-            load_cert_dir(cert_dir),
+        set_ssl_context_factory(
+            endpoint,
+            SNIContextFactory(ssl_context_factory(endpoint), load_cert_dir(cert_dir)),
         )
     return endpoint
 
@@ -204,7 +204,9 @@ class ReloadableTLS:
 
     def _build(self, cert_dir: str | None) -> Any:
         endpoint = server_endpoint(self._reactor, self._description, cert_dir)
-        return endpoint._sslContextFactory  # type: ignore[attr-defined]
+        # Built only for ssl: listeners (see ProxyService._listener).
+        assert isinstance(endpoint, SSL4ServerEndpoint)
+        return ssl_context_factory(endpoint)
 
     def prepare(self, cert_dir: str | None) -> Any:
         """
