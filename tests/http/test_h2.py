@@ -878,6 +878,33 @@ class BodyTests(HTTP2TestCase):
         yield self.refused(client, stream, reset=_PROTOCOL_ERROR)
 
     @inlineCallbacks
+    def test_long_in_a_later_read(self) -> Any:
+        """
+        A body that outgrows its C{content-length} in a later read, once
+        the request is on its way upstream: only that stream is reset
+        (PROTOCOL_ERROR), its upstream request is abandoned, and the
+        connection serves the next request.  (h2 4.3 and later need the
+        reset event built with its stream id; without it the whole
+        connection failed.)
+        """
+        client = yield self.connect()
+        stream = client.conn.get_next_available_stream_id()
+        client.outcomes[stream] = Outcome()
+        client.conn.send_headers(
+            stream, request(b"POST", b"/post", extra=[(b"content-length", b"5")])
+        )
+        arrived = self.recorder.data_arrived()
+        client.data(stream, b"abc")
+        yield arrived
+        client.data(stream, b"def", end_stream=True)
+        outcome = yield client.outcome(stream)
+        self.assertIsNone(outcome.goaway, outcome)
+        self.assertEqual(outcome.reset, _PROTOCOL_ERROR, outcome)
+        after = yield client.get()
+        self.assertEqual((after.status, after.body), (200, b"ok"), after)
+        self.assertEqual(self.failures(), [])
+
+    @inlineCallbacks
     def test_trailers_pseudo(self) -> Any:
         """
         Trailers with a pseudo-header field: RST_STREAM PROTOCOL_ERROR.
