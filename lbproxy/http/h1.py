@@ -754,6 +754,11 @@ class HTTP11Connection(Protocol):
         self._decoder = None
         self._reading = _Reading.DONE
         self._buffer = rest
+        # The body's pause ends with it: the read that completed it may
+        # also have paused it (the app server's buffer filled), and
+        # nothing resumes a complete body.  What follows is pipelined
+        # requests, held by their own reason.
+        self.resume_reading("body")
         if request is not None and request.body is not None:
             request.body.end()
         if request is None or request.finished:

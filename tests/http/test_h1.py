@@ -595,6 +595,51 @@ class ReadPauseTests(ClientSideTestCase):
         self.handler.requests[0].respond(200, b"OK", [(b"Content-Length", b"1")], producer)
         self.assertTrue(producer.paused)
 
+    def test_complete_body_releases_its_pause(self) -> None:
+        """
+        A body paused by the read that also completed it (more than
+        lbproxy holds while the app server is not connected yet) holds
+        nothing back once it is complete: after its answer, the next
+        request is read.
+        """
+        protocol, transport = self.connection()
+        protocol.dataReceived(
+            b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 70000\r\n\r\n"
+            + b"x" * 70000
+            + b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        answer(self.handler.requests[0])
+        self.assertEqual(self.handler.targets, [b"/1", b"/2"])
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_last_piece_fills_the_app_server(self) -> None:
+        """
+        When the last piece of a body fills the app server's buffer (its
+        transport pauses the body), reading is not left paused: once the
+        request is answered, the keep-alive connection reads its next
+        request.
+        """
+
+        class Filled(StringTransport):
+            """
+            An app server's connection whose buffer each write fills.
+            """
+
+            def write(self, data: bytes) -> None:
+                super().write(data)
+                if self.producer is not None:
+                    self.producer.pauseProducing()
+
+        protocol, transport = self.connection()
+        protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+        request = self.handler.requests[0]
+        upstream = Filled()
+        request.body.attach(upstream)
+        protocol.dataReceived(b"1234567890")
+        self.assertEqual(upstream.value(), b"1234567890")
+        answer(request)
+        self.assertEqual(transport.producerState, "producing")
+
     def test_paused_time_is_not_the_clients(self) -> None:
         """
         Reading paused by the body while the client's write buffer filled
