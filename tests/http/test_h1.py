@@ -771,6 +771,40 @@ class PipeliningTests(ClientSideTestCase):
         self.assertEqual(self.handler.bodies[b"/1"].value(), b"abc")
         self.assertEqual([r.status for r in parse_responses(transport.value())], [200, 200])
 
+    def test_answered_when_body_ends(self) -> None:
+        """
+        A handler that finishes its answer as soon as it has the whole body
+        (inside the body's end): the request pipelined after it is read
+        whole, and its body, though it looks like a request, is a body.
+        """
+        self.handler = AnsweringHandler()
+        protocol, transport = self.connection()
+        inner = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+        protocol.dataReceived(b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
+        protocol.dataReceived(
+            b"abcPOST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\nX" % (len(inner) + 1)
+        )
+        protocol.dataReceived(inner)
+        self.assertEqual(self.handler.targets, [b"/1", b"/2"])
+        self.assertEqual(self.handler.bodies[b"/2"].value(), b"X" + inner)
+        self.assertEqual([r.body for r in parse_responses(transport.value())], [b"/1", b"/2"])
+
+    def test_closing_answer_when_body_ends(self) -> None:
+        """
+        A C{Connection: close} request answered as soon as its body is
+        whole: nothing pipelined after it is read, however much of it
+        came.
+        """
+        self.handler = AnsweringHandler()
+        protocol, transport = self.connection()
+        protocol.dataReceived(
+            b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"
+        )
+        pipelined = b"GET /2 HTTP/1.1\r\nHost: a\r\n" + b"X: %s\r\n" % (b"a" * 4096) * 4 + b"\r\n"
+        protocol.dataReceived(b"abc" + pipelined)
+        self.assertEqual(self.handler.targets, [b"/1"])
+        self.assertTrue(transport.disconnecting)
+
 
 class AnswerFramingTests(ClientSideTestCase):
     """
