@@ -443,3 +443,12 @@ class OpenSinkTests(SynchronousTestCase):
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         sink.write_lines(b"one\ntwo\n")
         self.assertEqual([formatEvent(e) for e in events], ["one", "two"])
+
+    def test_event_namespace(self) -> None:
+        """
+        Access lines logged as events are in the C{lbproxy.access}
+        namespace, for an observer to tell them from the rest of the log.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        EventSink().write_lines(b"one\n")
+        self.assertEqual([e["log_namespace"] for e in events], ["lbproxy.access"])
