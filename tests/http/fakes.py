@@ -55,12 +55,15 @@ class AnsweringHandler(RecordingHandler):
     A handler that takes each request's body whole, as an app server
     would, and then answers C{200} with the request's target as body.
 
-    @ivar bodies: what was read of each request's body, by target.
+    @ivar bodies: where each request's body was written, by target.
+    @ivar uploads: each request with a body, and where it was written, in
+        the order handled.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.bodies: dict[bytes, StringTransport] = {}
+        self.uploads: list[tuple[Any, StringTransport]] = []
 
     def handle(self, request: ClientRequest) -> None:
         self.requests.append(request)
@@ -68,6 +71,7 @@ class AnsweringHandler(RecordingHandler):
             answer(request, request.target)
             return
         upstream = self.bodies[request.target] = StringTransport()
+        self.uploads.append((request, upstream))
         request.body.attach(upstream, lambda: answer(request, request.target))
 
 

@@ -491,14 +491,14 @@ class ReadPauseTests(ClientSideTestCase):
     the answer's producer, not reading.
     """
 
-    def _upload(self, extra: bytes = b"") -> tuple[Any, Any, StringTransport]:
+    def _upload(self) -> tuple[Any, Any, StringTransport]:
         """
         Start a 1 MB upload whose app server has stopped reading: the
         body's upstream transport pauses it.
         """
         protocol, transport = self.connection()
         protocol.dataReceived(
-            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000 + extra
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000
         )
         [request] = self.handler.requests
         upstream = StringTransport()
@@ -688,11 +688,7 @@ class PathsTests(ClientSideTestCase):
         protocol, transport = connect(site)
         for i in range(0, len(payload), piece):
             protocol.dataReceived(payload[i : i + piece])
-        bodies = [
-            _body_data(request, handler.bodies[request.target].value())
-            for request in handler.requests
-            if request.body is not None
-        ]
+        bodies = [_body_data(request, upstream.value()) for request, upstream in handler.uploads]
         return [r.status for r in parse_responses(transport.value())], handler.targets, bodies
 
     def test_head_ending_in_next_read(self) -> None:
@@ -861,6 +857,10 @@ class AnswerFramingTests(ClientSideTestCase):
         self.assertEqual(transport.value(), b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
 
     def _assertNoFraming(self, transport: StringTransport) -> None:
+        """
+        What was written is a head alone, with neither body framing nor
+        C{Connection: close}, and the connection stays open.
+        """
         head = transport.value()
         self.assertTrue(head.endswith(b"\r\n\r\n"), head)
         self.assertNotIn(b"transfer-encoding", head.lower())
@@ -988,6 +988,10 @@ class HTTPSPolicyTests(ClientSideTestCase):
     """
 
     def _hsts(self, transport: StringTransport, headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """
+        The C{Strict-Transport-Security} values of an answer with
+        C{headers} on C{transport}, with C{hsts} configured.
+        """
         protocol, transport = self.connection(transport, hsts=3600)
         protocol.dataReceived(_GET)
         request = self.handler.requests[-1]

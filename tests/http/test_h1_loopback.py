@@ -53,9 +53,15 @@ class _Accepted:
         site.connection_opened = connection_opened  # type: ignore[method-assign]
 
     def opened(self, count: int) -> Deferred[None]:
+        """
+        Fires once C{count} connections have opened.
+        """
         return self._wait("opened", count)
 
     def read(self, count: int) -> Deferred[None]:
+        """
+        Fires once the connections have read C{count} bytes in all.
+        """
         return self._wait("read", count)
 
     def _wait(self, what: str, count: int) -> Deferred[None]:
