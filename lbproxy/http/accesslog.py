@@ -49,6 +49,10 @@ BUFFER_SIZE = 64 * 1024
 #: Flush at least this often, in seconds (nginx's C{flush=1s}).
 FLUSH_INTERVAL = 1.0
 
+#: Access lines as logging events (L{EventSink}).  Not a class attribute: a
+#: L{Logger} read through an instance takes the class's name as namespace.
+_access_events = Logger(namespace="lbproxy.access")
+
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -214,14 +218,12 @@ class EventSink:
     logging to something that is not a file (syslog, a custom observer).
     """
 
-    _log = Logger(namespace="lbproxy.access")
-
     def write_lines(self, data: bytes) -> None:
         """
         Log each line as an event.
         """
         for line in data.decode("utf-8", "replace").splitlines():
-            self._log.info("{line}", line=line)
+            _access_events.info("{line}", line=line)
 
     def reopen(self) -> None:
         """

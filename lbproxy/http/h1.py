@@ -784,11 +784,20 @@ class HTTP11Connection(Protocol):
         self._decoder = None
         self._reading = _Reading.DONE
         self._buffer = rest
+        # The body's pause ends with it: the read that completed it may
+        # also have paused it (the app server's buffer filled), and
+        # nothing resumes a complete body.  What follows is pipelined
+        # requests, held by their own reason.
+        self.resume_reading("body")
+        answered = request is None or request.finished
         if request is not None and request.body is not None:
+            # This may finish the answer (a handler that answers once it
+            # has the whole body), which goes on to the next request: that
+            # must not be done twice.
             request.body.end()
-        if request is None or request.finished:
+        if answered:
             self._next_request()
-        elif len(rest) > EAGER_READ:
+        elif request is not None and not request.finished and len(rest) > EAGER_READ:
             self.pause_reading("pipeline")
 
     def pause_reading(self, reason: str) -> None:
