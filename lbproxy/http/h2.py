@@ -63,8 +63,7 @@ from lbproxy.http.h2gate import BodyLength, check_request_headers, check_trailer
 from lbproxy.interfaces import IStreamTransport
 
 if TYPE_CHECKING:
-    from lbproxy.http.h2request import H2Request
-    from lbproxy.http.site import ProxySite
+    from lbproxy.http.h2request import H2Request, StreamSite
 
 __all__ = ["ProxyH2Connection"]
 
@@ -150,8 +149,8 @@ class ProxyH2Connection(H2Connection):
     # (Twisted's H2Connection reads requestFactory without declaring it,
     # and declares site and factory as None until a factory sets them).
     requestFactory: type[H2Request]
-    site: ProxySite  # type: ignore[assignment]
-    factory: ProxySite  # type: ignore[assignment]
+    site: StreamSite  # type: ignore[assignment]
+    factory: StreamSite  # type: ignore[assignment]
     # Set by makeConnection before any other event: the HTTP/1.1
     # connection's (lbproxy.http.h1), handed over after ALPN.
     transport: IStreamTransport

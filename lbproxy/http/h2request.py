@@ -16,6 +16,7 @@ chunked).
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -25,15 +26,48 @@ from twisted.web import server
 from twisted.web.http_headers import Headers
 
 from lbproxy.http.framing import REASONS
+from lbproxy.http.h1 import AccessLog, ConnectionSettings
+from lbproxy.http.ratelog import RateLimitedLog
 from lbproxy.http.request import Header, RequestExchange
 from lbproxy.upstream.body import StreamingBody
 
 if TYPE_CHECKING:
     from twisted.web._http2 import H2Stream
 
-    from lbproxy.http.site import ProxySite
+__all__ = ["H2Request", "StreamSite"]
 
-__all__ = ["H2Request"]
+
+class StreamSite(TypingProtocol):
+    """
+    What an HTTP/2 stream's request and connection need of their site
+    (L{lbproxy.http.site.ProxySite} is one).
+    """
+
+    reactor: Any
+    resource: Any
+
+    @property
+    def settings(self) -> ConnectionSettings:
+        """
+        The limits, timeouts and HTTPS policies in force.
+        """
+
+    @property
+    def access_log(self) -> AccessLog:
+        """
+        Where answered requests are logged.
+        """
+
+    @property
+    def refusals(self) -> RateLimitedLog:
+        """
+        Where refused requests are logged.
+        """
+
+    def date(self) -> bytes:
+        """
+        The current C{Date} header value.
+        """
 
 
 class H2Request(server.Request):
@@ -57,7 +91,9 @@ class H2Request(server.Request):
     # HTTP/2 it is the stream, which makes the request and then calls
     # gotLength, where the site (lbproxy's) is set.
     channel: H2Stream  # type: ignore[assignment]
-    site: ProxySite
+    # twisted.web types it as a Site; lbproxy's is one, seen through the
+    # protocol of what streams use.
+    site: StreamSite  # type: ignore[assignment]
     exchange: RequestExchange | None = None
     body: StreamingBody | None = None
     _waiting = False
