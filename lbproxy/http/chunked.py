@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.http.test_framing -*-
 """
-Strict decoding of chunked request bodies (RFC 9112 section 7.1), the
-body half of the framing gate in L{lbproxy.http.framing}.
+Request body decoders, the body half of the framing gate in
+L{lbproxy.http.framing}: strict chunked decoding (RFC 9112 section 7.1)
+and bodies of a known length (L{IdentityDecoder}).
 
 Twisted's own decoder accepts chunk sizes of any magnitude; this one
 refuses what L{lbproxy.http.framing} documents (signs, C{0x}, whitespace, sizes
@@ -23,7 +24,7 @@ from lbproxy.http.framing import (
     parse_header_line,
 )
 
-__all__ = ["ChunkedDecoder"]
+__all__ = ["ChunkedDecoder", "IdentityDecoder"]
 
 # A chunk size line, RFC 9112 section 7.1 (without BWS).
 _QUOTED = rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"'
@@ -168,3 +169,33 @@ class ChunkedDecoder:
             raise FramingError(431, f"trailers larger than {self._max_trailers} bytes")
         parse_header_line(line)
         return False
+
+
+class IdentityDecoder:
+    """
+    A body of a known length: passes C{length} bytes on, then the rest to
+    C{finish} (pipelined requests).
+    """
+
+    __slots__ = ("_remaining", "_deliver", "_finish")
+
+    def __init__(
+        self, length: int, deliver: Callable[[bytes], None], finish: Callable[[bytes], None]
+    ) -> None:
+        self._remaining = length
+        self._deliver = deliver
+        self._finish = finish
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        The next bytes of the body, and maybe more.
+        """
+        remaining = self._remaining
+        if len(data) < remaining:
+            self._remaining = remaining - len(data)
+            self._deliver(data)
+            return
+        self._remaining = 0
+        if remaining:
+            self._deliver(data[:remaining] if len(data) > remaining else data)
+        self._finish(data[remaining:])

@@ -44,10 +44,7 @@ take the last bytes is aborted after L{ABORT_AFTER} seconds.
 from __future__ import annotations
 
 import enum
-import re
-from collections.abc import Callable
 from typing import Any
-from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -61,28 +58,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.http.chunked import ChunkedDecoder
+from lbproxy.http.chunked import ChunkedDecoder, IdentityDecoder
 from lbproxy.http.framing import (
     FramingError,
     HeadReader,
-    Limits,
     RequestHead,
     connection_tokens,
     error_response,
 )
-from lbproxy.http.request import ClientRequest, Header, RequestExchange
+from lbproxy.http.h1request import HTTP11Request
+from lbproxy.http.settings import ConnectionHost, ConnectionSettings
 from lbproxy.interfaces import IStreamTransport
 from lbproxy.twistedinternals import send_now, unsent_bytes
 from lbproxy.upstream.body import StreamingBody
 
-__all__ = [
-    "AccessLog",
-    "ConnectionHost",
-    "ConnectionSettings",
-    "HTTP11Connection",
-    "HTTP11Request",
-    "RequestHandler",
-]
+__all__ = ["HTTP11Connection"]
 
 #: Seconds a refused client may keep sending before its connection is
 #: aborted (nginx's C{lingering_timeout} is 5 s).
@@ -96,122 +86,6 @@ ABORT_AFTER = 15.0
 #: reading pauses (twisted.web's C{_optimisticEagerReadSize}): reading a
 #: little keeps a client's disconnect visible during a long answer.
 EAGER_READ = 16 * 1024
-
-_NO_BODY_STATUSES = frozenset({204, 304})
-
-#: Bytes of an answer collected before they are written even without a
-#: flush (each read from the app server is flushed anyway).
-_FLUSH_SIZE = 64 * 1024
-
-#: A C{Host} value lbproxy puts in a redirect: a name, IPv4 address or
-#: bracketed IPv6 address, with an optional port.
-_REDIRECT_HOST = re.compile(rb"([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]+)?")
-
-
-class RequestHandler(TypingProtocol):
-    """
-    What takes a request once its head has passed the gate: the proxy.
-    """
-
-    def handle(self, request: ClientRequest) -> None:
-        """
-        Start answering C{request}: eventually call its C{respond},
-        C{write} and C{finish}, or C{abort}.
-        """
-
-
-class ConnectionHost(TypingProtocol):
-    """
-    What a connection tells its site (L{lbproxy.http.site.ProxySite}), and
-    where its HTTP/2 twin comes from.
-    """
-
-    def connection_opened(self, connection: HTTP11Connection) -> None:
-        """
-        C{connection} is open.
-        """
-
-    def connection_closed(self, connection: HTTP11Connection) -> None:
-        """
-        C{connection} closed.
-        """
-
-    def http2_connection(self) -> Any:
-        """
-        A new HTTP/2 connection (a protocol), for a client that picked
-        C{h2} by ALPN.
-        """
-
-
-class AccessLog(TypingProtocol):
-    """
-    Where answered requests are logged, one line each.
-    """
-
-    def request_done(self, request: Any) -> None:
-        """
-        C{request} was answered, or given up on (status 499).
-        """
-
-
-class ConnectionSettings:
-    """
-    What every HTTP/1.1 connection of a site shares: limits, timeouts, the
-    handler, the access log and the HTTPS policies.  Replaced whole on
-    reload; a connection keeps the settings it started with.
-
-    @ivar handler: takes each request (the proxy resource).
-    @ivar access_log: logs each answered request.
-    @ivar limits: the framing gate's size limits.
-    @ivar client_timeout: seconds an idle keep-alive connection stays open.
-    @ivar header_timeout: seconds a head may take from its first byte.
-    @ivar body_timeout: seconds a body may stall between two reads.
-    @ivar redirect_https: answer plain requests with 308 to https on this
-        port; 0 for off.
-    @ivar hsts: the C{Strict-Transport-Security} value for TLS answers, or
-        L{None}.
-    @ivar on_refused: told of every refused request and the client's
-        address (a rate-limited log).
-    @ivar date: the current C{Date} header value.
-    """
-
-    __slots__ = (
-        "handler",
-        "access_log",
-        "limits",
-        "client_timeout",
-        "header_timeout",
-        "body_timeout",
-        "redirect_https",
-        "hsts",
-        "on_refused",
-        "date",
-    )
-
-    def __init__(
-        self,
-        handler: RequestHandler,
-        access_log: AccessLog,
-        limits: Limits,
-        *,
-        date: Callable[[], bytes],
-        client_timeout: float = 60.0,
-        header_timeout: float = 60.0,
-        body_timeout: float = 60.0,
-        redirect_https: int = 0,
-        hsts: int = 0,
-        on_refused: Callable[[FramingError, str], None] | None = None,
-    ) -> None:
-        self.handler = handler
-        self.access_log = access_log
-        self.limits = limits
-        self.date = date
-        self.client_timeout = client_timeout
-        self.header_timeout = header_timeout
-        self.body_timeout = body_timeout
-        self.redirect_https = redirect_https
-        self.hsts = b"max-age=%d" % hsts if hsts else None
-        self.on_refused = on_refused
 
 
 class _Reading(enum.Enum):
@@ -251,216 +125,6 @@ class _BodyReader:
 
     def resumeProducing(self) -> None:
         self._connection.resume_reading("body")
-
-
-class HTTP11Request:
-    """
-    One request of an L{HTTP11Connection}: a
-    L{lbproxy.http.request.ClientRequest}.
-
-    @ivar started: when its head was complete (the clock's seconds).
-    @ivar status: the answer's status once it started (0 before; 499 if
-        the client went away first, as nginx logs it).
-    @ivar bytes_sent: body bytes of the answer written so far.
-    @ivar finished: the answer is complete, or was given up on.
-    @ivar keep_alive: the connection stays open after this answer.
-    """
-
-    __slots__ = (
-        "_connection",
-        "method",
-        "target",
-        "version",
-        "headers",
-        "body",
-        "exchange",
-        "started",
-        "status",
-        "bytes_sent",
-        "finished",
-        "keep_alive",
-        "_chunked",
-        "_out",
-        "_out_size",
-    )
-
-    def __init__(self, connection: HTTP11Connection, head: RequestHead, started: float) -> None:
-        self._connection = connection
-        self.method = head.method
-        self.target = head.target
-        self.version = head.version
-        self.headers = head.headers
-        self.body: StreamingBody | None = None
-        self.exchange: RequestExchange | None = None
-        self.started = started
-        self.status = 0
-        self.bytes_sent = 0
-        self.finished = False
-        self.keep_alive = head.version == b"HTTP/1.1"
-        self._chunked = False
-        self._out: list[bytes] = []
-        self._out_size = 0
-
-    @property
-    def secure(self) -> bool:
-        """
-        Whether the client connected over TLS.
-        """
-        return self._connection.secure
-
-    @property
-    def client_address(self) -> bytes:
-        """
-        The client's IP address, C{b"unix:"} on a UNIX socket.
-        """
-        return self._connection.client_address
-
-    @property
-    def answer_started(self) -> bool:
-        """
-        Whether the answer's head has been written.
-        """
-        return self.status != 0
-
-    def header(self, name: bytes) -> bytes | None:
-        """
-        The last value of header C{name} (lower-case), or L{None}.
-        """
-        found = None
-        size = len(name)
-        for each, value in self.headers:
-            if len(each) == size and each.lower() == name:
-                found = value
-        return found
-
-    def default_host(self) -> bytes:
-        """
-        The listener's address, for an HTTP/1.0 request without C{Host}.
-        """
-        return self._connection.local_host
-
-    def unsent(self) -> int | None:
-        """
-        Bytes of the answer waiting in lbproxy for the client's socket.
-        """
-        return self._connection.unsent()
-
-    def respond(
-        self,
-        status: int,
-        reason: bytes,
-        headers: list[Header],
-        producer: IPushProducer | None = None,
-    ) -> None:
-        """
-        Write the answer's status line and headers.
-
-        The body's framing follows the headers (RFC 9112 section 6.3): a
-        C{Content-Length} is kept as it is; a status or method without a
-        body has none; otherwise the body is chunked to an HTTP/1.1 client
-        and ends with the connection for an HTTP/1.0 one.
-        """
-        connection = self._connection
-        self.status = status
-        has_length = False
-        parts = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
-        for name, value in headers:
-            if len(name) == 14 and name.lower() == b"content-length":
-                has_length = True
-            parts += (name, b": ", value, b"\r\n")
-        if not has_length and not (
-            status in _NO_BODY_STATUSES or status < 200 or self.method == b"HEAD"
-        ):
-            if self.version == b"HTTP/1.1":
-                self._chunked = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                self.keep_alive = False
-        hsts = connection.settings.hsts
-        if (
-            hsts is not None
-            and connection.secure
-            and not _has(headers, b"strict-transport-security")
-        ):
-            parts += (b"Strict-Transport-Security: ", hsts, b"\r\n")
-        if not self.keep_alive or connection.closing_after_answer:
-            self.keep_alive = False
-            parts.append(b"Connection: close\r\n")
-        parts.append(b"\r\n")
-        if producer is not None:
-            connection.answer_producer(producer)
-        self._out = [b"".join(parts)]
-        self._out_size = 0
-
-    def write(self, data: bytes) -> None:
-        """
-        Write a piece of the answer's body: collected until L{flush} (or
-        64 KiB), so that the head and the body of a small answer go out in
-        one system call.
-        """
-        if not data or self.finished:
-            return
-        self.bytes_sent += len(data)
-        out = self._out
-        if self._chunked:
-            out.append(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            out.append(data)
-        self._out_size += len(data)
-        if self._out_size >= _FLUSH_SIZE:
-            self.flush()
-
-    def flush(self) -> None:
-        """
-        Send what was collected.
-        """
-        out = self._out
-        if out:
-            self._out = []
-            self._out_size = 0
-            self._connection.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def finish(self) -> None:
-        """
-        The answer is complete: send it all.
-        """
-        if self.finished:
-            return
-        self.finished = True
-        if self._chunked:
-            self._out.append(b"0\r\n\r\n")
-        self.flush()
-        self._connection.answer_done(self)
-
-    def abort(self) -> None:
-        """
-        The answer cannot be completed: reset the connection, so that a
-        truncated answer never looks whole.
-        """
-        if not self.finished:
-            self.finished = True
-            self._connection.abort()
-
-    def respond_text(self, status: int, reason: bytes, text: bytes) -> None:
-        """
-        Answer with a short text of lbproxy's own (an error, a redirect),
-        with a C{Date}.
-        """
-        self.respond(
-            status,
-            reason,
-            [
-                (b"Content-Type", b"text/plain; charset=utf-8"),
-                (b"Content-Length", b"%d" % len(text)),
-                (b"Date", self._connection.settings.date()),
-            ],
-        )
-        self.write(text)
-        self.finish()
-
-
-def _has(headers: list[Header], name: bytes) -> bool:
-    return any(each.lower() == name for each, _ in headers)
 
 
 @implementer(IPushProducer)
@@ -743,7 +407,7 @@ class HTTP11Connection(Protocol):
             if length is None:
                 self._decoder = ChunkedDecoder(feed, self._body_done, self.settings.limits)
             else:
-                self._decoder = _IdentityDecoder(length, feed, self._body_done)
+                self._decoder = IdentityDecoder(length, feed, self._body_done)
             self._reading = _Reading.BODY
             self._body_last_read = now
             self._arm(now + self.settings.body_timeout)
@@ -759,7 +423,7 @@ class HTTP11Connection(Protocol):
             self._reading = _Reading.DONE
         try:
             if redirect:
-                self._redirect(request)
+                request.redirect_to_https(self.settings.redirect_https)
             else:
                 self.settings.handler.handle(request)
         except Exception:
@@ -996,68 +660,8 @@ class HTTP11Connection(Protocol):
         transport.resumeProducing()
         self._timer = self._clock.callLater(LINGER, self.abort)
 
-    # HTTPS policies
-
-    def _redirect(self, request: HTTP11Request) -> None:
-        """
-        Answer a plain request with 308 to the same target on https (nginx:
-        C{return 308 https://$host$request_uri}); its body is read and
-        dropped.
-        """
-        port = self.settings.redirect_https
-        match = _REDIRECT_HOST.fullmatch(request.header(b"host") or b"")
-        if match is None:
-            request.respond_text(
-                400, b"Bad Request", b"Bad Request: no usable Host header to redirect to\n"
-            )
-            return
-        suffix = b"" if port == 443 else b":%d" % port
-        location = b"https://" + match.group(1) + suffix + request.target
-        body = b"Redirecting to " + location + b"\n"
-        request.respond(
-            308,
-            b"Permanent Redirect",
-            [
-                (b"Location", location),
-                (b"Content-Type", b"text/plain; charset=utf-8"),
-                (b"Content-Length", b"%d" % len(body)),
-            ],
-        )
-        request.write(body)
-        request.finish()
-
 
 def _drop(data: bytes) -> None:
     """
     Drop a piece of a body nobody will take.
     """
-
-
-class _IdentityDecoder:
-    """
-    A body of a known length: passes C{length} bytes on, then the rest to
-    C{finish} (pipelined requests).
-    """
-
-    __slots__ = ("_remaining", "_deliver", "_finish")
-
-    def __init__(
-        self, length: int, deliver: Callable[[bytes], None], finish: Callable[[bytes], None]
-    ) -> None:
-        self._remaining = length
-        self._deliver = deliver
-        self._finish = finish
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        The next bytes of the body, and maybe more.
-        """
-        remaining = self._remaining
-        if len(data) < remaining:
-            self._remaining = remaining - len(data)
-            self._deliver(data)
-            return
-        self._remaining = 0
-        if remaining:
-            self._deliver(data[:remaining] if len(data) > remaining else data)
-        self._finish(data[remaining:])

@@ -26,9 +26,9 @@ from twisted.web import server
 from twisted.web.http_headers import Headers
 
 from lbproxy.http.framing import REASONS
-from lbproxy.http.h1 import AccessLog, ConnectionSettings
 from lbproxy.http.ratelog import RateLimitedLog
 from lbproxy.http.request import Header, RequestExchange
+from lbproxy.http.settings import AccessLog, ConnectionSettings
 from lbproxy.upstream.body import StreamingBody
 
 if TYPE_CHECKING:

@@ -30,9 +30,10 @@ from twisted.web.http import datetimeToString
 from lbproxy.config.model import Config
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.framing import FramingError, Limits
-from lbproxy.http.h1 import ConnectionSettings, HTTP11Connection, RequestHandler
+from lbproxy.http.h1 import HTTP11Connection
 from lbproxy.http.h2request import H2Request
 from lbproxy.http.ratelog import RateLimitedLog
+from lbproxy.http.settings import ConnectionSettings, RequestHandler
 
 __all__ = ["ProxySite", "limits_of"]
 

@@ -20,7 +20,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.http.accesslog import AccessLog
-from lbproxy.http.h1 import EAGER_READ, HTTP11Request
+from lbproxy.http.h1 import EAGER_READ
+from lbproxy.http.h1request import HTTP11Request
 from lbproxy.http.site import ProxySite
 from lbproxy.tools.corpus import APP, CASES
 from tests.http.fakes import (

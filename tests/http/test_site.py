@@ -17,7 +17,8 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from lbproxy.http.h1 import HTTP11Connection, HTTP11Request
+from lbproxy.http.h1 import HTTP11Connection
+from lbproxy.http.h1request import HTTP11Request
 from lbproxy.http.h2request import H2Request
 from tests.http.fakes import (
     ClientSideTestCase,
