@@ -8,7 +8,7 @@ The C{lbproxy} console script.
     summary and exit status 0, or every problem and status 1;
   - C{lbproxy selftest URL}: send the malformed-input corpus to a running
     proxy chain and print what passed (status 0 if everything did, 1 if
-    not; see L{lbproxy.selftest}).
+    not; see L{lbproxy.tools.selftest}).
 
 The proxy itself runs under C{twistd lbproxy} (see README.rst).
 """
@@ -27,16 +27,16 @@ __all__ = ["check", "main", "selftest"]
 def check(path: str) -> int:
     """
     Check the configuration file at C{path}, printing the result: the same
-    checks as at start and on reload (L{lbproxy.validate.load_checked}),
+    checks as at start and on reload (L{lbproxy.service.validate.load_checked}),
     so a file that passes can be put in force.
 
     @return: the exit status: 0 if it is valid, 1 if not.
     """
     from twisted.internet import reactor
 
-    from lbproxy.configfile import ConfigFileError
-    from lbproxy.service import summary
-    from lbproxy.validate import load_checked
+    from lbproxy.config.file import ConfigFileError
+    from lbproxy.service.service import summary
+    from lbproxy.service.validate import load_checked
 
     try:
         config = load_checked(path, reactor)
@@ -60,7 +60,7 @@ def selftest(url: str, timeout: float = 5.0) -> int:
     from twisted.internet.defer import Deferred
     from twisted.internet.task import react
 
-    from lbproxy.selftest import format_table, parse_target, run_selftest
+    from lbproxy.tools.selftest import format_table, parse_target, run_selftest
 
     try:
         parse_target(url)
@@ -75,10 +75,10 @@ def selftest(url: str, timeout: float = 5.0) -> int:
             raise SystemExit(1)
 
     try:
+        # react always ends with SystemExit, whatever the coroutine does.
         react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
     except SystemExit as e:
         return int(e.code or 0)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,18 +1,36 @@
 """
-The contracts several lbproxy classes implement.
+The contracts several lbproxy classes implement; this module imports
+nothing of lbproxy, so that any layer may use it.
+
+  - L{IBalancer}: a balancing strategy (zope interface, checked with
+    C{verifyObject} in tests).
+  - L{Candidate}: what a strategy reads of a server (a typing protocol:
+    the balancing layer's C{Server} is one, and so are the simulator's).
+  - L{IStreamTransport}: what lbproxy's connection protocols are given as
+    their C{transport} (for annotations only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Container, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 from zope.interface import Interface
 
-if TYPE_CHECKING:
-    from lbproxy.pool import Server
+__all__ = ["Candidate", "IBalancer", "IStreamTransport"]
 
-__all__ = ["IBalancer"]
+
+class Candidate(Protocol):
+    """
+    A server as a balancing strategy sees it.
+
+    @ivar weight: its share of requests relative to its pool's others.
+    @ivar up: whether it may take requests (in rotation).
+    """
+
+    weight: int
+    up: bool
 
 
 class IBalancer(Interface):
@@ -23,7 +41,7 @@ class IBalancer(Interface):
     weights) and never do I/O.
     """
 
-    def pick(servers: Sequence[Server], exclude: Container[Server]) -> Server | None:
+    def pick(servers: Sequence[Candidate], exclude: Container[Candidate]) -> Candidate | None:
         """
         Choose the server for the next request.
 
@@ -32,3 +50,21 @@ class IBalancer(Interface):
         @param exclude: servers already tried for this request.
         @return: the chosen server, or L{None} if no candidate is left.
         """
+
+
+class IStreamTransport(ITCPTransport, IConsumer, IPushProducer):
+    """
+    The transport of a client or app server connection: a TCP transport
+    (a UNIX socket's and a TLS one declare L{ITCPTransport} too) that
+    producers register with, and whose reading pauses.
+
+    Twisted types C{Protocol.transport} as an optional L{ITransport}; the
+    connection protocols (L{lbproxy.http.h1.HTTP11Connection},
+    L{lbproxy.upstream.connection.UpstreamConnection}) declare this
+    instead, as Twisted's C{portforward.ProxyServer} does with its
+    C{_MakeTypesHappy}.  No transport declares it: Twisted's declare its
+    parts (a TLS transport only L{ITCPTransport}, though it takes producers
+    and passes C{pauseProducing} and C{resumeProducing} on to the TCP
+    transport below it), so it is never checked with C{providedBy} or
+    C{verifyObject}.
+    """

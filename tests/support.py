@@ -18,10 +18,10 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from lbproxy.client import UpstreamClient
-from lbproxy.config import Config, PoolConfig, ServerConfig
-from lbproxy.site import ProxySite
+from lbproxy.config.model import Config, PoolConfig, ServerConfig
+from lbproxy.http.site import ProxySite
 from lbproxy.tap import build_site
+from lbproxy.upstream.client import UpstreamClient
 
 
 class RecordedRequest:

@@ -4,7 +4,7 @@ two real express apps behind C{--upstream localhost:A,localhost:B}.
 
 Needs node and express: C{.ci/run} installs express and sets
 C{LBPROXY_NODE_PATH}.  Without them these tests skip; the same behaviour is
-covered with in-process apps by C{tests.test_proxy} and C{tests.test_demo}.
+covered with in-process apps by C{tests.proxy.test_proxy} and C{tests.tools.test_demo}.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from lbproxy.config import Config, PoolConfig, ServerConfig
+from lbproxy.config.model import Config, PoolConfig, ServerConfig
 from lbproxy.tap import build_site
 from tests.support import get, listen
 

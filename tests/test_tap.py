@@ -14,7 +14,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import __version__
-from lbproxy.config import Config, HealthConfig, PoolConfig, ServerConfig
+from lbproxy.config.model import Config, PoolConfig, ServerConfig
 from lbproxy.tap import Options, make_proxy_service
 
 
@@ -188,12 +188,12 @@ class OptionsTests(SynchronousTestCase):
         for expected in (
             "--upstream= Upstream servers HOST:PORT",
             "[required, or --demo]",
-            "--listen= A Twisted endpoint",
+            "--listen= A Twisted server endpoint",
             "[default: tcp:8080]",
             "--connect-timeout= Seconds to wait for a connection",
-            "[default: 5.0]",
-            "--read-timeout= Seconds an upstream server may stay silent",
-            "[default: 60.0]",
+            "[default: 5]",
+            "--read-timeout= Seconds an app server may stay silent",
+            "[default: 60]",
         ):
             self.assertIn(expected, text)
 
@@ -275,7 +275,7 @@ class MakeProxyServiceTests(SynchronousTestCase):
         the global one.
         """
         config = _config("tcp:8080")
-        pool = replace(config.pools[0], health=HealthConfig(enabled=False))
+        pool = replace(config.pools[0], health_check=False)
         reactor, _ = self._start(replace(config, pools=(pool,)))
         self.assertEqual(len(reactor.getDelayedCalls()), 1)
 
@@ -288,7 +288,7 @@ class MakeProxyServiceTests(SynchronousTestCase):
         reactor, site = self._start(_config("tcp:8080"))
         self.assertGreater(len(reactor.getDelayedCalls()), 1)
         config = _config("tcp:8080")
-        pool = replace(config.pools[0], health=HealthConfig(enabled=False))
+        pool = replace(config.pools[0], health_check=False)
         reactor, _ = self._start(replace(config, pools=(pool,)))
         self.assertEqual(len(reactor.getDelayedCalls()), 1)
 

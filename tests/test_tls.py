@@ -30,11 +30,13 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from lbproxy.config import Config, ConfigError, PoolConfig, ServerConfig
-from lbproxy.health import _failure_reason, agent_probe
-from lbproxy.pool import Pool
+from lbproxy.balancing.health import _failure_reason, agent_probe
+from lbproxy.balancing.pool import Pool
+from lbproxy.config.model import Config, PoolConfig, ServerConfig
+from lbproxy.errors import ConfigError
+from lbproxy.http.servertls import server_endpoint
 from lbproxy.tap import Options, build_site
-from lbproxy.tls import UpstreamTLS, server_endpoint
+from lbproxy.upstream.tls import UpstreamTLS
 from tests.certs import CA
 from tests.support import (
     AppServer,
@@ -528,7 +530,9 @@ class H2SendTimeoutTests(TLSTestCase):
         is reset and its upstream connection closed, while the same HTTP/2
         connection goes on serving other streams.
         """
-        from twisted.internet.task import Clock, deferLater
+        from twisted.internet.task import Clock
+
+        from lbproxy.proxy.exchange import ProxyExchange
 
         app, _, app_port = start_app(self, "a")
         clock = Clock()
@@ -548,16 +552,18 @@ class H2SendTimeoutTests(TLSTestCase):
         )
         client = yield endpoint.connect(Factory.forProtocol(_StallingH2Client))
         self.addCleanup(lambda: (client.transport.loseConnection(), client.closed)[1])
+        held_back: Deferred[None] = Deferred()
+        pause = ProxyExchange.pauseProducing
+
+        def pause_and_tell(exchange: ProxyExchange) -> None:
+            pause(exchange)
+            if not held_back.called:
+                held_back.callback(None)
+
+        self.patch(ProxyExchange, "pauseProducing", pause_and_tell)
         client.stalled.add(1)
         stalled = client.request(b"GET", b"/big/%d" % (50 * 1024 * 1024))
-        exchange = None
-        for _ in range(500):
-            yield deferLater(reactor, 0.01, lambda: None)
-            exchanges = list(site.resource.exchanges)
-            if exchanges and exchanges[0]._paused:
-                exchange = exchanges[0]
-                break
-        self.assertIsNotNone(exchange, "the stream was never held back")
+        yield held_back
         upstream_closed = app.streams[0].request.notifyFinish()
         clock.advance(1.9)
         self.assertNoResult(stalled)

@@ -1,0 +1,258 @@
+# -*- test-case-name: tests.balancing.test_pool -*-
+"""
+Upstream pools and their servers' run-time state.
+
+A L{Pool} is nginx's C{upstream} block: named servers and the balancer that
+chooses among them.  A L{Server} is one app server's state as lbproxy sees
+it.  Two things take a server out of rotation, and both must agree for it
+to be in:
+
+  - active checks (L{lbproxy.balancing.health}) report passes and failures here;
+    C{fall} consecutive failures mark it down, C{rise} consecutive passes
+    up again (HAProxy);
+  - passive tracking: C{max_fails} failed attempts by real requests within
+    C{fail_timeout} eject it for C{fail_timeout} (nginx); C{rise}
+    consecutive passing checks after the ejection bring it back sooner.
+
+A third, the operator's (L{AdminState}: drain, maintenance), takes a server
+out whatever its health.  Every change of state is logged once, naming the
+server and why.  The pool also counts each server's requests, answers,
+failures and response times (L{lbproxy.balancing.server.ServerStats}) as
+exchanges tell it.  Nothing here does network I/O; time comes from the
+clock the pool is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping
+from typing import cast
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from lbproxy.balancing.server import AdminState, Server
+from lbproxy.config.model import PoolConfig
+from lbproxy.interfaces import IBalancer
+
+__all__ = ["Pool", "Server", "status_class"]
+
+_NEVER = float("inf")
+
+
+class Pool:
+    """
+    A named group of servers and the balancer that picks among them.
+
+    Backup servers (C{backup=True}) are candidates only while no primary
+    server can be picked, as nginx's C{backup} parameter.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: PoolConfig, balancer: IBalancer, clock: IReactorTime) -> None:
+        """
+        @param config: the pool's configuration.
+        @param balancer: the strategy; one instance per pool, as it keeps
+            the rotation state.
+        @param clock: what tells the time (for passive ejection).
+        """
+        self.config = config
+        self.name = config.name
+        self.servers: tuple[Server, ...] = tuple(Server(s) for s in config.servers)
+        self.max_tries = config.tries
+        self._primary = tuple(s for s in self.servers if not s.config.backup)
+        self._backup = tuple(s for s in self.servers if s.config.backup)
+        self._balancer = balancer
+        self._clock = clock
+        self._next_readmit = _NEVER
+        self._all_down_reported = False
+
+    def adopt(self, known: Mapping[tuple[str, str, int], Server]) -> None:
+        """
+        Take over the servers of a previous configuration that have the same
+        address (scheme, host, port), keeping their state: health, passive
+        ejection, and (in the upstream client) their pooled connections.
+        """
+        servers = []
+        for server in self.servers:
+            config = server.config
+            old = known.get((config.scheme, config.host, config.port))
+            if old is not None:
+                old.config, old.weight = config, config.weight
+                server = old
+            servers.append(server)
+        self.servers = tuple(servers)
+        self._primary = tuple(s for s in self.servers if not s.config.backup)
+        self._backup = tuple(s for s in self.servers if s.config.backup)
+        ejected = [s.ejected_until for s in self.servers if s.ejected_until]
+        self._next_readmit = min(ejected, default=_NEVER)
+
+    def pick(self, exclude: Container[Server] = ()) -> Server | None:
+        """
+        Choose the server for the next request.
+
+        @param exclude: servers already tried for this request.
+        @return: a server, or L{None} if none is up and untried.
+        """
+        if self._next_readmit is not _NEVER:
+            self._readmit_ejected()
+        picked = self._balancer.pick(self._primary, exclude)
+        if picked is None and self._backup:
+            picked = self._balancer.pick(self._backup, exclude)
+        # The strategy returns one of the candidates it was given.
+        return cast(Server | None, picked)
+
+    def first_with_none_up(self) -> bool:
+        """
+        Record that a request found no server up; C{True} only for the first
+        such request since a server was last up, so that an outage is
+        logged once, not once per request.
+        """
+        if self._all_down_reported:
+            return False
+        self._all_down_reported = True
+        return True
+
+    # Passive tracking: what real requests found.
+
+    def attempt_failed(self, server: Server, reason: str) -> None:
+        """
+        A request could not be served by C{server} (refused, timed out, not
+        HTTP).  Enough of these within C{fail_timeout} eject it.
+        """
+        max_fails = self.config.max_fails
+        if max_fails == 0 or server.ejected_until:
+            return
+        now = self._clock.seconds()
+        window = self.config.fail_timeout
+        if now - server.fails_since > window:
+            server.fails, server.fails_since = 0, now
+        server.fails += 1
+        if server.fails >= max_fails:
+            server.ejected_until = now + window
+            server.check_passes = 0
+            self._next_readmit = min(self._next_readmit, server.ejected_until)
+            noun = "attempt" if server.fails == 1 else "attempts"
+            self._update(server, f"{server.fails} failed {noun}: {reason}")
+            server.fails = 0
+
+    def _readmit_ejected(self) -> None:
+        now = self._clock.seconds()
+        if now < self._next_readmit:
+            return
+        self._next_readmit = _NEVER
+        for server in self.servers:
+            if server.ejected_until and server.ejected_until <= now:
+                server.ejected_until = 0.0
+                self._update(server, f"{self.config.fail_timeout:g} s since it was ejected")
+            elif server.ejected_until:
+                self._next_readmit = min(self._next_readmit, server.ejected_until)
+
+    # Active checks: what the health checker found.
+
+    def check_passed(self, server: Server) -> None:
+        """
+        A health check of C{server} passed.
+        """
+        server.stats.last_check = (self._clock.seconds(), True, "passed")
+        server.check_failures = 0
+        server.check_passes += 1
+        rise = self.config.rise
+        if server.check_passes < rise:
+            return
+        if not server.checked_up or server.ejected_until:
+            server.checked_up = True
+            server.ejected_until = 0.0
+            self._update(server, f"{server.check_passes} checks passed")
+
+    def check_failed(self, server: Server, reason: str) -> None:
+        """
+        A health check of C{server} failed because of C{reason}.
+        """
+        server.stats.last_check = (self._clock.seconds(), False, reason)
+        server.check_passes = 0
+        server.check_failures += 1
+        fall = self.config.fall
+        if server.checked_up and server.check_failures >= fall:
+            server.checked_up = False
+            self._update(server, f"{server.check_failures} checks failed: {reason}")
+
+    # The operator's states.
+
+    def set_admin(self, server: Server, state: AdminState) -> None:
+        """
+        Put C{server} in an admin state (drain, maintenance, back to
+        normal), logged; requests in flight to it finish either way.
+        """
+        if server.admin is state:
+            return
+        server.admin = state
+        self._log.info(
+            "upstream {server} {state} (operator)",
+            server=server.address,
+            state=state.value.upper(),
+            pool=self.name,
+        )
+        self._update(server, "operator")
+
+    # What exchanges tell: attempts and their ends.
+
+    def attempt_started(self, server: Server, retry: bool) -> None:
+        """
+        A request goes to C{server}.
+
+        @param retry: it is the request's second or later attempt.
+        """
+        server.active += 1
+        stats = server.stats
+        stats.requests += 1
+        if retry:
+            stats.retries += 1
+
+    def attempt_ended(self, server: Server, status: int, elapsed: float | None) -> None:
+        """
+        An attempt on C{server} ended.
+
+        @param status: the answer's status, or 0 if it failed (then
+            C{attempt_failed} tells why, if it was the server's fault).
+        @param elapsed: seconds from sending to the complete answer, if
+            there was one.
+        """
+        server.active -= 1
+        stats = server.stats
+        if status:
+            stats.by_class[status_class(status)] += 1
+        else:
+            stats.failures += 1
+        if elapsed is not None:
+            stats.latency.record(self._clock.seconds(), elapsed)
+
+    def _update(self, server: Server, why: str) -> None:
+        healthy = server.checked_up and not server.ejected_until
+        if not healthy and why != "operator":
+            server.down_reason = why
+        server.healthy = healthy
+        up = healthy and server.admin is AdminState.NORMAL
+        if up == server.up:
+            return
+        server.up = up
+        if up:
+            server.down_reason = ""
+            self._all_down_reported = False
+            if why != "operator":
+                self._log.info(
+                    "upstream {server} UP ({why})", server=server.address, why=why, pool=self.name
+                )
+        elif why != "operator":
+            self._log.warn(
+                "upstream {server} DOWN ({why})", server=server.address, why=why, pool=self.name
+            )
+
+
+def status_class(status: int) -> str:
+    """
+    C{"2xx"} for 200-299 and so on (C{"5xx"} for anything odd).
+    """
+    if 100 <= status < 600:
+        return f"{status // 100}xx"
+    return "5xx"

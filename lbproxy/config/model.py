@@ -1,0 +1,428 @@
+# -*- test-case-name: tests.config.test_model -*-
+"""
+The configuration model: frozen values built once, from the command line
+(L{lbproxy.config.commandline}) or a file (L{lbproxy.config.file}).
+
+Every option is declared here, once, with L{option}: its default, kind,
+help and reload behaviour (see L{lbproxy.config.options}).  Everything
+below the composition root takes a L{Config}; nothing else reads options.
+Defaults are nginx's or HAProxy's unless the help says why not.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from lbproxy.config.options import (
+    BYTES,
+    BYTES_OR_ZERO,
+    COUNT,
+    ENDPOINTS,
+    FLAG,
+    PORT,
+    POSITIVE,
+    SECONDS,
+    Kind,
+    Option,
+    Reload,
+    Scope,
+    Text,
+    check_fields,
+    option,
+    options_of,
+)
+from lbproxy.config.servers import ServerConfig
+from lbproxy.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "PoolConfig",
+    "RouteConfig",
+    "ServerConfig",
+    "all_options",
+    "parse_status_ranges",
+]
+
+StatusRanges = tuple[tuple[int, int], ...]
+
+
+def parse_status_ranges(text: str) -> StatusRanges:
+    """
+    Parse healthy status codes: C{"200-399"}, C{"200,204"}, C{"200-299,404"}.
+
+    @return: C{(low, high)} ranges, inclusive.
+    @raise ConfigError: if a part is not a status or a range of statuses.
+    """
+    ranges = []
+    for part in text.split(","):
+        low_text, _, high_text = part.strip().partition("-")
+        try:
+            low = int(low_text)
+            high = int(high_text) if high_text else low
+        except ValueError:
+            raise ConfigError(f"expected statuses such as 200-399, got {text!r}") from None
+        if not 100 <= low <= high <= 599:
+            raise ConfigError(f"status {part.strip()!r} is not in 100-599, got {text!r}")
+        ranges.append((low, high))
+    return tuple(ranges)
+
+
+class _Statuses(Kind):
+    metavar = "STATUSES"
+    expected = "statuses such as 200-399 or 200,204"
+
+    def check(self, value: object) -> None:
+        if not isinstance(value, tuple) or not value:
+            raise self.wrong(value)
+        for pair in value:
+            if not (
+                isinstance(pair, tuple) and len(pair) == 2 and 100 <= pair[0] <= pair[1] <= 599
+            ):
+                raise self.wrong(value)
+
+    def from_file(self, value: object) -> StatusRanges:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise self.wrong(value)
+        return parse_status_ranges(value)
+
+    def show(self, value: object) -> str:
+        assert isinstance(value, tuple)
+        return ",".join(f"{low}-{high}" if low != high else f"{low}" for low, high in value)
+
+
+#: A request target in origin form: visible ASCII, no space, no C{#}.
+_TARGET = re.compile(r"/[!-\"$-~]*")
+#: A C{Host} value: a name, an IPv4 address or a bracketed IPv6 address,
+#: and an optional port.
+_HOST = re.compile(r"([A-Za-z0-9._\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+
+
+def _origin_path(value: str) -> str | None:
+    # It goes into each probe's request line as it is: refuse here what
+    # would fail every check.
+    if _TARGET.fullmatch(value) is None:
+        return "expected a path starting with /, visible ASCII without spaces or #"
+    return None
+
+
+def _host(value: str) -> str | None:
+    if value and _HOST.fullmatch(value) is None:
+        return "expected HOST[:PORT]"
+    return None
+
+
+def _access_log(value: str) -> str | None:
+    return None if value else "expected a file path, '-' or 'off'"
+
+
+STATUSES: Kind = _Statuses()
+PATH: Kind = Text("PATH", _origin_path, "a path starting with /")
+FILE: Kind = Text("FILE")
+HOST: Kind = Text("HOST", _host, "HOST[:PORT]")
+ACCESS_LOG: Kind = Text("PATH|-|off", _access_log, "a file path, '-' or 'off'")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """
+    A named group of servers that share one balancer (nginx's C{upstream}),
+    and the options that apply per pool: active health checks (HAProxy's
+    defaults), passive tracking and retries (nginx's).
+    """
+
+    name: str
+    servers: tuple[ServerConfig, ...]
+
+    # Active health checks (lbproxy.balancing.health).
+    health_check: bool = option(
+        True,
+        FLAG,
+        "Active health checks: GET --health-path on a new connection to each "
+        "server every --health-interval (HAProxy's check; nginx Plus's "
+        "health_check). --no-health-check turns them off.",
+    )
+    health_path: str = option("/", PATH, "The target of the health check's GET.")
+    health_interval: float = option(
+        2.0, SECONDS, "Seconds between two checks of a server (HAProxy: inter 2s)."
+    )
+    health_timeout: float = option(
+        1.0,
+        SECONDS,
+        "Seconds a check may take to connect and answer whole (HAProxy's "
+        "timeout check defaults to inter; 1 s sees a hung server sooner).",
+    )
+    health_status: StatusRanges = option(
+        ((200, 399),),
+        STATUSES,
+        "Statuses that count as healthy, e.g. 200-399 or 200,204 (HAProxy: http-check expect).",
+    )
+    health_host: str = option(
+        "", HOST, "The Host header of checks; empty for the server's own address."
+    )
+    fall: int = option(
+        3, POSITIVE, "Consecutive failed checks that take a server out (HAProxy: fall 3)."
+    )
+    rise: int = option(
+        2, POSITIVE, "Consecutive passed checks that bring it back (HAProxy: rise 2)."
+    )
+
+    # Passive tracking and retries (lbproxy.balancing.pool).
+    max_fails: int = option(
+        1,
+        COUNT,
+        "Failed requests (refused, timed out, not HTTP) within --fail-timeout that "
+        "take a server out for --fail-timeout (nginx: max_fails=1); 0 turns this off.",
+    )
+    fail_timeout: float = option(
+        10.0,
+        SECONDS,
+        "The window of --max-fails, and how long a server stays out (nginx: fail_timeout=10s).",
+    )
+    max_tries: int = option(
+        0,
+        COUNT,
+        "Servers one request may be tried on when connecting fails; 0 is all of "
+        "the pool's (nginx: proxy_next_upstream_tries 0).",
+    )
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            raise ConfigError(f"upstream pool {self.name!r} has no servers")
+        check_fields(self, Scope.POOL)
+
+    def healthy(self, status: int) -> bool:
+        """
+        Whether a health check's answer status counts as healthy.
+        """
+        return any(low <= status <= high for low, high in self.health_status)
+
+    @property
+    def tries(self) -> int:
+        """
+        How many servers one request may be tried on.
+        """
+        return self.max_tries or len(self.servers)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """
+    Which requests go to which pool (nginx's C{location} and
+    C{server_name}); the first route that matches wins.
+
+    @ivar upstream: the pool's name.
+    @ivar host: the C{Host} to match, exactly (case-insensitive, port
+        ignored) or C{*.example.com} for any subdomain; L{None} for any.
+    @ivar path: a prefix of the request path; L{None} for any.
+    """
+
+    upstream: str
+    host: str | None = None
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is not None and not self.path.startswith("/"):
+            raise ConfigError(f"route path {self.path!r} must start with /")
+        if self.host is not None and (not self.host or "/" in self.host):
+            raise ConfigError(f"route host {self.host!r} is not a host name")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """
+    The whole configuration of one lbproxy process.
+
+    @ivar pools: the upstream pools (C{--upstream} makes one, C{default}).
+    @ivar routes: which requests go to which pool, in order.
+    """
+
+    pools: tuple[PoolConfig, ...]
+    routes: tuple[RouteConfig, ...] = ()
+
+    # Listening and the client side (lbproxy.http).
+    listen: tuple[str, ...] = option(
+        ("tcp:8080",),
+        ENDPOINTS,
+        "A Twisted server endpoint to listen on: tcp:8080, "
+        "tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem:certKey=cert.pem, "
+        "unix:/run/lb.sock, haproxy:tcp:8080 ... (nginx: listen). tcp:, "
+        "ssl: and unix: listeners get nginx's accept backlog, 511, unless they name one.",
+        repeatable=True,
+    )
+    client_timeout: float = option(
+        60.0,
+        SECONDS,
+        "Seconds an idle keep-alive client connection stays open (nginx: keepalive_timeout 75s).",
+    )
+    client_header_timeout: float = option(
+        60.0,
+        SECONDS,
+        "Seconds a client has to send a whole request head, from its first byte; "
+        "408 after (nginx: client_header_timeout 60s).",
+    )
+    client_body_timeout: float = option(
+        60.0,
+        SECONDS,
+        "Seconds a request body may stall between two reads; 408 after "
+        "(nginx: client_body_timeout 60s).",
+    )
+    max_body_size: int = option(
+        0,
+        BYTES_OR_ZERO,
+        "Largest request body, 413 beyond; 0 is no limit (HAProxy; nginx's "
+        "client_max_body_size is 1m).",
+    )
+    max_request_line: int = option(
+        8192,
+        BYTES,
+        "Longest request line, 414 beyond (nginx: large_client_header_buffers 4 8k).",
+    )
+    max_header_line: int = option(
+        8192,
+        BYTES,
+        "Longest request header line, 431 beyond (nginx: large_client_header_buffers 4 8k).",
+    )
+    max_headers_size: int = option(
+        65536, BYTES, "Most bytes of request headers in all, 431 beyond."
+    )
+    max_headers: int = option(
+        100,
+        POSITIVE,
+        "Most request header lines, 431 beyond (HAProxy: tune.http.maxhdr 101).",
+    )
+
+    send_timeout: float = option(
+        60.0,
+        SECONDS,
+        "Seconds a client may take no byte of an answer while lbproxy has bytes "
+        "for it; then the client connection and its upstream connection are "
+        "closed (nginx: send_timeout 60s).",
+    )
+
+    # The upstream side (lbproxy.upstream).
+    connect_timeout: float = option(
+        5.0,
+        SECONDS,
+        "Seconds to wait for a connection to an app server (nginx: "
+        "proxy_connect_timeout 60s; 5 s fails over to the next server sooner).",
+    )
+    read_timeout: float = option(
+        60.0,
+        SECONDS,
+        "Seconds an app server may stay silent, counted once the request is "
+        "sent: 504 if nothing was relayed yet, else the client connection is "
+        "aborted (nginx: proxy_read_timeout 60s).",
+    )
+    max_upstream_headers_size: int = option(
+        65536,
+        BYTES,
+        "Largest app server response head (status line and headers): 502 "
+        "beyond, logged with the server's address (nginx: proxy_buffer_size, "
+        '"upstream sent too big header").',
+    )
+    upstream_keepalive: int = option(
+        32,
+        COUNT,
+        "Idle connections kept per app server (nginx: keepalive 32); 0 closes "
+        "each connection after its request.",
+    )
+    upstream_idle_timeout: float = option(
+        4.0,
+        SECONDS,
+        "Seconds an idle pooled connection may be reused; keep it below the app "
+        "servers' own idle timeout (Node's is 5 s), so lbproxy closes first.",
+    )
+
+    # TLS (lbproxy.http.servertls, lbproxy.upstream.tls).
+    tls_cert_dir: str = option(
+        "",
+        FILE,
+        "A directory of PEM files (key, certificate, chain), one per host name "
+        "(example.com.pem, *.example.com.pem): ssl: listeners pick one by SNI; "
+        "their own certKey= answers other clients.",
+    )
+    redirect_https: int = option(
+        0,
+        PORT,
+        "Answer requests on plain listeners with 308 to https on this port "
+        "(nginx: return 308 https://$host$request_uri); 0 is off.",
+    )
+    hsts: int = option(
+        0,
+        COUNT,
+        "Strict-Transport-Security max-age in seconds, added to TLS responses "
+        "that lack one; 0 is off.",
+    )
+    upstream_ca: str = option(
+        "",
+        FILE,
+        "PEM file of the CA certificates https upstreams must chain to; empty "
+        "for the platform's trusted roots (nginx: proxy_ssl_trusted_certificate).",
+    )
+    upstream_client_cert: str = option(
+        "",
+        FILE,
+        "PEM file with a private key and certificate (and chain) presented to "
+        "https upstreams, mTLS (nginx: proxy_ssl_certificate).",
+    )
+    upstream_insecure: bool = option(
+        False,
+        FLAG,
+        "Do not verify the certificates of https upstreams; a warning is "
+        "logged at start (nginx: proxy_ssl_verify off, its default).",
+    )
+
+    # Operations (lbproxy.service).
+    access_log: str = option(
+        "-",
+        ACCESS_LOG,
+        "Where the access line of each request goes, in nginx's combined "
+        "format: '-' is the twistd log, 'off' is nowhere, anything else a "
+        "file (nginx: access_log).",
+    )
+    drain_timeout: float = option(
+        10.0,
+        SECONDS,
+        "On stop (SIGTERM), seconds requests in flight may take to finish "
+        "before they are aborted (nginx: worker_shutdown_timeout).",
+    )
+    demo: bool = option(
+        False,
+        FLAG,
+        "Start two small demo app servers on loopback (answering 'PORT 3000' "
+        "and 'PORT 3001', as the walkthrough's express apps) and proxy to them.",
+        file=False,
+        reload=Reload.RESTART,
+    )
+
+    def __post_init__(self) -> None:
+        if not self.pools:
+            raise ConfigError("no upstream servers: give --upstream HOST:PORT")
+        check_fields(self, Scope.GLOBAL)
+        names = [pool.name for pool in self.pools]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(f"upstream pool {name!r} is defined twice")
+        for route in self.routes:
+            if route.upstream not in names:
+                raise ConfigError(
+                    f"route to {route.upstream!r}: no such upstream pool "
+                    f"(pools: {', '.join(names)})"
+                )
+        if len(self.pools) > 1 and not self.routes:
+            raise ConfigError(
+                f"{len(self.pools)} upstream pools but no route: add [[route]] tables "
+                "saying which requests go where"
+            )
+        if self.upstream_insecure and self.upstream_ca:
+            raise ConfigError("upstream-insecure and upstream-ca contradict: give one of them")
+
+
+def all_options() -> list[Option]:
+    """
+    Every option, global ones first, in declaration order.
+    """
+    return [*options_of(Config, Scope.GLOBAL), *options_of(PoolConfig, Scope.POOL)]

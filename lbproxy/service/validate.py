@@ -1,0 +1,188 @@
+# -*- test-case-name: tests.service.test_validate -*-
+"""
+Everything a configuration needs before the proxy may start or a reload
+may begin: the one check behind C{lbproxy check} (as C{nginx -t}), the
+start (C{twistd lbproxy}) and every reload (SIGHUP).
+
+L{lbproxy.config.file} and L{lbproxy.config.model} check the shape of the
+configuration and the type and range of every key; L{check_config} checks
+what only the system can say, without changing anything:
+
+  - every C{listen} endpoint string parses with Twisted's own parser
+    (C{serverFromString} builds an endpoint without listening), and a TCP
+    port is in 0-65535;
+  - the key and certificate files of C{ssl:} listeners, of
+    C{tls-cert-dir}, C{upstream-ca} and C{upstream-client-cert} load, and
+    each key matches its certificate;
+  - the access log file can be written (or created) where it is named.
+
+What it cannot know in advance (a port in use, a directory that vanishes
+in between) fails when the listener is bound; a reload then changes
+nothing (L{lbproxy.service.service.ProxyService.apply}).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+
+from lbproxy.config.file import ConfigFileError, load_config
+from lbproxy.config.model import Config
+from lbproxy.errors import ConfigError
+from lbproxy.http.servertls import check_listener_files, load_cert_dir
+from lbproxy.service.listeners import error_text, with_default_backlog
+from lbproxy.upstream.tls import UpstreamTLS
+
+__all__ = ["Problem", "check_config", "load_checked"]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """
+    One thing wrong with a configuration.
+
+    @ivar key: the key as the file spells it (C{listen}, C{upstream-ca});
+        the command-line option is the same with two dashes.
+    @ivar index: the position of the value in a list-valued key, or
+        L{None}.
+    @ivar reason: what is wrong, naming the value.
+    """
+
+    key: str
+    index: int | None
+    reason: str
+
+    def in_file(self, path: str) -> str:
+        """
+        The problem as a line about the file at C{path}, in the form of
+        L{lbproxy.config.file}'s: C{lb.toml: listen[0]: 'tcpp:1': ...}.
+        """
+        where = self.key if self.index is None else f"{self.key}[{self.index}]"
+        return f"{path}: {where}: {self.reason}"
+
+    def as_option(self) -> str:
+        """
+        The problem as a line about a command-line option:
+        C{--listen 'tcpp:1': ...} (a repeatable option's value is in the
+        reason) or C{--upstream-ca: ...}.
+        """
+        separator = " " if self.index is not None else ": "
+        return f"--{self.key}{separator}{self.reason}"
+
+
+def check_config(config: Config, reactor: Any) -> list[Problem]:
+    """
+    Check what C{config} needs from the system, changing nothing; see the
+    module docstring.
+
+    @param reactor: what the endpoint parser is given (it only keeps it).
+    @return: every problem found, in the order of the keys; none if the
+        configuration can be put in force.
+    """
+    problems = []
+    for index, description in enumerate(config.listen):
+        reason = _listener_problem(reactor, description)
+        if reason is not None:
+            problems.append(Problem("listen", index, f"{description!r}: {reason}"))
+    if config.tls_cert_dir:
+        problems += _tls_problems("tls-cert-dir", _load_cert_dir, config.tls_cert_dir)
+    if config.upstream_ca:
+        problems += _tls_problems("upstream-ca", _load_upstream_ca, config.upstream_ca)
+    if config.upstream_client_cert:
+        problems += _tls_problems(
+            "upstream-client-cert", _load_client_cert, config.upstream_client_cert
+        )
+    if config.access_log not in ("-", "off"):
+        reason = _access_log_problem(config.access_log)
+        if reason is not None:
+            problems.append(Problem("access-log", None, f"{config.access_log!r}: {reason}"))
+    return problems
+
+
+def load_checked(path: str, reactor: Any) -> Config:
+    """
+    Read the configuration file at C{path} and check it all (its shape
+    with L{load_config}, then L{check_config}).
+
+    @raise ConfigFileError: listing every problem, each naming the file.
+    """
+    config = load_config(path)
+    problems = check_config(config, reactor)
+    if problems:
+        raise ConfigFileError([problem.in_file(path) for problem in problems])
+    return config
+
+
+def _listener_problem(reactor: Any, description: str) -> str | None:
+    # Imported here: lbproxy.service.service imports the site and the whole proxy,
+    # which C{lbproxy check} does not need otherwise.
+
+    try:
+        # As the service will build it (with the default backlog, which
+        # must parse too).
+        endpoint = serverFromString(reactor, with_default_backlog(description))
+        if isinstance(endpoint, SSL4ServerEndpoint):
+            endpoint._sslContextFactory.getContext()
+    except Exception as e:
+        try:
+            # OpenSSL's errors name no file: find the one at fault.
+            check_listener_files(description)
+        except ConfigError as named:
+            return str(named)
+        except Exception:
+            pass
+        return error_text(e)
+    # Twisted's parser takes any integer; the kernel does not.
+    inner = getattr(endpoint, "_wrappedEndpoint", endpoint)
+    port = getattr(inner, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        return f"port {port} is not in 0-65535"
+    return None
+
+
+def _load_cert_dir(path: str) -> None:
+    for options in load_cert_dir(path).values():
+        # Build each context now: the listener builds them only when a
+        # client asks for that name.
+        options.getContext()
+
+
+def _load_upstream_ca(path: str) -> None:
+    UpstreamTLS(ca_path=path)
+
+
+def _load_client_cert(path: str) -> None:
+    # Making a connection creator builds the OpenSSL context with the
+    # certificate, as the first https connection would.
+    UpstreamTLS(client_cert_path=path).creator("localhost")
+
+
+def _tls_problems(key: str, load: Any, path: str) -> list[Problem]:
+    try:
+        load(path)
+    except ConfigError as e:
+        return [Problem(key, None, str(e))]
+    except Exception as e:
+        return [Problem(key, None, f"{path!r}: {error_text(e)}")]
+    return []
+
+
+def _access_log_problem(path: str) -> str | None:
+    """
+    Why the access log at C{path} could not be opened for appending, found
+    without creating it (C{lbproxy check} may run as another user, or on
+    another machine).
+    """
+    if os.path.isdir(path):
+        return "is a directory"
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else "not writable"
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"directory {os.path.dirname(path) or directory!r} does not exist"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"cannot create it: directory {directory!r} is not writable"
+    return None

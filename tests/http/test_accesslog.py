@@ -1,0 +1,454 @@
+"""
+Tests for L{lbproxy.http.accesslog}: the combined line, the batching (on
+a L{Clock}), the sinks, and where twistd's own log is.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.scripts._twistd_unix import ServerOptions
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbproxy.http.accesslog import (
+    BUFFER_SIZE,
+    AccessLog,
+    EventSink,
+    FileSink,
+    StreamSink,
+    TwistdLog,
+    combined_line,
+    combined_timestamp,
+    open_sink,
+)
+from tests.http.fakes import MemorySink
+
+
+class _FinishedRequest:
+    """
+    The parts of a finished request an access line reads
+    (L{lbproxy.http.accesslog.LoggedRequest}).
+    """
+
+    def __init__(
+        self,
+        target: bytes = b"/",
+        headers: dict[bytes, bytes] | None = None,
+        client_address: bytes = b"10.0.0.7",
+    ) -> None:
+        self.method = b"GET"
+        self.target = target
+        self.version = b"HTTP/1.1"
+        self.status = 200
+        self.bytes_sent = 9
+        self.client_address = client_address
+        self._headers = headers or {}
+
+    def header(self, name: bytes) -> bytes | None:
+        return self._headers.get(name)
+
+
+_TIME = "[25/Nov/2026:12:00:00 +0000]"
+
+
+class CombinedLineTests(SynchronousTestCase):
+    """
+    L{combined_line} writes nginx's C{combined} format.
+    """
+
+    def test_plain(self) -> None:
+        """
+        Address unquoted, request line, status, bytes, referrer and agent
+        quoted, as nginx writes them.
+        """
+        line = combined_line(
+            _TIME,
+            _FinishedRequest(headers={b"referer": b"http://r/", b"user-agent": b"curl/8"}),
+        )
+        self.assertEqual(
+            line,
+            '10.0.0.7 - - [25/Nov/2026:12:00:00 +0000] "GET / HTTP/1.1" 200 9 "http://r/" "curl/8"',
+        )
+
+    def test_missing_headers_are_dashes(self) -> None:
+        """
+        No Referer or User-Agent gives C{"-"} for each.
+        """
+        line = combined_line(_TIME, _FinishedRequest())
+        self.assertTrue(line.endswith('200 9 "-" "-"'), line)
+
+    def test_escapes(self) -> None:
+        """
+        Quotes, backslashes, control and non-ASCII bytes are written as
+        C{\\xHH}, so a request cannot forge or break a log line.
+        """
+        line = combined_line(
+            _TIME,
+            _FinishedRequest(target=b'/a"b\\c\n\xff', headers={b"user-agent": b'x" 200 1 "'}),
+        )
+        self.assertIn('"GET /a\\x22b\\x5Cc\\x0A\\xFF HTTP/1.1"', line)
+        self.assertTrue(line.endswith('"x\\x22 200 1 \\x22"'), line)
+        self.assertNotIn("\n", line)
+
+    def test_unix_client(self) -> None:
+        """
+        A client on a UNIX socket (its address C{unix:}) is logged as
+        C{unix:}, as nginx logs C{$remote_addr}.
+        """
+        line = combined_line(_TIME, _FinishedRequest(client_address=b"unix:"))
+        self.assertTrue(line.startswith("unix: - - ["), line)
+
+    def test_timestamp(self) -> None:
+        """
+        The time is written in UTC as the combined format has it.
+        """
+        self.assertEqual(combined_timestamp(1764675875.9), "[02/Dec/2025:11:44:35 +0000]")
+
+
+class BatchingTests(SynchronousTestCase):
+    """
+    L{AccessLog} writes its lines in batches: when 64 KiB are waiting or
+    a second after the first line of a batch (nginx's C{buffer=64k
+    flush=1s}).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1764675875.5)
+        self.sink = MemorySink()
+        self.log = AccessLog(self.clock, self.sink)
+
+    def test_nothing_before_a_second(self) -> None:
+        """
+        Lines are not written before a second has passed.
+        """
+        self.log.request_done(_FinishedRequest())
+        self.clock.advance(0.5)
+        self.log.request_done(_FinishedRequest())
+        self.clock.advance(0.49)
+        self.assertEqual(self.sink.batches, [])
+
+    def test_written_after_a_second(self) -> None:
+        """
+        A second after the first line, every waiting line is written in
+        one write, each ending with a newline.
+        """
+        self.log.request_done(_FinishedRequest(b"/1"))
+        self.clock.advance(0.5)
+        self.log.request_done(_FinishedRequest(b"/2"))
+        self.clock.advance(0.5)
+        [batch] = self.sink.batches
+        self.assertEqual(batch.count(b"\n"), 2)
+        self.assertTrue(batch.endswith(b"\n"))
+        self.assertEqual(
+            [line.split('"')[1] for line in self.sink.lines], ["GET /1 HTTP/1.1", "GET /2 HTTP/1.1"]
+        )
+
+    def test_time_of_each_line(self) -> None:
+        """
+        Each line has the time its request was logged.
+        """
+        self.log.request_done(_FinishedRequest())
+        self.clock.advance(0.6)
+        self.log.request_done(_FinishedRequest())
+        self.log.flush()
+        self.assertEqual(
+            [line.split(" ")[3] for line in self.sink.lines],
+            ["[02/Dec/2025:11:44:35", "[02/Dec/2025:11:44:36"],
+        )
+
+    def test_written_at_64_kib(self) -> None:
+        """
+        Once 64 KiB are waiting they are written at once, without waiting
+        for the second.
+        """
+        request = _FinishedRequest(b"/" + b"a" * 1000)
+        count = 0
+        while not self.sink.batches:
+            self.log.request_done(request)
+            count += 1
+        [batch] = self.sink.batches
+        self.assertGreaterEqual(len(batch), BUFFER_SIZE)
+        self.assertLess(len(batch) - len(batch) // count, BUFFER_SIZE)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_flush(self) -> None:
+        """
+        L{AccessLog.flush} writes what is waiting now, and leaves no timer.
+        """
+        self.log.request_done(_FinishedRequest())
+        self.log.flush()
+        self.assertEqual(len(self.sink.lines), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_flush_nothing(self) -> None:
+        """
+        Flushing with nothing waiting writes nothing.
+        """
+        self.log.flush()
+        self.assertEqual(self.sink.batches, [])
+
+    def test_next_batch_has_its_own_second(self) -> None:
+        """
+        After a batch is written, the next line starts a new second.
+        """
+        self.log.request_done(_FinishedRequest())
+        self.clock.advance(1)
+        self.clock.advance(5)
+        self.log.request_done(_FinishedRequest())
+        self.clock.advance(0.9)
+        self.assertEqual(len(self.sink.batches), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.sink.batches), 2)
+
+    def test_off(self) -> None:
+        """
+        Without a sink (C{off}) nothing is kept and no timer runs.
+        """
+        log = AccessLog(self.clock, None)
+        log.request_done(_FinishedRequest())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_replace_sink(self) -> None:
+        """
+        A new sink (a reload) gets the lines from then on; what was waiting
+        goes to the old one, which is closed.
+        """
+        self.log.request_done(_FinishedRequest(b"/old"))
+        new = MemorySink()
+        self.log.replace_sink(new)
+        self.log.request_done(_FinishedRequest(b"/new"))
+        self.log.flush()
+        self.assertTrue(self.sink.closed)
+        self.assertEqual([line.split('"')[1] for line in self.sink.lines], ["GET /old HTTP/1.1"])
+        self.assertEqual([line.split('"')[1] for line in new.lines], ["GET /new HTTP/1.1"])
+        self.assertFalse(new.closed)
+
+    def test_close(self) -> None:
+        """
+        Closing (a stop) writes what is waiting and closes the sink.
+        """
+        self.log.request_done(_FinishedRequest())
+        self.log.close()
+        self.assertEqual(len(self.sink.lines), 1)
+        self.assertTrue(self.sink.closed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_write_error_logged(self) -> None:
+        """
+        A sink that cannot be written to (a full disk) costs the batch and
+        an error in the log, not the request.
+        """
+
+        class FullDisk(MemorySink):
+            def write_lines(self, data: bytes) -> None:
+                raise OSError(28, "No space left on device")
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        log = AccessLog(self.clock, FullDisk())
+        log.request_done(_FinishedRequest())
+        log.flush()
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["access log not written: [Errno 28] No space left on device"],
+        )
+
+
+class FileSinkTests(SynchronousTestCase):
+    """
+    L{FileSink} appends to a file, and follows it when it is renamed.
+    """
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.path = os.path.join(directory, "access.log")
+
+    def _read(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def test_appends(self) -> None:
+        """
+        Lines are appended to what the file already holds.
+        """
+        with open(self.path, "wb") as f:
+            f.write(b"before\n")
+        sink = FileSink(self.path)
+        self.addCleanup(sink.close)
+        sink.write_lines(b"one\n")
+        sink.write_lines(b"two\n")
+        self.assertEqual(self._read(self.path), b"before\none\ntwo\n")
+
+    def test_follows_renamed_file(self) -> None:
+        """
+        Following, once the file was renamed (twistd's log rotation: the
+        log moves to C{.1} and a new one starts) the next batch goes to a
+        new file at the path.
+        """
+        sink = FileSink(self.path, follow=True)
+        self.addCleanup(sink.close)
+        sink.write_lines(b"one\n")
+        os.rename(self.path, self.path + ".1")
+        sink.write_lines(b"two\n")
+        self.assertEqual(self._read(self.path + ".1"), b"one\n")
+        self.assertEqual(self._read(self.path), b"two\n")
+
+    def test_follows_rotated_file(self) -> None:
+        """
+        Following, when the rotating program already started a new file at
+        the path, the next batch goes there.
+        """
+        sink = FileSink(self.path, follow=True)
+        self.addCleanup(sink.close)
+        sink.write_lines(b"one\n")
+        os.rename(self.path, self.path + ".1")
+        with open(self.path, "wb") as f:
+            f.write(b"twistd\n")
+        sink.write_lines(b"two\n")
+        self.assertEqual(self._read(self.path), b"twistd\ntwo\n")
+
+    def test_not_following_until_reopened(self) -> None:
+        """
+        Not following (a file of lbproxy's own), lines go to the renamed
+        file until the sink is reopened (on reload, after logrotate).
+        """
+        sink = FileSink(self.path)
+        self.addCleanup(sink.close)
+        os.rename(self.path, self.path + ".1")
+        sink.write_lines(b"one\n")
+        sink.reopen()
+        sink.write_lines(b"two\n")
+        self.assertEqual(self._read(self.path + ".1"), b"one\n")
+        self.assertEqual(self._read(self.path), b"two\n")
+
+
+def _twistd(*arguments: str) -> TwistdLog | None:
+    """
+    Where twistd logs with these options, as lbproxy finds it.
+    """
+    options = ServerOptions()
+    options.parseOptions(list(arguments))
+    return TwistdLog.from_options(options)
+
+
+class TwistdLogTests(SynchronousTestCase):
+    """
+    L{TwistdLog.from_options} finds where twistd logs, from twistd's own
+    options, as its C{UnixAppLogger} decides.
+    """
+
+    def test_nodaemon(self) -> None:
+        """
+        C{twistd -n} logs to standard output.
+        """
+        self.assertEqual(_twistd("-n"), TwistdLog(stdout=True))
+
+    def test_logfile(self) -> None:
+        """
+        C{--logfile PATH} logs to that file, by its absolute path.
+        """
+        self.assertEqual(
+            _twistd("--logfile", "logs/lb.log"), TwistdLog(path=os.path.abspath("logs/lb.log"))
+        )
+
+    def test_nodaemon_logfile(self) -> None:
+        """
+        C{twistd -n --logfile PATH} logs to the file, not standard output.
+        """
+        self.assertEqual(
+            _twistd("-n", "--logfile", "/var/log/lb.log"), TwistdLog(path="/var/log/lb.log")
+        )
+
+    def test_logfile_dash(self) -> None:
+        """
+        C{--logfile -} is standard output.
+        """
+        self.assertEqual(_twistd("-n", "--logfile", "-"), TwistdLog(stdout=True))
+
+    def test_daemon_default(self) -> None:
+        """
+        A daemon without C{--logfile} logs to C{twistd.log} in the current
+        directory.
+        """
+        self.assertEqual(_twistd(), TwistdLog(path=os.path.abspath("twistd.log")))
+
+    def test_syslog(self) -> None:
+        """
+        C{--syslog} is not a file: no place to write to.
+        """
+        self.assertIsNone(_twistd("--syslog"))
+
+    def test_not_twistd(self) -> None:
+        """
+        Without twistd's options there is no twistd log.
+        """
+        self.assertIsNone(TwistdLog.from_options(None))
+
+
+class OpenSinkTests(SynchronousTestCase):
+    """
+    L{open_sink} picks where the lines of an C{access-log} setting go.
+    """
+
+    def test_off(self) -> None:
+        """
+        C{off} is nowhere.
+        """
+        self.assertIsNone(open_sink("off", TwistdLog(stdout=True)))
+
+    def test_path(self) -> None:
+        """
+        A path is a file of its own, not followed (reopened on reload).
+        """
+        path = self.mktemp()
+        sink = open_sink(path, None)
+        self.addCleanup(sink.close)
+        self.assertIsInstance(sink, FileSink)
+        sink.write_lines(b"one\n")
+        os.rename(path, path + ".1")
+        sink.write_lines(b"two\n")
+        self.assertFalse(os.path.exists(path))
+
+    def test_twistd_file(self) -> None:
+        """
+        C{-} under a twistd logging to a file appends to that file,
+        following it through twistd's rotation.
+        """
+        path = os.path.abspath(self.mktemp())
+        sink = open_sink("-", TwistdLog(path=path))
+        self.addCleanup(sink.close)
+        sink.write_lines(b"one\n")
+        os.rename(path, path + ".1")
+        sink.write_lines(b"two\n")
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"two\n")
+
+    def test_twistd_stdout(self) -> None:
+        """
+        C{-} under C{twistd -n} writes to standard output.
+        """
+        self.assertIsInstance(open_sink("-", TwistdLog(stdout=True)), StreamSink)
+
+    def test_no_twistd_file(self) -> None:
+        """
+        C{-} when twistd logs elsewhere (syslog) logs one event per line
+        through Twisted's logger.
+        """
+        sink = open_sink("-", None)
+        self.assertIsInstance(sink, EventSink)
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        sink.write_lines(b"one\ntwo\n")
+        self.assertEqual([formatEvent(e) for e in events], ["one", "two"])
+
+    def test_event_namespace(self) -> None:
+        """
+        Access lines logged as events are in the C{lbproxy.access}
+        namespace, for an observer to tell them from the rest of the log.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        EventSink().write_lines(b"one\n")
+        self.assertEqual([e["log_namespace"] for e in events], ["lbproxy.access"])

@@ -1,0 +1,191 @@
+"""
+Fakes of the proxy's two sides, implementing the real interfaces, for
+driving a L{lbproxy.proxy.exchange.ProxyExchange} on a L{Clock} without a
+socket (as treq's C{_agentspy} fakes an agent).
+
+  - L{FakeUpstreamClient}: an L{lbproxy.upstream.client.UpstreamClient} that
+    records what is sent; the test answers through the recorded sink, as
+    an L{lbproxy.upstream.connection.UpstreamConnection} would.
+  - L{FakeClientRequest}: an L{lbproxy.http.request.ClientRequest} that
+    records the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import Clock
+from zope.interface import implementer
+
+from lbproxy.balancing.pool import Server
+from lbproxy.config.model import Config, PoolConfig, ServerConfig
+from lbproxy.http.request import Header, RequestExchange
+from lbproxy.proxy.resource import BalancingProxyResource
+from lbproxy.service.service import build_router
+from lbproxy.upstream.body import StreamingBody
+from lbproxy.upstream.connection import IResponseSink, UpstreamRequest
+
+
+@dataclass
+class Sent:
+    """
+    One request sent upstream.
+
+    @ivar fresh: sent with C{send_fresh} (a new connection).
+    @ivar abandoned: the exchange gave it up.
+    """
+
+    server: Server
+    request: UpstreamRequest
+    sink: IResponseSink
+    fresh: bool
+    abandoned: bool = False
+
+
+class FakeUpstreamClient:
+    """
+    Records every request sent; answers come from the test through
+    C{sent[i].sink}.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.sent: list[Sent] = []
+
+    def _send(self, server: Server, request: UpstreamRequest, sink: Any, fresh: bool) -> Any:
+        sent = Sent(server, request, sink, fresh)
+        self.sent.append(sent)
+
+        def abandon() -> None:
+            sent.abandoned = True
+
+        return abandon
+
+    def send(self, server: Server, request: UpstreamRequest, sink: Any) -> Any:
+        """
+        Send on a pooled connection (recorded).
+        """
+        return self._send(server, request, sink, False)
+
+    def send_fresh(self, server: Server, request: UpstreamRequest, sink: Any) -> Any:
+        """
+        Send on a new connection (recorded).
+        """
+        return self._send(server, request, sink, True)
+
+
+@implementer(IPushProducer)
+class FakeProducer:
+    """
+    Stands for the upstream connection as the answer's producer.
+    """
+
+    paused = False
+    stopped = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+@dataclass
+class FakeClientRequest:
+    """
+    A client request that records its answer.
+
+    @ivar answer: C{(status, reason, headers)} once answered.
+    @ivar written: the body written.
+    @ivar producer: the answer's producer (the exchange).
+    @ivar finished: C{finish} was called.
+    @ivar aborted: C{abort} was called.
+    @ivar pending: what C{unsent} answers (the client's socket buffer).
+    """
+
+    method: bytes = b"GET"
+    target: bytes = b"/"
+    version: bytes = b"HTTP/1.1"
+    headers: list[Header] = field(default_factory=lambda: [(b"Host", b"example.com")])
+    body: StreamingBody | None = None
+    exchange: RequestExchange | None = None
+    secure: bool = False
+    client_address: bytes = b"10.0.0.9"
+    answer: tuple[int, bytes, list[Header]] | None = None
+    written: bytes = b""
+    producer: IPushProducer | None = None
+    finished: bool = False
+    aborted: bool = False
+    flushes: int = 0
+    pending: int | None = None
+
+    @property
+    def answer_started(self) -> bool:
+        return self.answer is not None
+
+    def header(self, name: bytes) -> bytes | None:
+        found = None
+        for each, value in self.headers:
+            if each.lower() == name:
+                found = value
+        return found
+
+    def default_host(self) -> bytes:
+        return b"proxy.example:8080"
+
+    def respond(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[Header],
+        producer: IPushProducer | None = None,
+    ) -> None:
+        self.answer = (status, reason, headers)
+        self.producer = producer
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+    def finish(self) -> None:
+        self.finished = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def unsent(self) -> int | None:
+        return self.pending
+
+    @property
+    def status(self) -> int:
+        """
+        The answer's status (0 before one).
+        """
+        return self.answer[0] if self.answer is not None else 0
+
+
+def resource(
+    clock: Clock, servers: int = 2, send_timeout: float = 60.0, **pool: Any
+) -> tuple[BalancingProxyResource, FakeUpstreamClient]:
+    """
+    A proxy resource over one pool of C{servers} servers (10.0.0.1:80 ...),
+    sending through a L{FakeUpstreamClient}.
+
+    @param pool: options of the pool (L{PoolConfig} fields).
+    """
+    configs = tuple(ServerConfig(f"10.0.0.{i}", 80) for i in range(1, servers + 1))
+    config = Config(pools=(PoolConfig("web", configs, health_check=False, **pool),))
+    client = FakeUpstreamClient(clock)
+    proxy = BalancingProxyResource(
+        build_router(config, clock),
+        client,
+        send_timeout=send_timeout,  # type: ignore[arg-type]
+    )
+    return proxy, client
