@@ -261,11 +261,12 @@ class ProxyExchange:
         """
         if self.state is State.TUNNEL:
             tunnel = self._tunnel
-            self._tunnel_closed()
             if tunnel is not None:
-                tunnel.abort()  # its access line follows the close
+                # Over at once: its access line, then _tunnel_closed.
+                tunnel.abort()
             else:
                 self._request.abort()
+            self._tunnel_closed()
             return
         if self.state is not State.DONE:
             self._end()

@@ -270,14 +270,22 @@ class Tunnel:
 
     def abort(self) -> None:
         """
-        Drop both connections now (the drain ran out); L{on_closed} follows
-        when they report their close.
+        Drop both connections now (the drain ran out, a close took too
+        long): the tunnel is over at once, and C{on_closed} is called now.
+        Their close is not waited for: on stop, the access log is closed
+        and the reactor stopped once the client connections are gone, which
+        can be before the app server connection reports its close.
         """
+        if self.closed_at is not None:
+            return
         for side in (self.client, self.upstream):
             if not side.lost:
                 side.reading = side.writing = False
                 side.closing = True
+                # Its close, when reported, finds the tunnel over.
+                side.lost = True
                 side.transport.abortConnection()
+        self._finish()
 
     def _close_side(self, side: _Side) -> None:
         if side.lost or side.closing:

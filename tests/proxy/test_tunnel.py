@@ -185,12 +185,29 @@ class TunnelTests(SynchronousTestCase):
 
     def test_abort(self) -> None:
         """
-        Aborting drops both connections at once.
+        Aborting drops both connections and ends the tunnel at once; their
+        close, reported later, changes nothing.
         """
         tunnel = self.tunnel()
         tunnel.abort()
         self.assertTrue(self.client.transport.aborted)
         self.assertTrue(self.upstream.transport.aborted)
+        self.assertEqual(self.closed, [tunnel])
+        self.client.receiver.tunnel_lost(_DONE)
+        self.upstream.receiver.tunnel_lost(_DONE)
+        tunnel.abort()
+        self.assertEqual(self.closed, [tunnel])
+
+    def test_abort_after_close(self) -> None:
+        """
+        Aborting a tunnel that already closed does nothing.
+        """
+        tunnel = self.tunnel()
+        self.client.receiver.tunnel_lost(_DONE)
+        self.upstream.receiver.tunnel_lost(_DONE)
+        tunnel.abort()
+        self.assertFalse(self.client.transport.aborted)
+        self.assertEqual(self.closed, [tunnel])
 
 
 class OpenTunnelTests(SynchronousTestCase):
@@ -346,8 +363,9 @@ class ExchangeTunnelTests(SynchronousTestCase):
 
     def test_drain_aborts_tunnels(self) -> None:
         """
-        When the drain runs out, a tunnel's two connections are aborted and
-        its exchange ends at once; its access line follows the close.
+        When the drain runs out, a tunnel's two connections are aborted,
+        its access line is written and its exchange ends, all at once (the
+        stop closes the log next).
         """
         exchange, client, connection = self.switch()
         self.proxy.abort_all()
@@ -355,9 +373,6 @@ class ExchangeTunnelTests(SynchronousTestCase):
         self.assertTrue(connection.transport.aborted)
         self.assertEqual(self.proxy.exchanges, set())
         self.assertEqual(self.upstream.sent[0].server.active, 0)
-        self.assertIsNone(client.tunnel_log)
-        client.end.receiver.tunnel_lost(_DONE)
-        connection.receiver.tunnel_lost(_DONE)
         self.assertIsNotNone(client.tunnel_log)
 
     def test_tunnel_timeout_of_the_resource(self) -> None:

@@ -282,7 +282,8 @@ class WebSocketTests(_ServiceTestCase):
     def test_stop_drains_then_closes(self):
         """
         On stop a tunnel keeps working for the drain timeout, then both its
-        connections are closed, and the stop completes.
+        connections are closed, its access line is written, and the stop
+        completes.
         """
         app = self.echo_app()
         self.drain = 0.5
@@ -311,6 +312,10 @@ class WebSocketTests(_ServiceTestCase):
         self.assertIsNone(closed.rcvd)
         yield stopping[0]
         self.assertEqual(service.resource.in_flight, 0)
+        # The log was closed by the stop: its file has every line.
+        with open(self.access_log) as f:
+            [line] = f.read().splitlines()
+        self.assertIn('"GET /chat HTTP/1.1" 101 ', line)
         code, _ = yield app.next_close()
         self.assertEqual(code, 1006)
 
