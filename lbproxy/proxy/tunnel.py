@@ -49,16 +49,17 @@ Closing
   either way for that long; a tunnel keeps the timeout it opened with.
 
 Accounting
-  A tunnel is an active connection of its server (for least-connections,
-  drain and the status page) from the request's attempt to the tunnel's
-  close, when the attempt ends with status 101 and no response time (how
-  long a tunnel stays open is not one).  Its exchange stays in flight until
-  then: a stop (SIGTERM) gives tunnels C{--drain-timeout}, as requests in
-  flight, then aborts them.  A reload (SIGHUP) does not touch them,
-  whatever the new configuration says: they are connections, and only new
-  requests take the new routes and pools.  The access line is written when
-  the tunnel closes: status 101, the bytes sent to the client, then
-  C{duration=SECONDS bytes_uploaded=N}
+  A tunnel is an active connection of its server (C{Server.active}, what
+  a least-connections balancer, a status page or metrics would count) from
+  the request's attempt to the tunnel's close, when the attempt ends with
+  status 101 and no response time (how long a tunnel stays open is not
+  one).  Its exchange stays in flight until then: a stop (SIGTERM) gives
+  tunnels C{--drain-timeout}, as requests in flight, then aborts them (the
+  tunnel ends, and is logged, at once).  A reload (SIGHUP) does not touch
+  them, whatever the new configuration says: they are connections, and
+  only new requests take the new routes and pools.  The access line is
+  written when the tunnel closes: status 101, the bytes sent to the
+  client, then C{duration=SECONDS bytes_uploaded=N}
   (L{lbproxy.http.accesslog.AccessLog.tunnel_done}).
 """
 
