@@ -144,7 +144,10 @@ def build_site(
         max_headers_size=config.max_upstream_headers_size,
     )
     resource = BalancingProxyResource(
-        build_router(config, clock), client, send_timeout=config.send_timeout
+        build_router(config, clock),
+        client,
+        send_timeout=config.send_timeout,
+        tunnel_timeout=config.tunnel_timeout,
     )
     sink = open_sink(config.access_log, None) if open_log else None
     site = ProxySite(resource, config, AccessLog(clock, sink), clock)

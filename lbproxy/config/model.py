@@ -323,6 +323,14 @@ class Config:
         "beyond, logged with the server's address (nginx: proxy_buffer_size, "
         '"upstream sent too big header").',
     )
+    tunnel_timeout: float = option(
+        3600.0,
+        SECONDS,
+        "Seconds a WebSocket or other Upgrade tunnel may carry no byte either "
+        "way before both its connections are closed (HAProxy: timeout tunnel; "
+        "nginx applies proxy_read_timeout 60s to WebSockets). A reload applies "
+        "it to new tunnels.",
+    )
     upstream_keepalive: int = option(
         32,
         COUNT,

@@ -270,9 +270,11 @@ class AccessLog:
         self._second = -1
         self._timestamp = ""
 
-    def request_done(self, request: Any) -> None:
+    def request_done(self, request: Any, fields: str = "") -> None:
         """
         Log C{request}, which was answered.
+
+        @param fields: appended to its line (a tunnel's, L{tunnel_done}).
         """
         if self.sink is None:
             return
@@ -282,12 +284,26 @@ class AccessLog:
             self._second = second
             self._timestamp = combined_timestamp(second)
         line = self._format(self._timestamp, request)
+        if fields:
+            line += fields
         self._lines.append(line)
         self._size += len(line) + 1
         if self._size >= BUFFER_SIZE:
             self.flush()
         elif self._flush_call is None:
             self._flush_call = self._clock.callLater(FLUSH_INTERVAL, self.flush)
+
+    def tunnel_done(self, request: Any, seconds: float, bytes_received: int) -> None:
+        """
+        Log the tunnel C{request} opened, once it closed: the request's
+        line (status 101; its bytes are those sent to the client through
+        the tunnel, as nginx's C{$body_bytes_sent} counts them), then
+        C{duration=SECONDS bytes_uploaded=N}: how long it was open and what
+        the client sent through it (HAProxy's C{%Tt} and C{%U}).  The
+        combined format has no field for either; its parsers ignore what
+        follows the user agent.
+        """
+        self.request_done(request, f" duration={seconds:.3f} bytes_uploaded={bytes_received}")
 
     def flush(self) -> None:
         """

@@ -96,6 +96,9 @@ class H2Request(server.Request):
     site: StreamSite  # type: ignore[assignment]
     exchange: RequestExchange | None = None
     body: StreamingBody | None = None
+    # HTTP/2 never upgrades (its extended CONNECT, RFC 8441, is not
+    # proxied): the gate refuses an upgrade header.
+    upgrade: bytes | None = None
     _waiting = False
     _refused = False
     _finish_waiting = False

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from twisted.internet.interfaces import IPushProducer
 
+from lbproxy.interfaces import TunnelEnd
 from lbproxy.upstream.body import StreamingBody
 
 __all__ = ["ClientRequest", "Header", "RequestExchange"]
@@ -53,6 +54,9 @@ class ClientRequest(Protocol):
     @ivar client_address: the client's IP address (C{b"unix:"} on a UNIX
         socket), for C{X-Forwarded-For} and the logs.
     @ivar answer_started: whether the answer's head has been written.
+    @ivar upgrade: what an HTTP/1.1 upgrade request offers to switch to
+        (its C{Upgrade} value, forwarded), else L{None}; always L{None} on
+        HTTP/2, whose extended CONNECT (RFC 8441) lbproxy does not proxy.
     """
 
     method: bytes
@@ -61,6 +65,7 @@ class ClientRequest(Protocol):
     headers: list[Header]
     body: StreamingBody | None
     exchange: RequestExchange | None
+    upgrade: bytes | None
 
     @property
     def secure(self) -> bool:
@@ -133,4 +138,18 @@ class ClientRequest(Protocol):
         """
         How many bytes of the answer wait in lbproxy for the client's
         socket, or L{None} if that cannot be known (an HTTP/2 stream).
+        """
+
+    def switch_protocols(self, reason: bytes, headers: list[Header]) -> TunnelEnd:
+        """
+        Answer C{101 Switching Protocols} with these headers as they are
+        (C{Connection} and C{Upgrade} included): the client connection
+        becomes a tunnel's end.  Only for a request with C{upgrade}.
+        """
+
+    def tunnel_closed(self, bytes_sent: int, bytes_received: int, seconds: float) -> None:
+        """
+        The tunnel opened by L{switch_protocols} closed after C{seconds},
+        having sent C{bytes_sent} to the client and C{bytes_received} from
+        it: log the request.
         """

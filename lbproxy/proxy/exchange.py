@@ -15,8 +15,15 @@ Its state (L{State}) is one value::
     WAITING ──▶ RELAYING ──▶ DONE
        │  ▲          (answer complete, client reset, client gone)
        └──┘ retry: next server, or a fresh connection
-       └──────────────────▶ DONE
-          (502, 503, 504, 404, 508 answered; client gone)
+       ├──────────────────▶ DONE
+       │  (502, 503, 504, 404, 508 answered; client gone)
+       └──▶ TUNNEL ──▶ DONE
+          (101 to an upgrade request; the tunnel closed, or was aborted)
+
+An upgrade request (L{lbproxy.http.request.ClientRequest.upgrade}) is
+forwarded with C{Connection: upgrade} and its C{Upgrade}; the app server's
+C{101} makes the two connections a tunnel (L{lbproxy.proxy.tunnel}), which
+stays in flight, and an active connection of its server, until it closes.
 
 A client that takes no byte of its answer for C{send_timeout} seconds
 (nginx's C{send_timeout 60s}) is closed, and the upstream connection with
@@ -46,8 +53,10 @@ from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.routes import Router
 from lbproxy.errors import UpstreamError
 from lbproxy.http.request import ClientRequest, Header
+from lbproxy.interfaces import TunnelEnd
 from lbproxy.proxy.headers import end_to_end, upstream_request_headers
 from lbproxy.proxy.retry import Next, after_failure
+from lbproxy.proxy.tunnel import Tunnel, open_tunnel
 from lbproxy.upstream.body import StreamingBody
 from lbproxy.upstream.client import UpstreamClient
 from lbproxy.upstream.connection import UpstreamRequest, serialize_request_head
@@ -63,6 +72,7 @@ class ExchangeOwner(Protocol):
     router: Router[Pool]
     client: UpstreamClient
     send_timeout: float
+    tunnel_timeout: float
 
     def exchange_started(self, exchange: ProxyExchange) -> None:
         """
@@ -105,6 +115,9 @@ class State(enum.Enum):
     #: The answer's head went to the client; its body is being relayed.  A
     #: failure now resets the client.
     RELAYING = "relaying"
+    #: The app server switched protocols (101): the two connections are a
+    #: tunnel until it closes.
+    TUNNEL = "tunnel"
     #: Answered, failed or abandoned.
     DONE = "done"
 
@@ -138,6 +151,7 @@ class ProxyExchange:
         "_unsent",
         "_sent_at",
         "_status",
+        "_tunnel",
     )
     _log = Logger()
 
@@ -163,6 +177,7 @@ class ProxyExchange:
         self._unsent: int | None = None
         self._sent_at = 0.0
         self._status = 0
+        self._tunnel: Tunnel | None = None
 
     def start(self) -> None:
         """
@@ -244,6 +259,15 @@ class ProxyExchange:
         Give up on this request (the drain ran out, the send timeout): drop
         the upstream connection, and reset the client.
         """
+        if self.state is State.TUNNEL:
+            tunnel = self._tunnel
+            if tunnel is not None:
+                # Over at once: its access line, then _tunnel_closed.
+                tunnel.abort()
+            else:
+                self._request.abort()
+            self._tunnel_closed()
+            return
         if self.state is not State.DONE:
             self._end()
             self._abandon_upstream()
@@ -308,6 +332,10 @@ class ProxyExchange:
         """
         if self.state is State.DONE:
             return
+        if self.state is State.TUNNEL:
+            # A bug while opening the tunnel, logged by the connection.
+            self.abort()
+            return
         request = self._request
         server = self._server
         assert server is not None and self._pool is not None
@@ -345,6 +373,49 @@ class ProxyExchange:
             self._answer_error(504, b"Gateway Timeout", b"upstream timed out")
         else:
             self._answer_error(502, b"Bad Gateway", b"bad answer from upstream")
+
+    def response_switched(
+        self, reason: bytes, headers: list[Header], connection: TunnelEnd
+    ) -> None:
+        """
+        The app server switched protocols as the client asked: answer the
+        C{101} and make the two connections a tunnel, which keeps this
+        exchange in flight until it closes.
+        """
+        if self.state is not State.WAITING:
+            connection.transport.abortConnection()
+            return
+        self._abandon = None
+        self._status = 101
+        self.state = State.TUNNEL
+        request = self._request
+        resource = self._resource
+        self._tunnel = open_tunnel(
+            request,
+            reason,
+            headers,
+            connection,
+            resource.client.clock,
+            resource.tunnel_timeout,
+            self._tunnel_closed,
+            label=(
+                f"tunnel from {request.client_address.decode('ascii', 'replace')} to "
+                f"{self._server.address if self._server is not None else '-'} "
+                f"({request.method.decode('latin-1')} {request.target.decode('latin-1')})"
+            ),
+        )
+
+    def _tunnel_closed(self) -> None:
+        """
+        The tunnel closed, or is being aborted: the attempt ends, with its
+        101 and no response time (how long a tunnel stays open is not one).
+        """
+        if self.state is not State.TUNNEL:
+            return
+        server, self._server = self._server, None
+        if server is not None and self._pool is not None:
+            self._pool.attempt_ended(server, 101, None)
+        self._end()
 
     # IPushProducer: the client side's pace.
 
@@ -480,6 +551,10 @@ def build_upstream_request(request: ClientRequest) -> UpstreamRequest:
         scheme=b"https" if request.secure else b"http",
         default_host=request.default_host,
     )
+    upgrade = request.upgrade
+    if upgrade is not None:
+        # Hop-by-hop, so dropped above: lbproxy asks for its own hop.
+        headers += ((b"Connection", b"upgrade"), (b"Upgrade", upgrade))
     body: bytes | StreamingBody = b""
     stream = request.body
     if stream is not None:
@@ -490,7 +565,7 @@ def build_upstream_request(request: ClientRequest) -> UpstreamRequest:
         headers.append((b"Content-Length", b"0"))
     headers.append((b"Via", _VIA))
     head = serialize_request_head(method, request.target, headers)
-    return UpstreamRequest(method, head, body)
+    return UpstreamRequest(method, head, body, upgrade)
 
 
 def _framed(headers: list[Header]) -> bool:

@@ -446,6 +446,8 @@ class ProxyService(MultiService):
         )
         self.client.max_headers_size = config.max_upstream_headers_size
         self.resource.send_timeout = config.send_timeout
+        # New tunnels only: open ones (connections) keep theirs.
+        self.resource.tunnel_timeout = config.tunnel_timeout
         kept = {_key(s) for pool in self.resource.router.pools.values() for s in pool.servers}
         for key, server in known.items():
             if key not in kept:
