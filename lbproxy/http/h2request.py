@@ -388,6 +388,7 @@ class H2Request(server.Request):
         self.channel.site.refusals.refused(
             f"HTTP/2 {status} {REASONS[status].decode()}: {detail}",
             self.client_address.decode("ascii", "replace"),
+            status,
         )
         if self.exchange is not None:
             self.exchange.client_gone()

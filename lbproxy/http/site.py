@@ -141,7 +141,7 @@ class ProxySite(server.Site):
         return self._date
 
     def _refused(self, error: FramingError, peer: str) -> None:
-        self.refusals.refused(str(error), peer)
+        self.refusals.refused(str(error), peer, error.status)
 
     # The connections' host (lbproxy.http.h1.ConnectionHost)
 
