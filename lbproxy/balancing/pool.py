@@ -154,7 +154,7 @@ class Pool:
         """
         A health check of C{server} passed.
         """
-        server.stats.last_check = (self._clock.seconds(), True, "passed")
+        server.stats.checked(self._clock.seconds(), True, "passed")
         server.check_failures = 0
         server.check_passes += 1
         rise = self.config.rise
@@ -169,7 +169,7 @@ class Pool:
         """
         A health check of C{server} failed because of C{reason}.
         """
-        server.stats.last_check = (self._clock.seconds(), False, reason)
+        server.stats.checked(self._clock.seconds(), False, reason)
         server.check_passes = 0
         server.check_failures += 1
         fall = self.config.fall
