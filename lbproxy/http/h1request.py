@@ -13,7 +13,7 @@ from typing import Protocol as TypingProtocol
 from twisted.internet.interfaces import IPushProducer
 
 from lbproxy.http.framing import RequestHead
-from lbproxy.http.request import Header, RequestExchange
+from lbproxy.http.request import ExchangeRecord, Header, RequestExchange
 from lbproxy.http.settings import ConnectionSettings
 from lbproxy.upstream.body import StreamingBody
 
@@ -81,6 +81,7 @@ class HTTP11Request:
     @ivar bytes_sent: body bytes of the answer written so far.
     @ivar finished: the answer is complete, or was given up on.
     @ivar keep_alive: the connection stays open after this answer.
+    @ivar record: what the proxy did with it (set by the exchange).
     """
 
     __slots__ = (
@@ -91,6 +92,7 @@ class HTTP11Request:
         "headers",
         "body",
         "exchange",
+        "record",
         "started",
         "status",
         "bytes_sent",
@@ -109,6 +111,7 @@ class HTTP11Request:
         self.headers = head.headers
         self.body: StreamingBody | None = None
         self.exchange: RequestExchange | None = None
+        self.record: ExchangeRecord | None = None
         self.started = started
         self.status = 0
         self.bytes_sent = 0

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from lbproxy.balancing.pool import Server
 from lbproxy.config.model import Config, PoolConfig, ServerConfig
-from lbproxy.http.request import Header, RequestExchange
+from lbproxy.http.request import ExchangeRecord, Header, RequestExchange
 from lbproxy.proxy.resource import BalancingProxyResource
 from lbproxy.service.service import build_router
 from lbproxy.upstream.body import StreamingBody
@@ -114,6 +114,7 @@ class FakeClientRequest:
     headers: list[Header] = field(default_factory=lambda: [(b"Host", b"example.com")])
     body: StreamingBody | None = None
     exchange: RequestExchange | None = None
+    record: ExchangeRecord | None = None
     secure: bool = False
     client_address: bytes = b"10.0.0.9"
     answer: tuple[int, bytes, list[Header]] | None = None
