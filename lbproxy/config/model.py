@@ -18,6 +18,7 @@ from lbproxy.config.options import (
     BYTES,
     BYTES_OR_ZERO,
     COUNT,
+    Choice,
     ENDPOINTS,
     FLAG,
     PORT,
@@ -379,9 +380,18 @@ class Config:
     access_log: str = option(
         "-",
         ACCESS_LOG,
-        "Where the access line of each request goes, in nginx's combined "
-        "format: '-' is the twistd log, 'off' is nowhere, anything else a "
+        "Where the access line of each request goes, in --access-log-format: "
+        "'-' is the twistd log, 'off' is nowhere, anything else a "
         "file (nginx: access_log).",
+    )
+    access_log_format: str = option(
+        "combined",
+        Choice("combined", "json"),
+        "combined is nginx's combined format, exactly; json is one JSON object "
+        "a line with the request id and the upstream's address, status, "
+        "connect and response times, the total time and the retries (nginx: "
+        "log_format with $request_id, $upstream_addr, $upstream_response_time, "
+        "$request_time).",
     )
     drain_timeout: float = option(
         10.0,

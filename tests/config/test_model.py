@@ -111,6 +111,19 @@ class RecordTests(SynchronousTestCase):
         """
         self.assertEqual(Config(pools=self._pools(), upstream_keepalive=0).upstream_keepalive, 0)
 
+    def test_access_log_format(self) -> None:
+        """
+        The access log format is C{combined} (the default) or C{json}.
+        """
+        self.assertEqual(Config(pools=self._pools()).access_log_format, "combined")
+        self.assertEqual(
+            Config(pools=self._pools(), access_log_format="json").access_log_format, "json"
+        )
+        message = str(
+            self.assertRaises(ConfigError, Config, pools=self._pools(), access_log_format="main")
+        )
+        self.assertEqual(message, "access-log-format: expected one of combined, json, got 'main'")
+
     def test_empty_pool(self) -> None:
         """
         A pool without servers is rejected, the message naming it.
