@@ -53,6 +53,7 @@ class FakeUpstreamClient:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.sent: list[Sent] = []
+        self.idle: dict[Server, int] = {}
 
     def _send(self, server: Server, request: UpstreamRequest, sink: Any, fresh: bool) -> Any:
         sent = Sent(server, request, sink, fresh)
@@ -74,6 +75,12 @@ class FakeUpstreamClient:
         Send on a new connection (recorded).
         """
         return self._send(server, request, sink, True)
+
+    def idle_count(self, server: Server) -> int:
+        """
+        Idle connections to C{server}: as many as the test set in C{idle}.
+        """
+        return self.idle.get(server, 0)
 
 
 @implementer(IPushProducer)
