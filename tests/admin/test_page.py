@@ -119,5 +119,5 @@ class StatusPageTests(TestCase):
         self.assertEqual(cards, [(b"up", b"10.0.0.1:80"), (b"draining", b"10.0.0.2:80")], dom)
         self.assertIn(b"<h2>web</h2>", dom)
         self.assertIn(b"balance roundrobin", dom)
-        self.assertIn(b"2xx 1 ", dom)
+        self.assertIn(b"<dd>2xx 1</dd>", dom)
         self.assertNotIn(b"10.0.0.1:80", PAGE)
