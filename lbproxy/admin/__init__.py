@@ -6,7 +6,9 @@ lbproxy's admin side: what C{--admin ENDPOINT} serves.
     (L{AdminCore.act}), with no HTTP in them;
   - L{lbproxy.admin.metrics}: that data as Prometheus metric families,
     made only when scraped;
-  - L{lbproxy.admin.resource}: the thin HTTP side over both (status page,
+  - L{lbproxy.admin.page}: the status page, served with the servers of
+    the moment written in it, redrawn by its own script;
+  - L{lbproxy.admin.resource}: the thin HTTP side over them (status page,
     JSON API, C{/metrics}, C{/healthz}), behind the admin token.
 
 The admin listener itself (bound at start, replaced on reload, kept open

@@ -4,9 +4,7 @@ The admin's HTTP side: a twisted.web resource, thin over
 L{lbproxy.admin.core.AdminCore} (the admin is not a hot path, so Twisted's
 own web server serves it).
 
-  - C{GET /}: the status page (C{status.html}: HTML and CSS, and a small
-    script that fetches C{api/status} every 2 seconds and draws it; no
-    framework, nothing from elsewhere);
+  - C{GET /}: the status page (L{lbproxy.admin.page});
   - C{GET /api/status}: the whole snapshot; C{GET /api/upstreams}: its
     pools, C{{POOL: {"balance": ..., "servers": [...]}}};
   - C{POST /api/upstreams/POOL/servers/ADDRESS/drain} (or C{maint},
@@ -27,13 +25,9 @@ C{[::1]}), which a DNS rebinding attack cannot.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import ipaddress
 import json
-import re
-from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -42,33 +36,9 @@ from twisted.web.resource import Resource
 
 from lbproxy.admin.core import AdminCore, AdminError
 from lbproxy.admin.metrics import CONTENT_TYPE, exposition, metrics_registry
+from lbproxy.admin.page import PAGE_HEADERS, render_page
 
-__all__ = ["PAGE", "AdminResource", "AdminSite"]
-
-#: The status page, as served.
-PAGE = resources.files(__package__).joinpath("status.html").read_bytes()
-
-
-def _hashes(tag: bytes) -> str:
-    # The page's inline script and style are allowed by their hashes
-    # (CSP level 2), so that no other script can run in it.
-    found = re.findall(rb"<%s>(.*?)</%s>" % (tag, tag), PAGE, re.DOTALL)
-    return " ".join(
-        "'sha256-" + base64.b64encode(hashlib.sha256(body).digest()).decode() + "'"
-        for body in found
-    )
-
-
-_PAGE_HEADERS = {
-    b"Content-Type": b"text/html; charset=utf-8",
-    b"Content-Security-Policy": (
-        f"default-src 'none'; script-src {_hashes(b'script')}; "
-        f"style-src {_hashes(b'style')}; connect-src 'self'; img-src data:; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ).encode("ascii"),
-    b"X-Frame-Options": b"DENY",
-    b"Referrer-Policy": b"no-referrer",
-}
+__all__ = ["AdminResource", "AdminSite"]
 
 _READ = (b"GET", b"HEAD")
 _LOOPBACK_NAMES = (b"localhost",)
@@ -128,9 +98,9 @@ class AdminResource(Resource):
         return _json(request, 405, {"error": "only GET and HEAD here"})
 
     def _page(self, request: server.Request) -> bytes:
-        for name, value in _PAGE_HEADERS.items():
+        for name, value in PAGE_HEADERS.items():
             request.setHeader(name, value)
-        return PAGE
+        return render_page(self.core.upstreams())
 
     def _healthz(self, request: server.Request) -> bytes:
         ready, line = self.core.readiness()

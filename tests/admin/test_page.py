@@ -1,8 +1,10 @@
 """
-The status page in a real browser: headless Chromium (Debian's
+Tests for L{lbproxy.admin.page}: the servers written in the page as
+served, and the page in a real browser: headless Chromium (Debian's
 C{chromium} package) loads C{/} from a running admin, runs the page's
 script, and the DOM it dumps must show both servers as the script drew
-them.  Skipped, saying why, when Chromium is not installed.
+them.  The browser test is skipped, saying why, when Chromium is not
+installed.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from lbproxy.admin.resource import PAGE, AdminResource, AdminSite
+from lbproxy.admin.page import PAGE, render_page, server_line
+from lbproxy.admin.resource import AdminResource, AdminSite
 from lbproxy.balancing.server import AdminState
 from tests.admin.support import FakeProxy
 from tests.support import listen
@@ -85,6 +88,62 @@ def run_chromium(testcase: TestCase, *arguments: str) -> Deferred[bytes]:
         return out
 
     return collect.done.addCallback(ended)
+
+
+def _server(**fields: object) -> dict[str, object]:
+    server: dict[str, object] = {
+        "address": "10.0.0.1:80",
+        "state": "up",
+        "backup": False,
+        "down_reason": None,
+    }
+    server.update(fields)
+    return server
+
+
+class RenderTests(SynchronousTestCase):
+    """
+    L{render_page}: the pools and servers written in the page as served.
+    """
+
+    def test_server_line(self) -> None:
+        """
+        A server's line gives its address and state, says backup, and why
+        it is down.
+        """
+        self.assertEqual(server_line(_server()), "10.0.0.1:80 up")
+        self.assertEqual(
+            server_line(_server(state="down", backup=True, down_reason="3 checks failed: 500")),
+            "10.0.0.1:80 down (backup): 3 checks failed: 500",
+        )
+
+    def test_listed_and_escaped(self) -> None:
+        """
+        Each pool is a heading and a list of its servers in the page's
+        C{main}, every value escaped; the rest of the page is as shipped.
+        """
+        page = render_page(
+            {
+                "web": {"balance": "roundrobin", "servers": [_server()]},
+                "a<b": {
+                    "balance": "roundrobin",
+                    "servers": [_server(state="down", down_reason="<script>x</script> & co")],
+                },
+            }
+        )
+        main = re.search(rb'<main id="pools">(.*?)</main>', page, re.DOTALL)
+        assert main is not None
+        self.assertEqual(
+            main.group(1),
+            b"<section><h2>web</h2>"
+            b'<div class="pool-meta">balance roundrobin</div>'
+            b"<ul><li>10.0.0.1:80 up</li></ul></section>"
+            b"<section><h2>a&lt;b</h2>"
+            b'<div class="pool-meta">balance roundrobin</div>'
+            b"<ul><li>10.0.0.1:80 down: &lt;script&gt;x&lt;/script&gt; &amp; co</li></ul>"
+            b"</section>",
+        )
+        self.assertEqual(page.replace(main.group(1), b""), PAGE)
 
 
 class StatusPageTests(TestCase):

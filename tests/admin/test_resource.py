@@ -15,7 +15,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from lbproxy.admin import resource as admin_resource
-from lbproxy.admin.resource import PAGE, AdminResource, AdminSite
+from lbproxy.admin.page import PAGE, render_page
+from lbproxy.admin.resource import AdminResource, AdminSite
 from lbproxy.balancing.server import AdminState
 from tests.admin.support import FakeProxy
 from tests.support import RawResponse, listen, parse_responses, raw_request
@@ -66,13 +67,15 @@ class ReadTests(_AdminTestCase):
     @inlineCallbacks
     def test_page(self):
         """
-        C{/} is the status page: HTML, a script allowed by its hash alone
-        (nothing from elsewhere), not framed, not cached.
+        C{/} is the status page, naming the servers of the moment: HTML, a
+        script allowed by its hash alone (nothing from elsewhere), not
+        framed, not cached.
         """
         answer = yield self.request(b"GET", b"/")
         self.assertEqual(answer.status, 200)
         self.assertEqual(answer.header(b"content-type"), [b"text/html; charset=utf-8"])
-        self.assertEqual(answer.body, PAGE)
+        self.assertEqual(answer.body, render_page(self.proxy.core.upstreams()))
+        self.assertIn(b"<li>10.0.0.1:80 up</li><li>10.0.0.2:80 up</li>", answer.body)
         [policy] = answer.header(b"content-security-policy")
         [script] = re.findall(rb"<script>(.*?)</script>", PAGE, re.DOTALL)
         digest = base64.b64encode(hashlib.sha256(script).digest())

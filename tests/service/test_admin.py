@@ -76,7 +76,7 @@ class AdminServiceTests(TestCase):
         """
         After 10 requests, C{/metrics} has lbproxy_ series labelled with
         each server (5 answers each), C{/api/upstreams} lists both, C{/}
-        is the page, C{/healthz} is 200.
+        is the page naming both, C{/healthz} is 200.
         """
         yield self._start()
         yield self.bodies(10)
@@ -94,6 +94,8 @@ class AdminServiceTests(TestCase):
         page = yield self.admin(b"GET", b"/")
         self.assertEqual(page.status, 200)
         self.assertIn(b"<title>lbproxy status</title>", page.body)
+        for port in self.app_ports:
+            self.assertIn(f"<li>127.0.0.1:{port} up</li>".encode(), page.body)
         self.assertEqual((yield self.admin(b"GET", b"/healthz")).status, 200)
 
     @inlineCallbacks
