@@ -187,10 +187,12 @@ class Pool:
         if server.admin is state:
             return
         server.admin = state
+        # "ENABLED", not "NORMAL": the log line names the operator's action.
+        said = "ENABLED" if state is AdminState.NORMAL else state.value.upper()
         self._log.info(
             "upstream {server} {state} (operator)",
             server=server.address,
-            state=state.value.upper(),
+            state=said,
             pool=self.name,
         )
         self._update(server, "operator")

@@ -201,8 +201,9 @@ class ActTests(SynchronousTestCase):
     def test_maint_and_enable(self) -> None:
         """
         C{maint} takes the server out (checks paused); C{enable} brings it
-        back in rotation.
+        back in rotation; the log says each.
         """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         core = self.proxy.core
         self.assertEqual(core.act("web", "10.0.0.2:80", "maint")["state"], "maintenance")
         self.assertIs(self.b.admin, AdminState.MAINT)
@@ -210,6 +211,9 @@ class ActTests(SynchronousTestCase):
         done = core.act("web", "10.0.0.2:80", "enable")
         self.assertEqual((done["previous"], done["state"]), ("maintenance", "up"))
         self.assertTrue(self.b.up)
+        logged = [formatEvent(e) for e in events]
+        self.assertIn("upstream 10.0.0.2:80 MAINTENANCE (operator)", logged)
+        self.assertIn("upstream 10.0.0.2:80 ENABLED (operator)", logged)
 
     def test_unknown(self) -> None:
         """
