@@ -419,9 +419,12 @@ class Config:
     access_log: str = option(
         "-",
         ACCESS_LOG,
-        "Where the access line of each request goes, in --access-log-format: "
-        "'-' is the twistd log, 'off' is nowhere, anything else a "
-        "file (nginx: access_log).",
+        "Where the access line of each request goes, in --access-log-format "
+        "(nginx: access_log): '-' is where twistd logs (standard "
+        "output under twistd -n, else twistd's log file, followed when twistd "
+        "rotates it), 'off' is nowhere, anything else a file of its own, "
+        "reopened on reload for logrotate. Lines are written in batches, at "
+        "least once a second (nginx's buffer=64k flush=1s).",
     )
     access_log_format: str = option(
         "combined",

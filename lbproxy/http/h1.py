@@ -82,6 +82,8 @@ LINGER = 5.0
 #: before it is aborted (twisted.web's C{HTTPChannel.abortTimeout}).
 ABORT_AFTER = 15.0
 
+_NO_PAUSES: frozenset[str] = frozenset()
+
 #: Bytes of pipelined requests read while an answer is in progress before
 #: reading pauses (twisted.web's C{_optimisticEagerReadSize}): reading a
 #: little keeps a client's disconnect visible during a long answer.
@@ -171,7 +173,9 @@ class HTTP11Connection(Protocol):
         self._reading = _Reading.IDLE
         self._request: HTTP11Request | None = None
         self._decoder: Any = None
-        self._pauses: set[str] = set()
+        # Reasons reading is paused for; a shared empty set while there is
+        # none (an idle connection allocates nothing for it).
+        self._pauses: frozenset[str] = _NO_PAUSES
         self._write_paused = False
         self._producer: IPushProducer | None = None
         self._in_loop = False
@@ -472,7 +476,8 @@ class HTTP11Connection(Protocol):
         """
         if not self._pauses and self._connected:
             self.transport.pauseProducing()
-        self._pauses.add(reason)
+        if reason not in self._pauses:
+            self._pauses = self._pauses | {reason}
 
     def resume_reading(self, reason: str) -> None:
         """
@@ -480,7 +485,7 @@ class HTTP11Connection(Protocol):
         """
         if reason not in self._pauses:
             return
-        self._pauses.discard(reason)
+        self._pauses = self._pauses - {reason} if len(self._pauses) > 1 else _NO_PAUSES
         if reason == "body":
             # Time paused by the app server does not count against the client.
             self._body_last_read = self._clock.seconds()
@@ -656,7 +661,7 @@ class HTTP11Connection(Protocol):
         # closing with unread input (a TCP reset) cannot destroy the answer
         # before the client reads it.
         lose_write()
-        self._pauses.clear()
+        self._pauses = _NO_PAUSES
         transport.resumeProducing()
         self._timer = self._clock.callLater(LINGER, self.abort)
 
