@@ -13,7 +13,7 @@ from typing import Protocol as TypingProtocol
 from twisted.internet.interfaces import IPushProducer
 
 from lbproxy.http.framing import RequestHead
-from lbproxy.http.request import Header, RequestExchange
+from lbproxy.http.request import ExchangeRecord, Header, RequestExchange
 from lbproxy.http.settings import ConnectionSettings
 from lbproxy.interfaces import TunnelEnd
 from lbproxy.upstream.body import StreamingBody
@@ -89,6 +89,7 @@ class HTTP11Request:
     @ivar keep_alive: the connection stays open after this answer.
     @ivar upgrade: the protocols an upgrade request offers (its C{Upgrade}
         value, L{lbproxy.upstream.upgrade.upgrade_offer}), else L{None}.
+    @ivar record: what the proxy did with it (set by the exchange).
     """
 
     __slots__ = (
@@ -99,6 +100,7 @@ class HTTP11Request:
         "headers",
         "body",
         "exchange",
+        "record",
         "started",
         "status",
         "bytes_sent",
@@ -118,6 +120,7 @@ class HTTP11Request:
         self.headers = head.headers
         self.body: StreamingBody | None = None
         self.exchange: RequestExchange | None = None
+        self.record: ExchangeRecord | None = None
         self.started = started
         self.status = 0
         self.bytes_sent = 0

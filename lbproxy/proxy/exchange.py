@@ -36,6 +36,13 @@ Only the server's failures count towards its C{max-fails}
 (L{lbproxy.errors.UpstreamError.server_fault}): not a stale pooled
 connection, not a bug in lbproxy (502, traceback logged), not a client
 that stalls or leaves.
+
+Each request gets its id (L{lbproxy.proxy.requestid}), sent upstream and
+back as C{X-Request-Id}, lbproxy's own error answers included.  The
+exchange notes what it did in the request's
+L{lbproxy.http.request.ExchangeRecord} (the pool, the last server tried,
+its status and timings, the retries) for the access log: a few attribute
+writes per attempt, formatted only when the line is written.
 """
 
 from __future__ import annotations
@@ -52,9 +59,10 @@ from zope.interface import implementer
 from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.routes import Router
 from lbproxy.errors import UpstreamError
-from lbproxy.http.request import ClientRequest, Header
+from lbproxy.http.request import ClientRequest, ExchangeRecord, Header
 from lbproxy.interfaces import TunnelEnd
-from lbproxy.proxy.headers import end_to_end, upstream_request_headers
+from lbproxy.proxy.headers import REPLACED_DOWNSTREAM, end_to_end, upstream_request_headers
+from lbproxy.proxy.requestid import request_id_for
 from lbproxy.proxy.retry import Next, after_failure
 from lbproxy.proxy.tunnel import Tunnel, open_tunnel
 from lbproxy.upstream.body import StreamingBody
@@ -139,6 +147,7 @@ class ProxyExchange:
         "_resource",
         "_pool",
         "_request",
+        "_record",
         "_upstream_request",
         "_tried",
         "_server",
@@ -164,7 +173,11 @@ class ProxyExchange:
         self.state = State.WAITING
         self._resource = resource
         self._request = request
-        self._upstream_request = build_upstream_request(request)
+        record = ExchangeRecord(
+            request_id_for(request.header(b"x-request-id")), resource.client.clock.seconds()
+        )
+        request.record = self._record = record
+        self._upstream_request = build_upstream_request(request, record.request_id)
         self._tried: list[Server] = []
         self._server: Server | None = None
         self._abandon: Callable[[], None] | None = None
@@ -196,10 +209,11 @@ class ProxyExchange:
             self._answer_error(508, b"Loop Detected", b"request loops through this proxy")
             return
         router = resource.router
-        self._pool = router.only or router.route(request.header(b"host"), request.target)
-        if self._pool is None:
+        pool = self._pool = router.only or router.route(request.header(b"host"), request.target)
+        if pool is None:
             self._answer_error(404, b"Not Found", b"no route for this host and path")
             return
+        self._record.pool = pool.name
         self._attempt()
 
     def _attempt(self) -> None:
@@ -226,7 +240,14 @@ class ProxyExchange:
         self._server = server
         self._status = 0
         self._sent_at = self._resource.client.clock.seconds()
-        self._pool.attempt_started(server, retry=len(self._tried) > 1 or self._resent)
+        retry = len(self._tried) > 1 or self._resent
+        self._pool.attempt_started(server, retry)
+        record = self._record
+        record.upstream_addr = server.address
+        record.upstream_status = 0
+        record.connect_time = record.header_time = record.response_time = None
+        if retry:
+            record.retries += 1
 
     def _finish_attempt(self, complete: bool) -> None:
         """
@@ -238,6 +259,7 @@ class ProxyExchange:
         elapsed = None
         if complete:
             elapsed = self._resource.client.clock.seconds() - self._sent_at
+            self._record.response_time = elapsed
         self._pool.attempt_ended(server, self._status if complete else 0, elapsed)
 
     def _end(self) -> None:
@@ -286,17 +308,30 @@ class ProxyExchange:
 
     # IResponseSink: the upstream connection's news.
 
+    def connection_ready(self) -> None:
+        """
+        The request goes out now: note the connect time (0 on a pooled
+        connection).
+        """
+        self._record.connect_time = self._resource.client.clock.seconds() - self._sent_at
+
     def response_headers(
         self, status: int, reason: bytes, headers: list[Header], producer: IPushProducer
     ) -> None:
         """
-        Copy the status line and end-to-end headers to the client.
+        Copy the status line and end-to-end headers to the client, with the
+        request's C{X-Request-Id} in place of any the app server sent.
         """
         if self.state is not State.WAITING:
             return
         self._producer = producer
         self._status = status
-        self._request.respond(status, reason, end_to_end(headers), self)
+        record = self._record
+        record.upstream_status = status
+        record.header_time = self._resource.client.clock.seconds() - self._sent_at
+        relayed = end_to_end(headers, REPLACED_DOWNSTREAM)
+        relayed.append((b"X-Request-Id", record.request_id))
+        self._request.respond(status, reason, relayed, self)
         # The answer has started: a later failure resets the client.  (A
         # failure above, a bug, still gets the client a plain 502.)
         self.state = State.RELAYING
@@ -516,6 +551,7 @@ class ProxyExchange:
                 (b"Content-Type", b"text/plain; charset=utf-8"),
                 (b"Content-Length", b"%d" % len(body)),
                 (b"Date", self._resource.date()),
+                (b"X-Request-Id", self._record.request_id),
             ],
         )
         request.write(body)
@@ -538,11 +574,11 @@ def _body_sent(upstream_request: UpstreamRequest) -> bool:
     return isinstance(body, StreamingBody) and body.sent_any
 
 
-def build_upstream_request(request: ClientRequest) -> UpstreamRequest:
+def build_upstream_request(request: ClientRequest, request_id: bytes) -> UpstreamRequest:
     """
     Serialise the client's request for the app server, once per request
-    (retries reuse it): end-to-end headers, C{X-Forwarded-*}, C{Via}, and
-    the framing of the body lbproxy sends.
+    (retries reuse it): end-to-end headers, C{X-Forwarded-*},
+    C{X-Request-Id}, C{Via}, and the framing of the body lbproxy sends.
     """
     method = request.method
     headers = upstream_request_headers(
@@ -550,6 +586,7 @@ def build_upstream_request(request: ClientRequest) -> UpstreamRequest:
         client_address=request.client_address,
         scheme=b"https" if request.secure else b"http",
         default_host=request.default_host,
+        request_id=request_id,
     )
     upgrade = request.upgrade
     if upgrade is not None:

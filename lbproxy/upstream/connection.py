@@ -129,6 +129,14 @@ class IResponseSink(TypingProtocol):
     Exactly one of C{response_done} or C{response_failed} ends an exchange.
     """
 
+    def connection_ready(self) -> None:
+        """
+        The request goes out now, on a connection just made or a pooled one
+        (for the access log's connect time: nginx's
+        C{$upstream_connect_time}, 0 for a pooled connection).  Not called
+        if no connection could be made.
+        """
+
     def response_headers(
         self, status: int, reason: bytes, headers: list[Header], producer: IPushProducer
     ) -> None:

@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from lbproxy.balancing.pool import Server
 from lbproxy.config.model import Config, PoolConfig, ServerConfig
-from lbproxy.http.request import Header, RequestExchange
+from lbproxy.http.request import ExchangeRecord, Header, RequestExchange
 from lbproxy.proxy.resource import BalancingProxyResource
 from lbproxy.service.service import build_router
 from lbproxy.upstream.body import StreamingBody
@@ -54,6 +54,7 @@ class FakeUpstreamClient:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.sent: list[Sent] = []
+        self.idle: dict[Server, int] = {}
 
     def _send(self, server: Server, request: UpstreamRequest, sink: Any, fresh: bool) -> Any:
         sent = Sent(server, request, sink, fresh)
@@ -75,6 +76,12 @@ class FakeUpstreamClient:
         Send on a new connection (recorded).
         """
         return self._send(server, request, sink, True)
+
+    def idle_count(self, server: Server) -> int:
+        """
+        Idle connections to C{server}: as many as the test set in C{idle}.
+        """
+        return self.idle.get(server, 0)
 
 
 @implementer(IPushProducer)
@@ -119,6 +126,7 @@ class FakeClientRequest:
     headers: list[Header] = field(default_factory=lambda: [(b"Host", b"example.com")])
     body: StreamingBody | None = None
     exchange: RequestExchange | None = None
+    record: ExchangeRecord | None = None
     secure: bool = False
     client_address: bytes = b"10.0.0.9"
     answer: tuple[int, bytes, list[Header]] | None = None

@@ -5,8 +5,11 @@ L{StringTransport} and a L{Clock}, and the idle pool.
 
 from __future__ import annotations
 
+from typing import Any
+
 from OpenSSL import SSL
-from twisted.internet.error import ConnectionDone
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IHalfCloseableProtocol, INegotiated
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -49,6 +52,10 @@ class RecordingSink:
         self.done = False
         self.error: UpstreamError | None = None
         self.producer: object = None
+        self.ready = 0
+
+    def connection_ready(self) -> None:
+        self.ready += 1
 
     def response_headers(self, status, reason, headers, producer) -> None:
         self.status, self.reason, self.headers, self.producer = status, reason, headers, producer
@@ -765,6 +772,47 @@ class ExchangeBoundaryTests(SynchronousTestCase):
         connection.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n")
         self.assertIsInstance(sink.error, InvalidResponse)
         self.assertTrue(sink.error.server_fault)
+
+    def test_ready_on_a_pooled_connection(self) -> None:
+        """
+        A request sent on a pooled connection tells its sink the connection
+        is ready at once, before the answer.
+        """
+        connection = self._pooled()
+        sink = RecordingSink()
+        self.client.send(self.server, _request(), sink)
+        self.assertEqual((sink.ready, sink.status), (1, None))
+        connection.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual((sink.ready, sink.status), (1, 204))
+
+    def test_ready_once_connected(self) -> None:
+        """
+        A request on a new connection tells its sink the connection is
+        ready once it is made, not before; a connection that cannot be made
+        never does.
+        """
+        attempts: list[Deferred[Any]] = []
+
+        class Endpoint:
+            def connect(self, factory: Any) -> Deferred[Any]:
+                self.factory = factory
+                attempts.append(Deferred())
+                return attempts[-1]
+
+        endpoint = Endpoint()
+        client = UpstreamClient(None, self.clock, endpoint_factory=lambda server: endpoint)
+        sink = RecordingSink()
+        client.send(self.server, _request(), sink)
+        self.assertEqual(sink.ready, 0)
+        connection = endpoint.factory.buildProtocol(None)
+        connection.makeConnection(StringTransport())
+        attempts[0].callback(connection)
+        self.assertEqual(sink.ready, 1)
+        refused = RecordingSink()
+        client.send(self.server, _request(), refused)
+        attempts[1].errback(ConnectionRefusedError())
+        self.assertEqual(refused.ready, 0)
+        self.assertIsNotNone(refused.error)
 
     def test_late_abandon_is_a_no_op(self) -> None:
         """
