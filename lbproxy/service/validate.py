@@ -14,7 +14,9 @@ what only the system can say, without changing anything:
   - the key and certificate files of C{ssl:} listeners, of
     C{tls-cert-dir}, C{upstream-ca} and C{upstream-client-cert} load, and
     each key matches its certificate;
-  - the access log file can be written (or created) where it is named.
+  - the access log file can be written (or created) where it is named;
+  - every pool's C{balance} names an installed strategy
+    (L{lbproxy.balancing.strategies.STRATEGIES}).
 
 What it cannot know in advance (a port in use, a directory that vanishes
 in between) fails when the listener is bound; a reload then changes
@@ -29,6 +31,7 @@ from typing import Any
 
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 
+from lbproxy.balancing.strategies import STRATEGIES, unknown_strategy
 from lbproxy.config.file import ConfigFileError, load_config
 from lbproxy.config.model import Config
 from lbproxy.errors import ConfigError
@@ -95,6 +98,11 @@ def check_config(config: Config, reactor: Any) -> list[Problem]:
         problems += _tls_problems(
             "upstream-client-cert", _load_client_cert, config.upstream_client_cert
         )
+    for pool in config.pools:
+        if pool.balance not in STRATEGIES:
+            # The command line's pool is "default": --balance names it.
+            key = "balance" if pool.name == "default" else f"upstream.{pool.name}.balance"
+            problems.append(Problem(key, None, unknown_strategy(pool.balance)))
     if config.access_log not in ("-", "off"):
         reason = _access_log_problem(config.access_log)
         if reason is not None:
