@@ -260,8 +260,9 @@ class HealthChecker(Service):
         loop for good.  The loop waits for it, so checks never overlap.
         """
         pool = self._pool.config
-        if server.admin is AdminState.MAINT:
-            # Maintenance pauses checks (HAProxy's maint): nothing to learn.
+        if server.admin is AdminState.MAINT or server.config.down:
+            # Maintenance pauses checks (HAProxy's maint), and a server
+            # listed down (nginx's down) is never used: nothing to learn.
             return succeed(None)
         try:
             checking = self._probe(server)
