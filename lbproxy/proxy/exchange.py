@@ -25,6 +25,12 @@ holds the answer back, and it watches the client's socket (or, on HTTP/2,
 the stream's flow control) for progress; an HTTP/2 stream is reset, not its
 whole connection.
 
+When every server the request may use is at its C{max-conns}, the
+exchange waits in its pool's queue (still WAITING) until the pool hands it
+a server, or answers 503 when the queue is full or the wait times out.
+With a sticky cookie, the answer gets a C{Set-Cookie} naming its server
+unless the request's cookie named it already.
+
 Only the server's failures count towards its C{max-fails}
 (L{lbproxy.errors.UpstreamError.server_fault}): not a stale pooled
 connection, not a bug in lbproxy (502, traceback logged), not a client
@@ -138,6 +144,7 @@ class ProxyExchange:
         "_unsent",
         "_sent_at",
         "_status",
+        "_first_byte",
     )
     _log = Logger()
 
@@ -163,6 +170,7 @@ class ProxyExchange:
         self._unsent: int | None = None
         self._sent_at = 0.0
         self._status = 0
+        self._first_byte: float | None = None
 
     def start(self) -> None:
         """
@@ -190,18 +198,61 @@ class ProxyExchange:
     def _attempt(self) -> None:
         pool = self._pool
         assert pool is not None
-        server = pool.pick(self._tried) if len(self._tried) < pool.max_tries else None
+        tries_left = len(self._tried) < pool.max_tries
+        server = pool.pick(self._tried, self._request) if tries_left else None
         if server is None:
-            if self._tried:
+            if tries_left and pool.must_wait():
+                self._wait(pool)
+            elif self._tried:
                 self._answer_error(502, b"Bad Gateway", b"no upstream server could be reached")
             else:
                 if pool.first_with_none_up():
                     self._log.warn("pool {pool}: no server is up", pool=pool.name)
                 self._answer_error(503, b"Service Unavailable", b"no healthy upstream")
             return
+        self._send(server)
+
+    def _send(self, server: Server) -> None:
+        """
+        Send the request to C{server}, the pool's pick.
+        """
         self._tried.append(server)
         self._begin(server)
         self._abandon = self._resource.client.send(server, self._upstream_request, self)
+
+    # The pool's queue: every server it may use is at its max-conns.
+
+    def _wait(self, pool: Pool) -> None:
+        """
+        Wait in C{pool}'s queue for a server (503 if the queue is full); a
+        client that leaves meanwhile takes it out (C{_abandon}).
+        """
+        cancel = pool.wait(self._tried, self._request, self._dequeued, self._waited_too_long)
+        if cancel is None:
+            self._answer_error(
+                503, b"Service Unavailable", b"every upstream server is busy (queue full)"
+            )
+        else:
+            self._abandon = cancel
+
+    def _dequeued(self, server: Server) -> None:
+        """
+        The pool's queue picked C{server} for this request.
+        """
+        self._abandon = None
+        if self.state is State.WAITING:
+            self._send(server)
+
+    def _waited_too_long(self) -> None:
+        """
+        No server came free within C{queue-timeout}: 503, as HAProxy's
+        C{timeout queue}.
+        """
+        self._abandon = None
+        if self.state is State.WAITING:
+            self._answer_error(
+                503, b"Service Unavailable", b"every upstream server is busy (queue timeout)"
+            )
 
     def _begin(self, server: Server) -> None:
         """
@@ -210,6 +261,7 @@ class ProxyExchange:
         assert self._pool is not None
         self._server = server
         self._status = 0
+        self._first_byte = None
         self._sent_at = self._resource.client.clock.seconds()
         self._pool.attempt_started(server, retry=len(self._tried) > 1 or self._resent)
 
@@ -223,7 +275,9 @@ class ProxyExchange:
         elapsed = None
         if complete:
             elapsed = self._resource.client.clock.seconds() - self._sent_at
-        self._pool.attempt_ended(server, self._status if complete else 0, elapsed)
+        self._pool.attempt_ended(
+            server, self._status if complete else 0, elapsed, first_byte=self._first_byte
+        )
 
     def _end(self) -> None:
         """
@@ -266,13 +320,24 @@ class ProxyExchange:
         self, status: int, reason: bytes, headers: list[Header], producer: IPushProducer
     ) -> None:
         """
-        Copy the status line and end-to-end headers to the client.
+        Copy the status line and end-to-end headers to the client (and a
+        sticky cookie naming the server, if the pool has one).
         """
         if self.state is not State.WAITING:
             return
         self._producer = producer
         self._status = status
-        self._request.respond(status, reason, end_to_end(headers), self)
+        answer = end_to_end(headers)
+        pool, server = self._pool, self._server
+        if pool is not None and server is not None:
+            # The strategy learns response times from the head's arrival.
+            self._first_byte = self._resource.client.clock.seconds() - self._sent_at
+            if pool.sticky is not None:
+                request = self._request
+                cookie = pool.sticky.set_cookie(server, request, request.secure)
+                if cookie is not None:
+                    answer.append((b"Set-Cookie", cookie))
+        self._request.respond(status, reason, answer, self)
         # The answer has started: a later failure resets the client.  (A
         # failure above, a bug, still gets the client a plain 502.)
         self.state = State.RELAYING
