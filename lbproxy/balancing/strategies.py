@@ -321,8 +321,9 @@ class PeakEwma:
     The response time is from sending a request to the head of its answer.
     A slow answer raises a server's estimate at once; the estimate decays
     over C{decay} seconds, also while the server gets no requests, so a
-    server avoided for being slow is tried again within about C{decay}
-    seconds and gets its traffic back once it answers fast.  A server that
+    server avoided for being slow is tried again, and once it answers fast
+    gets its traffic back within a few times C{decay} (how many depends on
+    how slow it was: the estimate falls by e every C{decay}).  A server that
     has never answered costs nothing while idle and L{_PENALTY} once it has
     a request in flight.  Pick it when servers differ in speed or one may
     turn slow (a noisy neighbour, garbage collection): it follows response

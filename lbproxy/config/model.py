@@ -245,8 +245,8 @@ class PoolConfig:
         10.0,
         SECONDS,
         "Seconds over which --balance ewma forgets a slow answer: a slow server "
-        "is avoided at once and tried again within about this long (Finagle's "
-        "decayTime; Linkerd: 10 s).",
+        "is avoided at once, and once fast again gets its share back within a "
+        "few times this (Finagle's decayTime; Linkerd: 10 s).",
     )
     sticky_cookie: str = option(
         "",
