@@ -1,8 +1,11 @@
 'use strict';
 // Tiny HTTP backend for the lbproxy benchmark (no npm packages).
 //
-// Usage: node backend.js PORT NAME
-//   GET /        -> "PORT NAME\n"
+// Usage: node backend.js PORT NAME [DELAY_MS]
+//   GET /        -> "PORT NAME\n", after DELAY_MS milliseconds if given
+//                   (the balance suite's slow server)
+//   GET /count   -> how many GET / this backend has answered (the balance
+//                   suite reads it before and after a run)
 //   GET /64k     -> 65536 bytes
 //   POST /upload -> reads the whole body, answers with its length in bytes
 //   GET /stream/N -> N bytes ('x'), Content-Length set, written in 64 KiB
@@ -18,6 +21,8 @@ const http = require('http');
 
 const port = parseInt(process.argv[2], 10);
 const name = process.argv[3] || String(port);
+const delayMs = Number(process.argv[4] || 0);
+let answered = 0;
 if (!Number.isInteger(port) || port <= 0) {
   console.error('usage: node backend.js PORT NAME');
   process.exit(2);
@@ -65,7 +70,14 @@ function reply(res, status, body) {
 
 const server = http.createServer((req, res) => {
   if (req.method === 'GET' && req.url === '/') {
-    reply(res, 200, small);
+    answered += 1;
+    if (delayMs > 0) {
+      setTimeout(() => reply(res, 200, small), delayMs);
+    } else {
+      reply(res, 200, small);
+    }
+  } else if (req.method === 'GET' && req.url === '/count') {
+    reply(res, 200, Buffer.from(`${answered}\n`));
   } else if (req.method === 'GET' && req.url === '/64k') {
     reply(res, 200, big);
   } else if (req.method === 'POST' && req.url === '/upload') {

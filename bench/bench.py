@@ -1,8 +1,8 @@
 """Benchmark harness for lbproxy (run it through ``bench/run``).
 
 ``--suite throughput`` (the default) is described below; ``workers``,
-``memory``, ``idle`` and ``scaling`` live in ``suites.py`` and ``all`` runs
-the five in turn. Each suite writes its own section of ``bench/RESULTS.md`` (between
+``memory``, ``idle``, ``scaling`` and ``balance`` live in ``suites.py`` and
+``all`` runs the six in turn. Each suite writes its own section of ``bench/RESULTS.md`` (between
 ``<!-- suite:NAME -->`` markers), leaving the other sections alone.
 
 What the throughput suite does:
@@ -48,7 +48,7 @@ NODE = shutil.which("node") or "/usr/bin/node"
 SBIN_PATH = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
 
 ALL_TARGETS = ["direct", "nginx", "haproxy", "stock", "lbproxy", "lbproxy-nolog"]
-SUITES = ["throughput", "workers", "memory", "idle", "scaling"]
+SUITES = ["throughput", "workers", "memory", "idle", "scaling", "balance"]
 # Open-file limit the harness asks for (inherited by every process it starts:
 # lbproxy, nginx, wrk); 10,000 idle clients need more than the usual 1024.
 NOFILE_WANTED = 65536
@@ -1183,7 +1183,7 @@ def machine_info(python):
 
 RESULTS_TITLE = "# lbproxy benchmark results"
 RESULTS_INTRO = """Each section below is written by one suite of `bench/run --suite NAME`
-(throughput, workers, memory, idle, scaling) and replaced in place, between its
+(throughput, workers, memory, idle, scaling, balance) and replaced in place, between its
 `<!-- suite:NAME -->` markers, the next time that suite runs; the other
 sections are left as they are, so sections may come from different runs
 (see each one's date and command). All figures come from a shared, noisy
@@ -1326,7 +1326,8 @@ def parse_args(argv):
         help="throughput (default: wrk req/s table), workers (1 and 2 processes, "
         "lbproxy and nginx), memory (RSS while streaming a big download/upload), idle "
         "(RSS with 10,000 idle keep-alive clients, client timeout), scaling (req/s and "
-        "p99 at growing concurrency), or all",
+        "p99 at growing concurrency), balance (the slow server's share and p99 per "
+        "--balance strategy, one backend answering in 1 ms and one in 50 ms), or all",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument(

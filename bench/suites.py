@@ -1,4 +1,4 @@
-"""The workers, memory, idle and scaling suites of ``bench/run`` (issues #4, #13).
+"""The workers, memory, idle, scaling and balance suites of ``bench/run`` (issues #4, #13, #15).
 
 Each ``run_SUITE(ctx)`` gets a ``bench.Context`` (options, the two running
 node backends, lists to register services and notes in) and returns
@@ -13,6 +13,8 @@ notes and machine and writes the section into RESULTS.md.
 - scaling: wrk req/s and latency at growing concurrency, lbproxy beside nginx.
 - workers: wrk req/s with 1 and 2 processes, lbproxy ``--workers N`` beside
   nginx ``worker_processes N``.
+- balance: one backend answering in 1 ms and one in 50 ms; the slow one's
+  share of the requests and the client's p99 per ``--balance`` strategy.
 """
 
 import json
@@ -44,6 +46,13 @@ KIB_PER_IDLE_TARGET = 3.0  # issue #13: KiB of RSS per idle keep-alive client
 P99_OF_NGINX_TARGET = 1.5  # issue #13: lbproxy p99 / nginx's at c=1024
 P99_TARGET_CONNECTIONS = 1024
 WORKERS_GAIN_TARGET = 1.3  # issue #13: lbproxy req/s with 2 workers / 1 worker
+# Issue #15: the strategies compared, the two backends' delays, wrk's
+# connections, and the slow server's share each strategy should give.
+BALANCE_STRATEGIES = ("roundrobin", "leastconn", "random2", "ewma")
+BALANCE_DELAYS_MS = (("fast", 1), ("slow", 50))
+BALANCE_CONNECTIONS = 16
+BALANCE_HALF = (0.4, 0.6)  # roundrobin: about half
+BALANCE_QUARTER = 0.25  # leastconn and ewma: under a quarter
 UPLOAD_LEAD_TARGET_S = 0.5
 
 
@@ -732,3 +741,161 @@ def run_workers(ctx):
     print()
     print(body)
     return "Workers: one process against two", body + "\n"
+
+
+# ----------------------------------------------------------------- balance
+
+
+def backend_count(port):
+    """How many GET / the backend on ``port`` has answered (its /count)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(bench.HOST, port, timeout=10)
+    try:
+        conn.request("GET", "/count")
+        return int(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def start_delayed_backends(ctx):
+    """The balance suite's two node backends: answering GET / after 1 and 50 ms."""
+    services = []
+    for name, delay in BALANCE_DELAYS_MS:
+        port = bench.free_port()
+        argv = [bench.NODE, os.path.join(bench.BENCH_DIR, "backend.js"), str(port), name]
+        service = bench.start_service(f"backend-{name}", [*argv, str(delay)], port, ctx.tmpdir)
+        ctx.services.append(service)
+        if not bench.wait_for_port(port, service.proc):
+            raise SystemExit(f"backend {name} did not start:\n{service.log_tail()}")
+        services.append(service)
+    return services
+
+
+def balance_run(target, backends, args):
+    """One measured wrk run through ``target`` after a 1 s warm-up.
+
+    Returns (WrkResult, the slow backend's share of the GET / answered
+    during the measured run, or None).
+    """
+    fast, slow = backends
+    scenario = f"small_c{BALANCE_CONNECTIONS}"
+    bench.run_wrk(bench.wrk_argv(target.port, scenario, 1, args.wrk_timeout), 1)
+    before = backend_count(fast.port), backend_count(slow.port)
+    meter = CpuMeter(target.service)
+    code, output = bench.run_wrk(
+        bench.wrk_argv(target.port, scenario, args.duration, args.wrk_timeout), args.duration
+    )
+    result = bench.parse_wrk(output)
+    result.proxy_cpu, _machine = meter.stop()
+    if code != 0 and not result.failed:
+        result.failed = f"wrk exited {code}"
+    fast_n = backend_count(fast.port) - before[0]
+    slow_n = backend_count(slow.port) - before[1]
+    share = slow_n / (fast_n + slow_n) if fast_n + slow_n else None
+    return result, share
+
+
+def run_balance(ctx):
+    """The balance suite (issue #15); returns (title, section body).
+
+    Two node backends, one answering GET / in 1 ms and one in 50 ms; an
+    lbproxy per strategy in front of them (its default options otherwise);
+    ``wrk -t1 -c16`` through each in turn, interleaved over the rounds. The
+    slow backend's share is read from the backends' own counts (GET
+    /count) around each measured run.
+    """
+    args = ctx.args
+    backends = start_delayed_backends(ctx)
+    ports = [b.port for b in backends]
+    bench.log(f"balance backends: fast on {ports[0]}, slow on {ports[1]}")
+    targets = []
+    for strategy in BALANCE_STRATEGIES:
+        name = f"lbproxy-{strategy}"
+        target = bench.start_target(
+            name,
+            ctx.tmpdir,
+            ports,
+            ctx.python,
+            lbproxy_args=["--balance", strategy],
+            tag=f"balance-{strategy}",
+            kind="lbproxy",
+        )
+        if target.service:
+            ctx.services.append(target.service)
+        if target.status == "ok":
+            problem, _seen = bench.sanity_check(target.port)
+            if problem:
+                target.status = f"failed sanity check: {problem}"
+        if target.status != "ok":
+            ctx.notes.append(f"{name}: {target.status}")
+        bench.log(f"{name}: port {target.port}, {target.status}")
+        targets.append((strategy, target))
+    active = [(s, t) for s, t in targets if t.status == "ok"]
+    runs = {}
+    for round_no in range(args.rounds):
+        shift = round_no % len(active) if active else 0
+        for strategy, target in active[shift:] + active[:shift]:
+            result, share = balance_run(target, backends, args)
+            runs.setdefault(strategy, []).append((result, share))
+            bench.log(
+                f"round {round_no + 1} {strategy:<10} slow share "
+                f"{bench.fmt(share, '.1%')}  {result.rps:8.0f} req/s  "
+                f"p99 {bench.fmt(result.p99_ms, '.2f')} ms  errors {bench.error_text([result])}"
+                + (f"  ({result.failed})" if result.failed else "")
+            )
+    med = bench.median
+    lines = [
+        f"Two node backends (`bench/backend.js PORT NAME DELAY_MS`): GET / answered "
+        f"after {BALANCE_DELAYS_MS[0][1]} ms by one and {BALANCE_DELAYS_MS[1][1]} ms by "
+        f"the other. One lbproxy per strategy (`--balance NAME`, default options "
+        f"otherwise, access log on) in front of both; `wrk -t1 -c{BALANCE_CONNECTIONS} "
+        f"-d{args.duration}s --latency --timeout={args.wrk_timeout}s` GET / through each in "
+        f"turn, {args.rounds} round(s) interleaved, each run after an uncounted 1 s "
+        f"warm-up. The slow server's share is counted by the backends themselves (GET "
+        f"/count before and after each measured run). Medians over the rounds.",
+        "",
+        "| strategy | slow server's share | share per round | req/s | p50 ms | p99 ms "
+        "| errors (all rounds) | proxy CPU % |",
+        "|---|---:|---|---:|---:|---:|---|---:|",
+    ]
+    summary = []
+    for strategy, target in targets:
+        if target.status != "ok":
+            lines.append(f"| {strategy} | {target.status} |" + "  |" * 6)
+            continue
+        measured = runs.get(strategy, [])
+        results = [r for r, _ in measured]
+        shares = [s for _, s in measured]
+        share = med(shares)
+        lines.append(
+            f"| {strategy} | **{bench.fmt(share, '.1%')}** "
+            f"| {', '.join(bench.fmt(s, '.1%') for s in shares)} "
+            f"| {bench.fmt(med([r.rps for r in results if not r.failed]), '.0f')} "
+            f"| {bench.fmt(med([r.p50_ms for r in results]), '.2f')} "
+            f"| **{bench.fmt(med([r.p99_ms for r in results]), '.2f')}** "
+            f"| {bench.error_text(results)} "
+            f"| {bench.fmt(med([r.proxy_cpu for r in results]), '.0f')} |"
+        )
+        errors = bench.error_text(results)
+        if share is None:
+            continue
+        if strategy == "roundrobin":
+            low, high = BALANCE_HALF
+            verdict = f"about half ({low:.0%}–{high:.0%}): {bench.met(low <= share <= high)}"
+        elif strategy in ("leastconn", "ewma"):
+            verdict = f"under {BALANCE_QUARTER:.0%}: {bench.met(share < BALANCE_QUARTER)}"
+        else:
+            verdict = "no target"
+        summary.append(
+            f"- {strategy}: slow server's share **{share:.1%}** ({verdict}); errors "
+            f"{errors} (target 0: {bench.met(errors == '0')})"
+        )
+    failures = [
+        f"{strategy}: {r.failed}" for strategy, rs in runs.items() for r, _ in rs if r.failed
+    ]
+    ctx.notes.extend(failures[:10])
+    body = "\n".join(lines) + "\n\n### Issue #15 targets\n\n" + "\n".join(summary) + "\n"
+    print()
+    print(body)
+    return "Balancing: a slow server's share by strategy", body

@@ -6,6 +6,8 @@ nothing of lbproxy, so that any layer may use it.
     C{verifyObject} in tests).
   - L{Candidate}: what a strategy reads of a server (a typing protocol:
     the balancing layer's C{Server} is one, and so are the simulator's).
+  - L{BalancedRequest}: what a strategy reads of a request (a typing
+    protocol: the proxy's C{ClientRequest} is one).
   - L{IStreamTransport}: what lbproxy's connection protocols are given as
     their C{transport} (for annotations only).
   - L{TunnelEnd} and L{TunnelReceiver}: a client or app server connection
@@ -23,19 +25,56 @@ from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
-__all__ = ["Candidate", "IBalancer", "IStreamTransport", "TunnelEnd", "TunnelReceiver"]
+__all__ = [
+    "BalancedRequest",
+    "Candidate",
+    "IBalancer",
+    "IStreamTransport",
+    "TunnelEnd",
+    "TunnelReceiver",
+]
 
 
 class Candidate(Protocol):
     """
     A server as a balancing strategy sees it.
 
+    @ivar address: C{host:port}: stable across restarts and processes, so
+        a strategy may hash it (consistent hashing places servers by it).
     @ivar weight: its share of requests relative to its pool's others.
     @ivar up: whether it may take requests (in rotation).
+    @ivar active: requests in flight to it now (counted by its pool).
     """
 
+    address: str
     weight: int
     up: bool
+    active: int
+
+
+class BalancedRequest(Protocol):
+    """
+    A request as a balancing strategy sees it: what consistent hashing and
+    sticky sessions key on.
+    """
+
+    @property
+    def client_address(self) -> bytes:
+        """
+        The client's IP address (C{b"unix:"} on a UNIX socket).
+        """
+
+    @property
+    def target(self) -> bytes:
+        """
+        The request target, origin-form (C{/path?query}).
+        """
+
+    def header(self, name: bytes) -> bytes | None:
+        """
+        The last value of request header C{name} (lower-case), or L{None};
+        cookies are read from C{header(b"cookie")}.
+        """
 
 
 class IBalancer(Interface):
@@ -43,17 +82,40 @@ class IBalancer(Interface):
     A load-balancing strategy: chooses one server of a pool per request.
 
     Implementations keep whatever state they need (a rotation position,
-    weights) and never do I/O.
+    response times) in dicts keyed by server, tolerate servers they have
+    never seen (pools change on reload and with DNS), take time only from
+    the clock they are given, and never do I/O: the same object runs in the
+    proxy and on a simulator's virtual clock.
     """
 
-    def pick(servers: Sequence[Candidate], exclude: Container[Candidate]) -> Candidate | None:
+    def pick(
+        servers: Sequence[Candidate],
+        exclude: Container[Candidate],
+        request: BalancedRequest | None = None,
+    ) -> Candidate | None:
         """
         Choose the server for the next request.
 
         @param servers: the pool's candidates, in configuration order;
             servers that are not C{up} must not be chosen.
-        @param exclude: servers already tried for this request.
+        @param exclude: servers that must not be chosen for this request:
+            already tried, or at their C{max-conns}.
+        @param request: the request, for strategies that key on it;
+            L{None} when there is none (tests, a simulator).
         @return: the chosen server, or L{None} if no candidate is left.
+        """
+
+    def started(server: Candidate) -> None:
+        """
+        A request went to C{server} (its C{active} already counts it).
+        """
+
+    def finished(server: Candidate, elapsed: float | None) -> None:
+        """
+        A request to C{server} ended (its C{active} no longer counts it).
+
+        @param elapsed: seconds from sending the request to the head of the
+            answer, or L{None} if no answer came.
         """
 
 

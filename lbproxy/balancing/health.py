@@ -223,6 +223,10 @@ class HealthChecker(Service):
         self._clock = clock
         self._loops: list[LoopingCall] = []
         self._starts: list[IDelayedCall] = []
+        # The probes in flight, cancelled on stop: a check outliving its
+        # checker (a reload) would hold a connection and a timer, and
+        # report to a pool nobody checks any more.
+        self._checking: set[Deferred[int]] = set()
 
     def startService(self) -> None:
         """
@@ -253,6 +257,9 @@ class HealthChecker(Service):
             if loop.running:
                 loop.stop()
         self._starts, self._loops = [], []
+        checking, self._checking = self._checking, set()
+        for probe in checking:
+            probe.cancel()
 
     def _check(self, server: Server) -> Deferred[None]:
         """
@@ -260,8 +267,9 @@ class HealthChecker(Service):
         loop for good.  The loop waits for it, so checks never overlap.
         """
         pool = self._pool.config
-        if server.admin is AdminState.MAINT:
-            # Maintenance pauses checks (HAProxy's maint): nothing to learn.
+        if server.admin is AdminState.MAINT or server.config.down:
+            # Maintenance pauses checks (HAProxy's maint), and a server
+            # listed down (nginx's down) is never used: nothing to learn.
             return succeed(None)
         try:
             checking = self._probe(server)
@@ -270,16 +278,27 @@ class HealthChecker(Service):
             self._pool.check_failed(server, "internal error")
             return succeed(None)
 
+        self._checking.add(checking)
+
         def answered(status: int) -> None:
+            if not self.running:
+                return
             if pool.healthy(status):
                 self._pool.check_passed(server)
             else:
                 self._pool.check_failed(server, f"status {status}")
 
         def failed(reason: Failure) -> None:
+            if not self.running:
+                # Cancelled by stopService, or ended after it: not news.
+                return
             self._pool.check_failed(server, _failure_reason(reason))
 
-        checked = checking.addCallbacks(answered, failed)
+        def done(result: object) -> object:
+            self._checking.discard(checking)
+            return result
+
+        checked = checking.addBoth(done).addCallbacks(answered, failed)
         checked.addErrback(
             lambda reason: self._log.failure(
                 "health check of {server} failed", reason, server=server.address

@@ -20,19 +20,31 @@ server and why.  The pool also counts each server's requests, answers,
 failures and response times (L{lbproxy.balancing.server.ServerStats}) as
 exchanges tell it.  Nothing here does network I/O; time comes from the
 clock the pool is given.
+
+Choosing a server (L{Pool.pick}): a server listed C{down} is never a
+candidate; the client's sticky cookie (L{lbproxy.balancing.sticky}) names
+its server if it has one in rotation; otherwise the pool's strategy
+(L{lbproxy.interfaces.IBalancer}) picks among the primary servers, then
+among the backups.  A server at its C{max-conns} is passed over.  When
+every server a request may use is at its limit, the request waits in the
+pool's queue (L{Pool.wait}, L{lbproxy.balancing.queue}; HAProxy's
+C{maxconn} and C{timeout queue}) until an attempt ends or a server comes
+back, or C{queue-timeout} passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from lbproxy.balancing.queue import WaitQueue
 from lbproxy.balancing.server import AdminState, Server
+from lbproxy.balancing.sticky import StickyCookie
 from lbproxy.config.model import PoolConfig
-from lbproxy.interfaces import IBalancer
+from lbproxy.interfaces import BalancedRequest, IBalancer
 
 __all__ = ["Pool", "Server", "status_class"]
 
@@ -60,12 +72,13 @@ class Pool:
         self.name = config.name
         self.servers: tuple[Server, ...] = tuple(Server(s) for s in config.servers)
         self.max_tries = config.tries
-        self._primary = tuple(s for s in self.servers if not s.config.backup)
-        self._backup = tuple(s for s in self.servers if s.config.backup)
         self._balancer = balancer
         self._clock = clock
         self._next_readmit = _NEVER
         self._all_down_reported = False
+        self._unavailable = _Unavailable()
+        self._queue = WaitQueue(self, clock)
+        self._arrange()
 
     def adopt(self, known: Mapping[tuple[str, str, int], Server]) -> None:
         """
@@ -82,25 +95,115 @@ class Pool:
                 server = old
             servers.append(server)
         self.servers = tuple(servers)
-        self._primary = tuple(s for s in self.servers if not s.config.backup)
-        self._backup = tuple(s for s in self.servers if s.config.backup)
+        self._arrange()
         ejected = [s.ejected_until for s in self.servers if s.ejected_until]
         self._next_readmit = min(ejected, default=_NEVER)
 
-    def pick(self, exclude: Container[Server] = ()) -> Server | None:
+    def _arrange(self) -> None:
+        """
+        Derive what picking needs from C{servers}: the candidates (primary
+        and backup, without those listed C{down}), whether any has a
+        C{max-conns}, and the sticky cookie's ids.
+        """
+        usable = [s for s in self.servers if not s.config.down]
+        self._primary = tuple(s for s in usable if not s.config.backup)
+        self._backup = tuple(s for s in usable if s.config.backup)
+        self._limited = any(s.config.max_conns for s in usable)
+        name = self.config.sticky_cookie
+        #: The sticky cookie (C{--sticky-cookie}), or L{None}.
+        self.sticky = StickyCookie(name, self.name, usable) if name else None
+
+    def pick(
+        self, exclude: Container[Server] = (), request: BalancedRequest | None = None
+    ) -> Server | None:
         """
         Choose the server for the next request.
 
         @param exclude: servers already tried for this request.
-        @return: a server, or L{None} if none is up and untried.
+        @param request: the request, for sticky cookies and strategies that
+            key on it (L{None} in tests).
+        @return: a server, or L{None} if none is up, untried and below its
+            C{max-conns} (then L{must_wait} says whether to wait for one).
         """
         if self._next_readmit is not _NEVER:
             self._readmit_ejected()
-        picked = self._balancer.pick(self._primary, exclude)
-        if picked is None and self._backup:
-            picked = self._balancer.pick(self._backup, exclude)
+        tried = exclude
+        if self._limited:
+            # One object reused: picks never overlap.
+            unavailable = self._unavailable
+            unavailable.tried, unavailable.saw_full = tried, False
+            exclude = unavailable
+        named = None
+        if self.sticky is not None and request is not None:
+            named = self.sticky.named(request)
+            # Sticky clients stay on a draining server, as in HAProxy:
+            # draining lets sessions in progress finish there.
+            if named is not None and (
+                named in tried
+                or not (named.up or (named.admin is AdminState.DRAINING and named.healthy))
+            ):
+                named = None
+            if named is not None and not named.config.backup:
+                return self._sticky(named, exclude)
+        picked = self._balancer.pick(self._primary, exclude, request)
+        if picked is None:
+            if named is not None:
+                # A backup named by the cookie, and no primary to be had.
+                return self._sticky(named, exclude)
+            if self._backup:
+                picked = self._balancer.pick(self._backup, exclude, request)
         # The strategy returns one of the candidates it was given.
         return cast(Server | None, picked)
+
+    def _sticky(self, server: Server, exclude: Container[Server]) -> Server | None:
+        """
+        The server a sticky cookie names, or L{None} to wait for it while
+        it is at its C{max-conns} (HAProxy queues for the server a
+        persistent client is bound to).
+        """
+        if server in exclude:
+            self._unavailable.saw_full = True
+            return None
+        return server
+
+    def must_wait(self) -> bool:
+        """
+        Whether the request the last L{pick} found no server for should
+        wait in the queue: a server it may use is up but at its
+        C{max-conns}.
+        """
+        return self._limited and self._unavailable.saw_full
+
+    def wait(
+        self,
+        tried: Container[Server],
+        request: BalancedRequest | None,
+        resume: Callable[[Server], None],
+        expire: Callable[[], None],
+    ) -> Callable[[], None] | None:
+        """
+        Queue a request until a server it may use is below its
+        C{max-conns}; see L{WaitQueue.wait}.
+        """
+        return self._queue.wait(tried, request, resume, expire)
+
+    @property
+    def waiting(self) -> int:
+        """
+        How many requests wait in the queue now.
+        """
+        return len(self._queue)
+
+    def has_room(self) -> bool:
+        """
+        Whether any server in rotation is below its C{max-conns}.
+        """
+        for servers in (self._primary, self._backup):
+            for server in servers:
+                limit = server.config.max_conns
+                if server.up and (not limit or server.active < limit):
+                    return True
+        return False
 
     def first_with_none_up(self) -> bool:
         """
@@ -210,8 +313,15 @@ class Pool:
         stats.requests += 1
         if retry:
             stats.retries += 1
+        self._balancer.started(server)
 
-    def attempt_ended(self, server: Server, status: int, elapsed: float | None) -> None:
+    def attempt_ended(
+        self,
+        server: Server,
+        status: int,
+        elapsed: float | None,
+        first_byte: float | None = None,
+    ) -> None:
         """
         An attempt on C{server} ended.
 
@@ -219,6 +329,10 @@ class Pool:
             C{attempt_failed} tells why, if it was the server's fault).
         @param elapsed: seconds from sending to the complete answer, if
             there was one.
+        @param first_byte: seconds from sending to the answer's head, if
+            one came: what the strategy learns response times from (a
+            slow client holding back a long answer is not the server's
+            slowness); C{elapsed} if not given.
         """
         server.active -= 1
         stats = server.stats
@@ -228,6 +342,9 @@ class Pool:
             stats.failures += 1
         if elapsed is not None:
             stats.latency.record(self._clock.seconds(), elapsed)
+        self._balancer.finished(server, elapsed if first_byte is None else first_byte)
+        if self._queue:
+            self._queue.serve()
 
     def _update(self, server: Server, why: str) -> None:
         healthy = server.checked_up and not server.ejected_until
@@ -241,6 +358,8 @@ class Pool:
         if up:
             server.down_reason = ""
             self._all_down_reported = False
+            if self._queue:
+                self._queue.serve()
             if why != "operator":
                 self._log.info(
                     "upstream {server} UP ({why})", server=server.address, why=why, pool=self.name
@@ -249,6 +368,30 @@ class Pool:
             self._log.warn(
                 "upstream {server} DOWN ({why})", server=server.address, why=why, pool=self.name
             )
+
+
+class _Unavailable:
+    """
+    The servers a pick must pass over in a pool with C{max-conns}: those
+    tried for the request, and those at their limit (noting whether it saw
+    one in rotation, so that the request waits rather than fails).
+    """
+
+    __slots__ = ("tried", "saw_full")
+
+    def __init__(self) -> None:
+        self.tried: Container[Server] = ()
+        self.saw_full = False
+
+    def __contains__(self, item: object) -> bool:
+        server = cast(Server, item)
+        if server in self.tried:
+            return True
+        limit = server.config.max_conns
+        if limit and server.active >= limit:
+            self.saw_full = self.saw_full or server.up
+            return True
+        return False
 
 
 def status_class(status: int) -> str:

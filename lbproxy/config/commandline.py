@@ -13,6 +13,7 @@ the L{Config}.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from twisted.python import usage
@@ -137,16 +138,15 @@ class Options(usage.Options):
     def opt_backup(self, value: str) -> None:
         # (Help text below.)
         try:
-            self["backup"].extend(
-                ServerConfig(s.host, s.port, s.scheme, s.weight, backup=True)
-                for s in parse_server_list(value)
-            )
+            self["backup"].extend(replace(s, backup=True) for s in parse_server_list(value))
         except ConfigError as e:
             raise usage.UsageError(f"--backup: {e}") from None
 
     opt_upstream.__doc__ = (
         "Upstream servers HOST:PORT[,HOST:PORT...] (or http://HOST:PORT, "
-        'https://HOST:PORT, [::1]:PORT); repeatable; they form the pool "default" '
+        "https://HOST:PORT, [::1]:PORT), each optionally followed by parameters as on "
+        'nginx\'s server line: "HOST:PORT weight=2 max-conns=10", backup, down; '
+        'repeatable; they form the pool "default" '
         "(nginx: upstream { server ...; }). [required, or --demo]"
     )
     opt_backup.__doc__ = (

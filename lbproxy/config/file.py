@@ -11,7 +11,8 @@ dashes in front (L{lbproxy.config.options})::
 
     [upstream.web]                        # a pool; --upstream fills "default"
     servers = ["localhost:3000", { address = "localhost:3001", weight = 2 },
-               { address = "localhost:3002", backup = true }]
+               { address = "localhost:3002", backup = true },
+               "localhost:3003 max-conns=10"]  # or nginx-like parameters
     health-path = "/healthz"              # pool options
     fall = 3
 
@@ -32,12 +33,12 @@ from typing import Any
 
 from lbproxy.config.model import Config, PoolConfig, RouteConfig, all_options
 from lbproxy.config.options import Option, Scope
-from lbproxy.config.servers import ServerConfig, parse_server
+from lbproxy.config.servers import ServerConfig, parse_server, parse_server_entry
 from lbproxy.errors import ConfigError
 
 __all__ = ["ConfigFileError", "load_config", "parse_config"]
 
-_SERVER_KEYS = ("address", "weight", "backup")
+_SERVER_KEYS = ("address", "weight", "backup", "max-conns", "down")
 _ROUTE_KEYS = ("host", "path", "upstream")
 
 
@@ -185,6 +186,13 @@ def _servers(entries: Any, where: str, problems: _Problems) -> tuple[ServerConfi
 
 def _server(entry: Any, where: str, problems: _Problems) -> ServerConfig | None:
     if isinstance(entry, str):
+        if len(entry.split()) > 1:
+            # "HOST:PORT weight=2 max-conns=10": the command line's spelling.
+            try:
+                return parse_server_entry(entry)
+            except ConfigError as e:
+                problems.add(where, str(e))
+                return None
         entry = {"address": entry}
     if not isinstance(entry, dict):
         problems.add(where, f'expected "HOST:PORT" or {{ address = "HOST:PORT" }}, got {entry!r}')
@@ -200,13 +208,27 @@ def _server(entry: Any, where: str, problems: _Problems) -> ServerConfig | None:
     if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
         problems.add(f"{where}.weight", f"expected a whole number, 1 or more, got {weight!r}")
         return None
-    backup = entry.get("backup", False)
-    if not isinstance(backup, bool):
-        problems.add(f"{where}.backup", f"expected true or false, got {backup!r}")
+    max_conns = entry.get("max-conns", 0)
+    if isinstance(max_conns, bool) or not isinstance(max_conns, int) or max_conns < 0:
+        problems.add(f"{where}.max-conns", f"expected a whole number, 0 or more, got {max_conns!r}")
         return None
+    flags = {}
+    for flag in ("backup", "down"):
+        flags[flag] = entry.get(flag, False)
+        if not isinstance(flags[flag], bool):
+            problems.add(f"{where}.{flag}", f"expected true or false, got {flags[flag]!r}")
+            return None
     try:
         server = parse_server(address)
-        return ServerConfig(server.host, server.port, server.scheme, weight, backup)
+        return ServerConfig(
+            server.host,
+            server.port,
+            server.scheme,
+            weight,
+            flags["backup"],
+            max_conns=max_conns,
+            down=flags["down"],
+        )
     except ConfigError as e:
         problems.add(f"{where}.address", str(e))
         return None

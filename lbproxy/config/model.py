@@ -122,7 +122,7 @@ def _access_log(value: str) -> str | None:
 
 #: A bearer token as RFC 6750 section 2.1 writes one (C{b64token}), so that
 #: a token with a space or a quote cannot be set and then never match.
-_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_BEARER = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 def admin_token_problem(value: str) -> str | None:
@@ -130,7 +130,7 @@ def admin_token_problem(value: str) -> str | None:
     What is wrong with an admin token (set, or read from its file), or
     L{None}.
     """
-    if value and _TOKEN.fullmatch(value) is None:
+    if value and _BEARER.fullmatch(value) is None:
         return "expected letters, digits and -._~+/ (a bearer token)"
     return None
 
@@ -156,6 +156,35 @@ def _endpoint_or_off(value: str) -> str | None:
     return None if value == "" or value.strip() else "expected an endpoint string"
 
 
+#: An HTTP token (RFC 9110 section 5.6.2): header and cookie names.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: A strategy's name; which names exist is the balancing layer's table
+#: (L{lbproxy.balancing.strategies.STRATEGIES}), checked with the rest of
+#: what start and reload need (L{lbproxy.service.validate}).
+_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+
+
+def _strategy(value: str) -> str | None:
+    if _NAME.fullmatch(value) is None:
+        return "expected a strategy name (roundrobin, leastconn, random2, ewma, hash)"
+    return None
+
+
+def _hash_key(value: str) -> str | None:
+    kind, colon, name = value.partition(":")
+    if (kind in ("ip", "path") and not colon) or (
+        kind in ("header", "cookie") and _TOKEN.fullmatch(name)
+    ):
+        return None
+    return "expected ip, path, header:NAME or cookie:NAME"
+
+
+def _cookie_name(value: str) -> str | None:
+    if value and _TOKEN.fullmatch(value) is None:
+        return "expected a cookie name (letters, digits, - and _), or empty for off"
+    return None
+
+
 STATUSES: Kind = _Statuses()
 PATH: Kind = Text("PATH", _origin_path, "a path starting with /")
 FILE: Kind = Text("FILE")
@@ -163,6 +192,9 @@ HOST: Kind = Text("HOST", _host, "HOST[:PORT]")
 ACCESS_LOG: Kind = Text("PATH|-|off", _access_log, "a file path, '-' or 'off'")
 ENDPOINT: Kind = Text("ENDPOINT", _endpoint_or_off, "an endpoint string")
 TOKEN: Kind = _Token()
+STRATEGY: Kind = Text("NAME", _strategy, "a strategy name")
+HASH_KEY: Kind = Text("ip|path|header:NAME|cookie:NAME", _hash_key, "a hash key")
+COOKIE_NAME: Kind = Text("NAME", _cookie_name, "a cookie name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +258,54 @@ class PoolConfig:
         COUNT,
         "Servers one request may be tried on when connecting fails; 0 is all of "
         "the pool's (nginx: proxy_next_upstream_tries 0).",
+    )
+
+    # Balancing (lbproxy.balancing.strategies), stickiness and the queue of
+    # servers at their max-conns (lbproxy.balancing.pool).
+    balance: str = option(
+        "roundrobin",
+        STRATEGY,
+        "How each request's server is chosen: roundrobin (nginx's default, smooth "
+        "weighted), leastconn (fewest requests in flight for its weight; nginx: "
+        "least_conn, HAProxy: balance leastconn), random2 (the less busy of two "
+        "random servers; nginx: random two least_conn), ewma (the lower of two "
+        "random servers' peak-EWMA response time x requests in flight, Finagle's "
+        "and Linkerd's), hash (consistent hashing of --hash-key; nginx: hash ... "
+        "consistent, HAProxy: hash-type consistent).",
+    )
+    hash_key: str = option(
+        "ip",
+        HASH_KEY,
+        "What --balance hash hashes: ip (the client's address; nginx: ip_hash, "
+        "HAProxy: balance source), header:NAME (HAProxy: balance hdr(NAME)), "
+        "cookie:NAME, or path (the target without its query; HAProxy: balance "
+        "path). A request without it goes round robin, as in HAProxy.",
+    )
+    ewma_decay: float = option(
+        10.0,
+        SECONDS,
+        "Seconds over which --balance ewma forgets a slow answer: a slow server "
+        "is avoided at once, and once fast again gets its share back within a "
+        "few times this (Finagle's decayTime; Linkerd: 10 s).",
+    )
+    sticky_cookie: str = option(
+        "",
+        COOKIE_NAME,
+        "Keep each client on one server with a cookie of this name naming the "
+        "server by an opaque id; empty is off (HAProxy: cookie NAME insert; nginx "
+        "Plus: sticky cookie). Works with every --balance.",
+    )
+    queue_timeout: float = option(
+        10.0,
+        SECONDS,
+        "Seconds a request may wait for a server below its max-conns when every "
+        "server is at its limit; 503 after (HAProxy: timeout queue).",
+    )
+    max_queue: int = option(
+        1000,
+        COUNT,
+        "Requests that may wait in that queue per pool; 503 at once beyond; 0 is "
+        "no limit but --queue-timeout (nginx Plus: queue N).",
     )
 
     def __post_init__(self) -> None:

@@ -2,16 +2,20 @@
 """
 Upstream server addresses: L{ServerConfig} and the parsers of
 C{--upstream} and C{servers = [...]} entries.
+
+An entry is an address, then, as on an nginx C{server} line, parameters
+separated by spaces: C{"10.0.0.5:3000 weight=3 max-conns=100"},
+C{"10.0.0.6:3000 backup"}, C{"10.0.0.7:3000 down"}.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from lbproxy.errors import ConfigError
 
-__all__ = ["ServerConfig", "parse_server", "parse_server_list"]
+__all__ = ["ServerConfig", "parse_server", "parse_server_entry", "parse_server_list"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,10 @@ class ServerConfig:
     @ivar scheme: C{"http"}, or C{"https"} for TLS to the server.
     @ivar weight: relative share of requests, as nginx's C{weight=}.
     @ivar backup: only used while every primary server is down.
+    @ivar max_conns: most requests in flight to it at once, 0 for no limit
+        (nginx's C{max_conns=}, HAProxy's C{maxconn}).
+    @ivar down: listed but never used (nginx's C{down}), so that taking a
+        server out keeps the places of the others (consistent hashing).
     """
 
     host: str
@@ -31,6 +39,8 @@ class ServerConfig:
     scheme: str = "http"
     weight: int = 1
     backup: bool = False
+    max_conns: int = 0
+    down: bool = False
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -43,6 +53,8 @@ class ServerConfig:
             )
         if self.weight < 1:
             raise ConfigError(f"upstream weight {self.weight} must be at least 1")
+        if self.max_conns < 0:
+            raise ConfigError(f"upstream max-conns {self.max_conns} must be 0 or more")
 
     @property
     def address(self) -> str:
@@ -104,15 +116,55 @@ def parse_server(text: str) -> ServerConfig:
         raise ConfigError(f"bad upstream address {text!r}: {e}") from None
 
 
+def parse_server_entry(text: str) -> ServerConfig:
+    """
+    Parse one upstream entry: an address (as L{parse_server}), then
+    parameters separated by spaces, as on an nginx C{server} line:
+    C{weight=N}, C{max-conns=N}, C{backup}, C{down}.
+
+    @param text: e.g. C{"localhost:3000 weight=2 max-conns=10"}.
+    @return: the server.
+    @raise ConfigError: naming the entry and the parameter that is wrong.
+    """
+    address, *parameters = text.split() or [""]
+    server = parse_server(address)
+    numbers = {"weight": server.weight, "max-conns": server.max_conns}
+    flags = {"backup": server.backup, "down": server.down}
+    for parameter in parameters:
+        name, equals, value = parameter.partition("=")
+        if name in flags and not equals:
+            flags[name] = True
+        elif name in numbers and equals:
+            least = 1 if name == "weight" else 0
+            if not (value.isascii() and value.isdigit()) or int(value) < least:
+                raise ConfigError(
+                    f"bad upstream entry {text.strip()!r}: {name} takes a whole "
+                    f"number, {least} or more, got {value!r}"
+                )
+            numbers[name] = int(value)
+        else:
+            raise ConfigError(
+                f"bad upstream entry {text.strip()!r}: unknown parameter {parameter!r} "
+                "(expected weight=N, max-conns=N, backup or down)"
+            )
+    return replace(
+        server,
+        weight=numbers["weight"],
+        max_conns=numbers["max-conns"],
+        backup=flags["backup"],
+        down=flags["down"],
+    )
+
+
 def parse_server_list(text: str) -> tuple[ServerConfig, ...]:
     """
-    Parse a comma-separated list of upstream addresses.
+    Parse a comma-separated list of upstream entries (L{parse_server_entry}).
 
-    @param text: e.g. C{"localhost:3000,localhost:3001"}.
+    @param text: e.g. C{"localhost:3000,localhost:3001 weight=2 backup"}.
     @return: the servers in the order given.
-    @raise ConfigError: if any address is bad or the list is empty.
+    @raise ConfigError: if any entry is bad or the list is empty.
     """
     items = [item for item in text.split(",") if item.strip()]
     if not items:
         raise ConfigError(f"bad upstream list {text!r}: no addresses")
-    return tuple(parse_server(item) for item in items)
+    return tuple(parse_server_entry(item) for item in items)

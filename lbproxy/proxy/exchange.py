@@ -32,6 +32,12 @@ holds the answer back, and it watches the client's socket (or, on HTTP/2,
 the stream's flow control) for progress; an HTTP/2 stream is reset, not its
 whole connection.
 
+When every server the request may use is at its C{max-conns}, the
+exchange waits in its pool's queue (still WAITING) until the pool hands it
+a server, or answers 503 when the queue is full or the wait times out.
+With a sticky cookie, the answer gets a C{Set-Cookie} naming its server
+unless the request's cookie named it already.
+
 Only the server's failures count towards its C{max-fails}
 (L{lbproxy.errors.UpstreamError.server_fault}): not a stale pooled
 connection, not a bug in lbproxy (502, traceback logged), not a client
@@ -219,18 +225,61 @@ class ProxyExchange:
     def _attempt(self) -> None:
         pool = self._pool
         assert pool is not None
-        server = pool.pick(self._tried) if len(self._tried) < pool.max_tries else None
+        tries_left = len(self._tried) < pool.max_tries
+        server = pool.pick(self._tried, self._request) if tries_left else None
         if server is None:
-            if self._tried:
+            if tries_left and pool.must_wait():
+                self._wait(pool)
+            elif self._tried:
                 self._answer_error(502, b"Bad Gateway", b"no upstream server could be reached")
             else:
                 if pool.first_with_none_up():
                     self._log.warn("pool {pool}: no server is up", pool=pool.name)
                 self._answer_error(503, b"Service Unavailable", b"no healthy upstream")
             return
+        self._send(server)
+
+    def _send(self, server: Server) -> None:
+        """
+        Send the request to C{server}, the pool's pick.
+        """
         self._tried.append(server)
         self._begin(server)
         self._abandon = self._resource.client.send(server, self._upstream_request, self)
+
+    # The pool's queue: every server it may use is at its max-conns.
+
+    def _wait(self, pool: Pool) -> None:
+        """
+        Wait in C{pool}'s queue for a server (503 if the queue is full); a
+        client that leaves meanwhile takes it out (C{_abandon}).
+        """
+        cancel = pool.wait(self._tried, self._request, self._dequeued, self._waited_too_long)
+        if cancel is None:
+            self._answer_error(
+                503, b"Service Unavailable", b"every upstream server is busy (queue full)"
+            )
+        else:
+            self._abandon = cancel
+
+    def _dequeued(self, server: Server) -> None:
+        """
+        The pool's queue picked C{server} for this request.
+        """
+        self._abandon = None
+        if self.state is State.WAITING:
+            self._send(server)
+
+    def _waited_too_long(self) -> None:
+        """
+        No server came free within C{queue-timeout}: 503, as HAProxy's
+        C{timeout queue}.
+        """
+        self._abandon = None
+        if self.state is State.WAITING:
+            self._answer_error(
+                503, b"Service Unavailable", b"every upstream server is busy (queue timeout)"
+            )
 
     def _begin(self, server: Server) -> None:
         """
@@ -260,7 +309,10 @@ class ProxyExchange:
         if complete:
             elapsed = self._resource.client.clock.seconds() - self._sent_at
             self._record.response_time = elapsed
-        self._pool.attempt_ended(server, self._status if complete else 0, elapsed)
+        # The strategy learns response times from the head's arrival.
+        self._pool.attempt_ended(
+            server, self._status if complete else 0, elapsed, first_byte=self._record.header_time
+        )
 
     def _end(self) -> None:
         """
@@ -320,7 +372,8 @@ class ProxyExchange:
     ) -> None:
         """
         Copy the status line and end-to-end headers to the client, with the
-        request's C{X-Request-Id} in place of any the app server sent.
+        request's C{X-Request-Id} in place of any the app server sent (and a
+        sticky cookie naming the server, if the pool has one).
         """
         if self.state is not State.WAITING:
             return
@@ -331,6 +384,12 @@ class ProxyExchange:
         record.header_time = self._resource.client.clock.seconds() - self._sent_at
         relayed = end_to_end(headers, REPLACED_DOWNSTREAM)
         relayed.append((b"X-Request-Id", record.request_id))
+        pool, server = self._pool, self._server
+        if pool is not None and server is not None and pool.sticky is not None:
+            request = self._request
+            cookie = pool.sticky.set_cookie(server, request, request.secure)
+            if cookie is not None:
+                relayed.append((b"Set-Cookie", cookie))
         self._request.respond(status, reason, relayed, self)
         # The answer has started: a later failure resets the client.  (A
         # failure above, a bug, still gets the client a plain 502.)

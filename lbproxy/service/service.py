@@ -48,7 +48,7 @@ from lbproxy.admin.resource import AdminResource, AdminSite
 from lbproxy.balancing.health import HealthChecker, agent_probe
 from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.routes import Router
-from lbproxy.balancing.strategies import RoundRobin
+from lbproxy.balancing.strategies import STRATEGIES, make_balancer, unknown_strategy
 from lbproxy.config.model import Config
 from lbproxy.errors import ConfigError
 from lbproxy.http import accesslog
@@ -91,7 +91,7 @@ def build_router(
     """
     pools = {}
     for pool_config in config.pools:
-        pool = Pool(pool_config, RoundRobin(), clock)
+        pool = Pool(pool_config, make_balancer(pool_config, clock), clock)
         if known:
             pool.adopt(known)
         pools[pool_config.name] = pool
@@ -388,6 +388,14 @@ class ProxyService(MultiService):
             L{ApplyError} listing every problem when nothing changed.
         """
         problems: list[str] = []
+        # Pools are built in _switch, which may not fail: a strategy name
+        # check_config did not see (a configuration made by a program) is
+        # refused here.
+        problems += [
+            f"upstream.{pool.name}.balance: {unknown_strategy(pool.balance)}"
+            for pool in config.pools
+            if pool.balance not in STRATEGIES
+        ]
         added: dict[str, tuple[IService, ReloadableTLS | None]] = {}
         binding: list[Deferred[Any]] = []
         for description in config.listen:

@@ -182,6 +182,21 @@ class ActiveCheckTests(SynchronousTestCase):
         self.clock.advance(20.0)
         self.assertEqual(len(self.probe.calls), 2)
 
+    def test_stop_cancels_checks_in_flight(self) -> None:
+        """
+        Stopping the service cancels the checks still waiting for an
+        answer (their connections and timers go with them), and their
+        cancellation is not reported to the pool as a failed check.
+        """
+        self.clock.advance(1.0)
+        waiting = [d for _, d in self.probe.calls]
+        self.assertEqual(len(waiting), 2)
+        self.assertFalse(any(d.called for d in waiting))
+        self.checker.stopService()
+        self.assertTrue(all(d.called for d in waiting))
+        self.assertEqual((self.a.check_failures, self.b.check_failures), (0, 0))
+        self.assertEqual(self.transitions.lines, [])
+
     def test_probe_exception_keeps_loop(self) -> None:
         """
         A probe that raises counts as a failed check and the loop goes on.

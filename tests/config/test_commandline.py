@@ -92,3 +92,72 @@ class CommandLineTests(SynchronousTestCase):
             error = self.assertRaises(UsageError, _parse, "--config", path, *args)
             self.assertEqual(str(error), f"{name}: with --config, set it in {path} instead")
         self.assertEqual(_parse("--config", path).config.pools[0].name, "web")
+
+
+class BalancingOptionsTests(SynchronousTestCase):
+    """
+    The balancing options and server parameters on the command line.
+    """
+
+    def test_pool_options(self) -> None:
+        """
+        C{--balance}, C{--hash-key}, C{--sticky-cookie}, C{--ewma-decay},
+        C{--queue-timeout} and C{--max-queue} set the default pool's.
+        """
+        pool = _parse(
+            "--upstream",
+            "a:1",
+            "--balance",
+            "hash",
+            "--hash-key",
+            "cookie:sid",
+            "--sticky-cookie",
+            "lbsrv",
+            "--ewma-decay",
+            "2.5",
+            "--queue-timeout",
+            "3",
+            "--max-queue",
+            "7",
+        ).config.pools[0]
+        self.assertEqual(
+            (pool.balance, pool.hash_key, pool.sticky_cookie, pool.ewma_decay),
+            ("hash", "cookie:sid", "lbsrv", 2.5),
+        )
+        self.assertEqual((pool.queue_timeout, pool.max_queue), (3.0, 7))
+
+    def test_defaults(self) -> None:
+        """
+        Round robin, the client address as hash key, no sticky cookie, a
+        10 s decay and queue timeout, 1000 waiting requests at most.
+        """
+        pool = _parse("--upstream", "a:1").config.pools[0]
+        self.assertEqual(
+            (pool.balance, pool.hash_key, pool.sticky_cookie, pool.ewma_decay),
+            ("roundrobin", "ip", "", 10.0),
+        )
+        self.assertEqual((pool.queue_timeout, pool.max_queue), (10.0, 1000))
+
+    def test_server_parameters(self) -> None:
+        """
+        C{--upstream} and C{--backup} entries take nginx-like parameters;
+        C{--backup} keeps them and adds C{backup}.
+        """
+        servers = (
+            _parse(
+                "--upstream", "a:1 weight=3 max-conns=10,b:2 down", "--backup", "c:3 max-conns=2"
+            )
+            .config.pools[0]
+            .servers
+        )
+        self.assertEqual(
+            [(s.host, s.weight, s.max_conns, s.down, s.backup) for s in servers],
+            [("a", 3, 10, False, False), ("b", 1, 0, True, False), ("c", 1, 2, False, True)],
+        )
+
+    def test_bad_parameter(self) -> None:
+        """
+        A bad parameter is a usage error naming the option and the entry.
+        """
+        error = self.assertRaises(UsageError, _parse, "--upstream", "a:1 weight=none")
+        self.assertIn("--upstream: bad upstream entry 'a:1 weight=none'", str(error))

@@ -348,3 +348,91 @@ class UpstreamAnswerKeysTests(SynchronousTestCase):
         error = self.assertRaises(ConfigFileError, load, path)
         self.assertEqual(len(error.problems), 1)
         self.assertIn("send-timeout", error.problems[0])
+
+
+class BalancingKeysTests(SynchronousTestCase):
+    """
+    The file's balancing keys: per-pool options and server parameters.
+    """
+
+    def _load(self, text: str):  # type: ignore[no-untyped-def]
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return load_config(path)
+
+    def _problems(self, text: str) -> list[str]:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        error = self.assertRaises(ConfigFileError, load_config, path)
+        return [p.removeprefix(path + ": ") for p in error.problems]
+
+    def test_pool_options(self) -> None:
+        """
+        C{balance}, C{hash-key}, C{ewma-decay}, C{sticky-cookie},
+        C{queue-timeout} and C{max-queue} go per pool, or at the top level
+        as every pool's default.
+        """
+        config = self._load(
+            'balance = "leastconn"\nqueue-timeout = 2\n'
+            '[upstream.web]\nservers = ["a:1"]\nbalance = "hash"\nhash-key = "header:X-User"\n'
+            'sticky-cookie = "lbsrv"\newma-decay = 5\nmax-queue = 0\n'
+            '[upstream.api]\nservers = ["b:1"]\n'
+            '[[route]]\npath = "/api/"\nupstream = "api"\n[[route]]\nupstream = "web"\n'
+        )
+        web, api = config.pools
+        self.assertEqual(
+            (web.balance, web.hash_key, web.sticky_cookie, web.ewma_decay, web.max_queue),
+            ("hash", "header:X-User", "lbsrv", 5.0, 0),
+        )
+        self.assertEqual((api.balance, api.queue_timeout, api.max_queue), ("leastconn", 2.0, 1000))
+
+    def test_bad_pool_options(self) -> None:
+        """
+        Values of the wrong shape are named by key.
+        """
+        problems = self._problems(
+            '[upstream.web]\nservers = ["a:1"]\nbalance = "Least Conn"\n'
+            'hash-key = "host"\nsticky-cookie = "a b"\n'
+        )
+        self.assertEqual(len(problems), 3)
+        self.assertIn("upstream.web.balance: expected a strategy name", problems[0])
+        self.assertIn("upstream.web.hash-key: expected ip, path, header:NAME", problems[1])
+        self.assertIn("upstream.web.sticky-cookie: expected a cookie name", problems[2])
+
+    def test_server_keys(self) -> None:
+        """
+        A server table takes C{max-conns} and C{down}; a string takes the
+        command line's parameters.
+        """
+        config = self._load(
+            '[upstream.web]\nservers = [{ address = "a:1", max-conns = 5, down = true },\n'
+            '  "b:2 weight=2 max-conns=3 backup"]\n'
+        )
+        self.assertEqual(
+            config.pools[0].servers,
+            (
+                ServerConfig("a", 1, max_conns=5, down=True),
+                ServerConfig("b", 2, weight=2, max_conns=3, backup=True),
+            ),
+        )
+
+    def test_bad_server_keys(self) -> None:
+        """
+        Wrong values of server keys and parameters are named by entry.
+        """
+        problems = self._problems(
+            '[upstream.web]\nservers = [{ address = "a:1", max-conns = -1 },\n'
+            '  { address = "a:2", down = "yes" }, "b:2 slow", { address = "a:3", maxconn = 1 }]\n'
+        )
+        self.assertEqual(
+            problems[:3],
+            [
+                "upstream.web.servers[0].max-conns: expected a whole number, 0 or more, got -1",
+                "upstream.web.servers[1].down: expected true or false, got 'yes'",
+                "upstream.web.servers[2]: bad upstream entry 'b:2 slow': unknown parameter "
+                "'slow' (expected weight=N, max-conns=N, backup or down)",
+            ],
+        )
+        self.assertTrue(problems[3].startswith("upstream.web.servers[3].maxconn: unknown key"))

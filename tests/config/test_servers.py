@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy.config.servers import ServerConfig, parse_server, parse_server_list
+from lbproxy.config.servers import (
+    ServerConfig,
+    parse_server,
+    parse_server_entry,
+    parse_server_list,
+)
 from lbproxy.errors import ConfigError
 
 
@@ -169,3 +174,63 @@ class ParseServerListTests(SynchronousTestCase):
         """
         message = str(self.assertRaises(ConfigError, parse_server_list, "a:1,nope,b:2"))
         self.assertIn("'nope'", message)
+
+
+class ServerEntryTests(SynchronousTestCase):
+    """
+    L{parse_server_entry} reads an address and nginx-like parameters.
+    """
+
+    def test_plain(self) -> None:
+        """
+        An address alone is the server with the defaults.
+        """
+        self.assertEqual(parse_server_entry(" a:1 "), ServerConfig("a", 1))
+
+    def test_parameters(self) -> None:
+        """
+        C{weight=N}, C{max-conns=N}, C{backup} and C{down}, in any order.
+        """
+        self.assertEqual(
+            parse_server_entry("https://a:1 max-conns=10  weight=3 backup down"),
+            ServerConfig("a", 1, "https", weight=3, backup=True, max_conns=10, down=True),
+        )
+
+    def test_bad_parameters(self) -> None:
+        """
+        A wrong value or an unknown parameter names the entry and itself.
+        """
+        cases = {
+            "a:1 weight=0": "weight takes a whole number, 1 or more, got '0'",
+            "a:1 max-conns=-1": "max-conns takes a whole number, 0 or more, got '-1'",
+            "a:1 max-conns=\u00b2": "max-conns takes a whole number",
+            "a:1 max_conns=5": "unknown parameter 'max_conns=5'",
+            "a:1 backup=1": "unknown parameter 'backup=1'",
+            "a:1 weight": "unknown parameter 'weight'",
+        }
+        for text, message in cases.items():
+            error = self.assertRaises(ConfigError, parse_server_entry, text)
+            self.assertIn(message, str(error))
+            self.assertIn(repr(text), str(error))
+
+    def test_bad_address(self) -> None:
+        """
+        The address is checked as L{parse_server} does.
+        """
+        self.assertRaises(ConfigError, parse_server_entry, "a weight=2")
+        self.assertRaises(ConfigError, parse_server_entry, "   ")
+
+    def test_list(self) -> None:
+        """
+        L{parse_server_list} takes entries with parameters.
+        """
+        self.assertEqual(
+            parse_server_list("a:1 weight=2,b:2 down"),
+            (ServerConfig("a", 1, weight=2), ServerConfig("b", 2, down=True)),
+        )
+
+    def test_max_conns_checked(self) -> None:
+        """
+        L{ServerConfig} refuses a negative C{max_conns}.
+        """
+        self.assertRaises(ConfigError, ServerConfig, "a", 1, max_conns=-1)

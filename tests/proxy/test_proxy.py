@@ -922,7 +922,7 @@ class InternalErrorTests(TestCase):
         """
         from lbproxy.balancing.pool import Pool
 
-        def broken_pick(self, exclude=()):
+        def broken_pick(self, *args, **kwargs):
             raise RuntimeError("a bug in lbproxy")
 
         self.patch(Pool, "pick", broken_pick)

@@ -879,3 +879,75 @@ class ReloadUpstreamSettingsTests(TestCase):
         self._write(_toml([port], extra="send-timeout = 3\n"))
         self.assertTrue((yield service.reload()))
         self.assertEqual(service.resource.send_timeout, 3.0)
+
+
+class BalancingReloadTests(TestCase):
+    """
+    A reload changes a pool's strategy and keeps sticky cookies valid.
+    """
+
+    _start = ReloadTests._start
+    _write = ReloadTests._write
+
+    @inlineCallbacks
+    def _bodies(self, port: int, count: int, headers: bytes):
+        bodies = []
+        for _ in range(count):
+            bodies.append((yield get(port, headers=headers)).body)
+        return bodies
+
+    @inlineCallbacks
+    def test_strategy_changed(self):
+        """
+        From round robin to C{hash} on a header: after the reload a user's
+        requests stay on one server.
+        """
+        _, _, port_a = start_app(self, "A")
+        _, _, port_b = start_app(self, "B")
+        service, proxy_port = yield self._start(_toml([port_a, port_b]))
+        bodies = yield self._bodies(proxy_port, 2, b"X-User: u1\r\n")
+        self.assertEqual(set(bodies), {b"PORT A", b"PORT B"})
+        self._write(_toml([port_a, port_b], pool='balance = "hash"\nhash-key = "header:X-User"\n'))
+        self.assertTrue((yield service.reload()))
+        bodies = yield self._bodies(proxy_port, 4, b"X-User: u1\r\n")
+        self.assertEqual(len(set(bodies)), 1)
+
+    @inlineCallbacks
+    def test_sticky_cookie_survives_reload(self):
+        """
+        A cookie set before a reload names the same server after it (ids
+        are made from the pool's name and the address, not kept in memory).
+        """
+        _, _, port_a = start_app(self, "A")
+        _, _, port_b = start_app(self, "B")
+        sticky = 'sticky-cookie = "lbsrv"\n'
+        service, proxy_port = yield self._start(_toml([port_a, port_b], pool=sticky))
+        first = yield get(proxy_port)
+        cookie = first.header(b"set-cookie")[0].split(b";")[0]
+        self._write(_toml([port_b, port_a], pool=sticky + "fall = 2\n"))
+        self.assertTrue((yield service.reload()))
+        for _ in range(3):
+            response = yield get(proxy_port, headers=b"Cookie: " + cookie + b"\r\n")
+            self.assertEqual(response.body, first.body)
+
+    @inlineCallbacks
+    def test_apply_unknown_strategy_changes_nothing(self):
+        """
+        A strategy name no strategy answers to, in a configuration that did
+        not go through the checks, refuses the reload as a whole.
+        """
+        events = _collect_logs(self)
+        _, _, port_a = start_app(self, "A")
+        service, proxy_port = yield self._start(_toml([port_a]))
+        router = service.resource.router
+        self._write(_toml([port_a], pool='balance = "fastest"\n'))
+        service._load = lambda: load_config(self.path)
+        self.assertFalse((yield service.reload()))
+        self.assertIs(service.resource.router, router)
+        self.assertEqual(
+            _errors(events),
+            [
+                "reload failed, configuration kept: upstream.web.balance: unknown strategy "
+                "'fastest' (expected one of roundrobin, leastconn, random2, ewma, hash)"
+            ],
+        )

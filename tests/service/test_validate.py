@@ -411,3 +411,49 @@ class AdminCheckTests(SynchronousTestCase):
             f"{path}: admin: 'tcp:9000' is neither on loopback nor a unix socket: give "
             "admin-token or admin-token-file, or anyone who reaches it can drain every server\n",
         )
+
+
+class StrategyNameTests(SynchronousTestCase):
+    """
+    Every pool's C{balance} must name a strategy of the table: the command
+    line, C{lbproxy check} and reloads say so in one line.
+    """
+
+    def test_command_line(self) -> None:
+        """
+        C{--balance} with an unknown name is a usage error listing the
+        known ones.
+        """
+        error = self.assertRaises(
+            UsageError, Options().parseOptions, ["--upstream", "a:1", "--balance", "fastest"]
+        )
+        self.assertEqual(
+            str(error),
+            "--balance: unknown strategy 'fastest' (expected one of roundrobin, leastconn, "
+            "random2, ewma, hash)",
+        )
+
+    def test_file(self) -> None:
+        """
+        In a file the problem names the pool's key.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[upstream.web]\nservers = ["a:1"]\nbalance = "fastest"\n')
+        error = self.assertRaises(ConfigFileError, load_checked, path, MemoryReactorClock())
+        self.assertEqual(
+            error.problems,
+            [
+                f"{path}: upstream.web.balance: unknown strategy 'fastest' (expected one of "
+                "roundrobin, leastconn, random2, ewma, hash)"
+            ],
+        )
+
+    def test_known(self) -> None:
+        """
+        Every strategy of the table passes.
+        """
+        for name in ("roundrobin", "leastconn", "random2", "ewma", "hash"):
+            pool = PoolConfig("web", (ServerConfig("a", 1),), balance=name)
+            config = Config(pools=(pool,), access_log="off")
+            self.assertEqual(check_config(config, MemoryReactorClock()), [], name)
