@@ -19,6 +19,7 @@ for the same reason.  Its shape::
                  "latency_bounds": [0.00025, 0.0005, ...]},
      "upstreams": {"default": {"balance": "roundrobin",
                                "health_check": {"path": "/", "interval": 2.0},
+                               "waiting": 0,
                                "servers": [{"address": "127.0.0.1:3000",
                                             "state": "up", ...}, ...]}}}
 
@@ -67,12 +68,6 @@ class AdminError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def _balance(pool: Pool) -> str:
-    # Every pool balances round robin until issue 15's --balance gives
-    # PoolConfig a "balance" field, which this then reads.
-    return str(getattr(pool.config, "balance", "roundrobin"))
 
 
 def _seconds(value: float | None) -> float | str | None:
@@ -208,8 +203,9 @@ class AdminCore:
             if config.health_check:
                 check = {"path": config.health_path, "interval": config.health_interval}
             upstreams[name] = {
-                "balance": _balance(pool),
+                "balance": config.balance,
                 "health_check": check,
+                "waiting": pool.waiting,
                 "servers": [server_data(s, idle(s), now) for s in pool.servers],
             }
         return upstreams

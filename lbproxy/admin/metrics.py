@@ -148,8 +148,14 @@ def _server_families(upstreams: dict[str, Any], bounds: list[float]) -> Iterator
         "Active health checks of an app server, by result.",
         labels=[*_SERVER, "result"],
     )
+    waiting = GaugeMetricFamily(
+        "lbproxy_upstream_queue_waiting",
+        "Requests waiting in the pool's queue for a server under its max-conns.",
+        labels=["pool"],
+    )
     les = [repr(float(bound)) for bound in bounds] + ["+Inf"]
     for pool, data in upstreams.items():
+        waiting.add_metric([pool], data["waiting"])
         for server in data["servers"]:
             labels = [pool, server["address"]]
             for code in _CLASSES:
@@ -170,7 +176,19 @@ def _server_families(upstreams: dict[str, Any], bounds: list[float]) -> Iterator
                 state.add_metric([*labels, each], 1 if server["state"] == each else 0)
             checks.add_metric([*labels, "passed"], server["checks"]["passed"])
             checks.add_metric([*labels, "failed"], server["checks"]["failed"])
-    yield from (requests, attempts, failures, retries, response, active, idle, up, state, checks)
+    yield from (
+        requests,
+        attempts,
+        failures,
+        retries,
+        response,
+        active,
+        idle,
+        up,
+        state,
+        checks,
+        waiting,
+    )
 
 
 class SnapshotCollector:

@@ -66,7 +66,9 @@ class SnapshotTests(SynchronousTestCase):
         proxy.answer(sent, 200, 0.003)
         proxy.upstream.idle[sent.server] = 2
         pool = proxy.core.upstreams()["web"]
-        self.assertEqual((pool["balance"], pool["health_check"]), ("roundrobin", None))
+        self.assertEqual(
+            (pool["balance"], pool["health_check"], pool["waiting"]), ("roundrobin", None, 0)
+        )
         self.assertEqual(
             [s["address"] for s in pool["servers"]], ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
         )

@@ -124,6 +124,7 @@ class KnownSequenceTests(SynchronousTestCase):
         self.assertEqual(
             [self.value("lbproxy_upstream_state", state=s, **_B) for s in states], [1, 0, 0, 0]
         )
+        self.assertEqual(self.value("lbproxy_upstream_queue_waiting", pool="web"), 0)
         checks = "lbproxy_upstream_health_checks_total"
         self.assertEqual(
             [
