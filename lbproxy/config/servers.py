@@ -24,6 +24,9 @@ class ServerConfig:
     @ivar scheme: C{"http"}, or C{"https"} for TLS to the server.
     @ivar weight: relative share of requests, as nginx's C{weight=}.
     @ivar backup: only used while every primary server is down.
+    @ivar tls_name: the name an C{https} server's certificate must match
+        (and the SNI sent); empty for C{host}.  Servers found by DNS have
+        an address as their host and the name looked up here.
     """
 
     host: str
@@ -31,6 +34,7 @@ class ServerConfig:
     scheme: str = "http"
     weight: int = 1
     backup: bool = False
+    tls_name: str = ""
 
     def __post_init__(self) -> None:
         if not self.host:
