@@ -18,7 +18,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbproxy.balancing.health import HealthChecker, _failure_reason, agent_probe
+from lbproxy.balancing.health import HealthChecker, _failure_reason, _NamedPolicy, agent_probe
 from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.strategies import RoundRobin
 from lbproxy.config.model import PoolConfig, ServerConfig
@@ -180,6 +180,85 @@ class ActiveCheckTests(SynchronousTestCase):
         clock.advance(2.0)
         self.assertFalse(pool.servers[0].up)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+
+
+class FollowServersTests(SynchronousTestCase):
+    """
+    A running L{HealthChecker} follows its pool's servers as they change
+    (L{Pool.update_servers}): new ones are checked at once, removed ones
+    no more.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.probe = FakeProbe()
+        self.pool = _pool(self.clock, count=1, health_interval=2.0, rise=2)
+        self.checker = HealthChecker(self.pool, self.probe, self.clock)
+        self.checker.startService()
+        self.addCleanup(self.checker.stopService)
+        self.probe.calls[0][1].callback(200)
+
+    def _checked(self) -> list[str]:
+        return [address for address, _ in self.probe.calls]
+
+    def test_new_server_checked_at_once(self) -> None:
+        """
+        A server that joins is checked at once and comes in with that
+        check, then is checked every interval.
+        """
+        self.pool.update_servers([ServerConfig("10.0.9.1", 80)], "dns+a://app:80")
+        joined = self.pool.servers[1]
+        self.assertFalse(joined.up)
+        self.assertEqual(self._checked(), ["10.0.0.1:80", "10.0.9.1:80"])
+        self.probe.calls[1][1].callback(200)
+        self.assertTrue(joined.up)
+        self.clock.advance(2.0)
+        self.assertEqual(self._checked().count("10.0.9.1:80"), 2)
+
+    def test_removed_server_no_longer_checked(self) -> None:
+        """
+        A server that left is checked no more, and the answer of its check
+        in flight changes nothing.
+        """
+        self.pool.update_servers([ServerConfig("10.0.9.1", 80)], "dns+a://app:80")
+        leaving = self.pool.servers[1]
+        self.pool.update_servers([], "dns+a://app:80")
+        self.probe.calls[1][1].callback(200)
+        self.assertFalse(leaving.up)
+        self.assertEqual(leaving.check_passes, 1)
+        self.clock.advance(10.0)
+        self.assertEqual(self._checked().count("10.0.9.1:80"), 1)
+
+    def test_stopped_checker_ignores_changes(self) -> None:
+        """
+        A stopped checker starts no checks for servers that join.
+        """
+        self.checker.stopService()
+        self.pool.update_servers([ServerConfig("10.0.9.1", 80)], "dns+a://app:80")
+        self.clock.advance(10.0)
+        self.assertEqual(self._checked(), ["10.0.0.1:80"])
+
+
+class NamedPolicyTests(SynchronousTestCase):
+    """
+    A check of a server found by DNS verifies TLS against its name.
+    """
+
+    def test_creator_for_name(self) -> None:
+        """
+        L{_NamedPolicy} asks its policy for the server's name, whatever
+        address the check connects to.
+        """
+        asked: list[tuple[bytes, int]] = []
+
+        class Recording:
+            def creatorForNetloc(self, hostname: bytes, port: int) -> str:
+                asked.append((hostname, port))
+                return "creator"
+
+        policy = _NamedPolicy(Recording(), "app.internal")  # type: ignore[arg-type]
+        self.assertEqual(policy.creatorForNetloc(b"10.0.0.7", 443), "creator")
+        self.assertEqual(asked, [(b"app.internal", 443)])
 
 
 class AgentProbeTests(SynchronousTestCase):
