@@ -231,7 +231,8 @@ class HealthChecker(Service):
     """
     Checks every server of a pool on a L{LoopingCall} each; while running
     it follows the pool's servers as they change (L{Pool.update_servers}):
-    a server that joins is checked at once, one that leaves is no more.
+    a server that joins is checked at once, one that leaves is no more (its
+    check in flight is cancelled, as all are on stop).
     """
 
     _log = Logger()
@@ -247,6 +248,7 @@ class HealthChecker(Service):
         self._clock = clock
         self._loops: dict[Server, LoopingCall] = {}
         self._starts: dict[Server, IDelayedCall] = {}
+        self._checking: dict[Server, Deferred[int]] = {}
 
     def startService(self) -> None:
         """
@@ -276,6 +278,9 @@ class HealthChecker(Service):
         loop = self._loops.pop(server, None)
         if loop is not None and loop.running:
             loop.stop()
+        checking = self._checking.pop(server, None)
+        if checking is not None:
+            checking.cancel()
 
     def _servers_changed(self, change: ServerChange) -> None:
         """
@@ -326,10 +331,14 @@ class HealthChecker(Service):
                 return
             self._pool.check_failed(server, _failure_reason(reason))
 
+        # Kept until it ends, so that one that stops mattering (the server
+        # left, checks stopped) is cancelled: its connection and timeout go.
+        self._checking[server] = checking
         checked = checking.addCallbacks(answered, failed)
         checked.addErrback(
             lambda reason: self._log.failure(
                 "health check of {server} failed", reason, server=server.address
             )
         )
+        checked.addBoth(lambda _: self._checking.pop(server, None) and None)
         return checked

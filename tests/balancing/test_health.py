@@ -56,14 +56,16 @@ class _Transitions:
 
 class FakeProbe:
     """
-    A probe whose answers the test gives: C{calls} records each check.
+    A probe whose answers the test gives: C{calls} records each check,
+    C{cancelled} the servers whose check was cancelled.
     """
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Deferred[int]]] = []
+        self.cancelled: list[str] = []
 
     def __call__(self, server: Server) -> Deferred[int]:
-        d: Deferred[int] = Deferred()
+        d: Deferred[int] = Deferred(lambda _: self.cancelled.append(server.address))
         self.calls.append((server.address, d))
         return d
 
@@ -217,17 +219,25 @@ class FollowServersTests(SynchronousTestCase):
 
     def test_removed_server_no_longer_checked(self) -> None:
         """
-        A server that left is checked no more, and the answer of its check
-        in flight changes nothing.
+        A server that left is checked no more: its check in flight is
+        cancelled (its connection closes) and changes nothing.
         """
         self.pool.update_servers([ServerConfig("10.0.9.1", 80)], "dns+a://app:80")
         leaving = self.pool.servers[1]
         self.pool.update_servers([], "dns+a://app:80")
-        self.probe.calls[1][1].callback(200)
+        self.assertEqual(self.probe.cancelled, ["10.0.9.1:80"])
         self.assertFalse(leaving.up)
-        self.assertEqual(leaving.check_passes, 1)
+        self.assertEqual((leaving.check_passes, leaving.check_failures), (1, 0))
         self.clock.advance(10.0)
         self.assertEqual(self._checked().count("10.0.9.1:80"), 1)
+
+    def test_stop_cancels_checks(self) -> None:
+        """
+        Stopping cancels the checks in flight.
+        """
+        self.clock.advance(2.0)
+        self.checker.stopService()
+        self.assertEqual(self.probe.cancelled, ["10.0.0.1:80"])
 
     def test_stopped_checker_ignores_changes(self) -> None:
         """
@@ -326,6 +336,28 @@ class AgentProbeTests(SynchronousTestCase):
         """
         self._answer(b"HTTP/1.0 200 OK\r\n\r\nfine")
         self.assertEqual(self.successResultOf(self.checking), 200)
+
+    def test_cancelled_before_head(self) -> None:
+        """
+        A check cancelled before any answer (its server left the pool)
+        aborts its connection and leaves no timeout behind.
+        """
+        self.checking.cancel()
+        self.failureResultOf(self.checking)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_cancelled_mid_body(self) -> None:
+        """
+        A check cancelled while its body is read aborts its connection
+        (Twisted's own cancel would not, past the head) and leaves no
+        timeout behind.
+        """
+        self._answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", close=False)
+        self.checking.cancel()
+        self.failureResultOf(self.checking)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_whole_answer(self) -> None:
         """
