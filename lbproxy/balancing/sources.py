@@ -27,7 +27,8 @@ class SourceStatus:
     @ivar last_outcome: how it ended: C{"ok"}, C{"empty"} (the name has no
         such records) or C{"failed"}; C{""} before the first.
     @ivar last_error: why it failed or was empty, for people
-        (C{"name not found"}); C{""} after a good one.
+        (C{"name not found"}); after a good one, a question of it that went
+        unanswered (C{"AAAA: refused (REFUSED)"}), else C{""}.
     @ivar last_records: how many records it gave (SRV records for
         C{dns+srv}, addresses for C{dns+a}).
     @ivar ttl: the smallest TTL of the last good answer, in seconds.
