@@ -148,6 +148,25 @@ def start_dns_server(testcase: TestCase, zone: Zone) -> int:
     raise RuntimeError("no port free for both TCP and UDP")
 
 
+def free_dns_port() -> int:
+    """
+    A loopback port free now for both UDP and TCP (each bound to port 0 by
+    the system's choice, then released), for a DNS server run apart
+    (dnsmasq) that listens on it a moment later.
+    """
+    for _ in range(20):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port: int = udp.getsockname()[1]
+            with socket.socket() as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no port free for both TCP and UDP")
+
+
 def has_loopback(address: str) -> bool:
     """
     Whether this machine can listen on C{address} (127.0.0.2 works on

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import formatEvent, globalLogPublisher
@@ -27,8 +27,8 @@ from lbproxy.config.file import load_config
 from lbproxy.config.model import Config, DnsSource, PoolConfig
 from lbproxy.service.service import ProxyService
 from lbproxy.tap import make_proxy_service
-from tests.discovery.dnsserver import Zone, has_loopback, start_dns_server
-from tests.support import AppServer, CountingSite, RawResponse, free_port, get, start_app
+from tests.discovery.dnsserver import Zone, free_dns_port, has_loopback, start_dns_server
+from tests.support import AppServer, CountingSite, RawResponse, get, start_app
 
 _DNSMASQ = "/usr/sbin/dnsmasq"
 
@@ -333,42 +333,126 @@ class _Dnsmasq(ProcessProtocol):
         self.ended.callback(None)
 
 
-class DnsmasqTests(TestCase):
+class _SwapScenario:
     """
-    A pool fed by dnsmasq (Debian's dnsmasq-base), its hosts file changed
-    and reloaded with SIGHUP.
+    One behaviour, run against two DNS servers: the records of
+    C{app.lbtest} (TTL 0: lookups 1 s apart) change from {A} to {B} in one
+    step, and the pool follows with one log line, a steady client seeing
+    no failed request and, once B came in, only B's answers.
+
+    A subclass is a L{TestCase} that serves the records: L{serve} and
+    L{swap}.
+    """
+
+    logs: LogWatch
+
+    def serve(self, address: str) -> Deferred[int]:
+        """
+        Start a DNS server on 127.0.0.1 that answers C{address} for
+        C{app.lbtest}, with a TTL of 0; fires with its port.
+        """
+        raise NotImplementedError()
+
+    def swap(self, address: str) -> Deferred[None]:
+        """
+        Make C{address} the record of C{app.lbtest}; fires once the DNS
+        server answers with it.
+        """
+        raise NotImplementedError()
+
+    @inlineCallbacks
+    def test_records_swap(self) -> Any:
+        """
+        {A} -> {B}: the pool logs C{+B -A} and follows, with no failed
+        request.
+        """
+        testcase: Any = self
+        if not has_loopback("127.0.0.2"):
+            raise SkipTest("127.0.0.2 is not a loopback address here")
+        _, _, port = start_app(testcase, "A")
+        _start_app_at(testcase, "B", "127.0.0.2", port)
+        dns_port = yield self.serve("127.0.0.1")
+        joined = self.logs.wait_for(f"pool web: +127.0.0.1:{port}")
+        service, proxy_port = yield _start(
+            testcase, _config(dns_port, DnsSource("a", "app.lbtest", port))
+        )
+        yield joined
+        client = SteadyClient(proxy_port)
+        client.start()
+        yield client.wait_for(_from(b"A"))
+
+        # Waited for from before the change: the lookup that sees it may
+        # come before the DNS server's word that it has it.
+        changed = self.logs.wait_for(f"pool web: +127.0.0.2:{port} -127.0.0.1:{port}")
+        yield self.swap("127.0.0.2")
+        yield changed
+        count = len(client.answers)
+        for _ in range(3):
+            yield client.wait_for(lambda response: True)
+        yield client.stop()
+        testcase.assertEqual(client.failures, [])
+        testcase.assertEqual({status for status, _ in client.answers}, {200})
+        testcase.assertEqual({body for _, body in client.answers[count + 1 :]}, {b"PORT B"})
+        status = _pool(service).discovery[f"dns+a://app.lbtest:{port}"]
+        testcase.assertEqual(
+            (status.resolver, status.ttl, status.servers),
+            (f"127.0.0.1:{dns_port}", 0.0, (f"127.0.0.2:{port}",)),
+        )
+
+
+class TwistedSwapTests(_SwapScenario, TestCase):
+    """
+    L{_SwapScenario} against Twisted's DNS server in-process, whose
+    records the test sets: the same behaviour as L{DnsmasqTests}, wherever
+    dnsmasq is missing.
     """
 
     def setUp(self) -> None:
-        if not os.path.exists(_DNSMASQ) and shutil.which("dnsmasq") is None:
-            raise SkipTest("dnsmasq is not installed (Debian: apt-get install dnsmasq-base)")
+        self.zone = Zone()
         self.logs = LogWatch(self)
 
-    def _write_hosts(self, *addresses: str) -> None:
+    def serve(self, address: str) -> Deferred[int]:
+        self.zone.set_addresses("app.lbtest", [address], ttl=0)
+        return succeed(start_dns_server(self, self.zone))
+
+    def swap(self, address: str) -> Deferred[None]:
+        self.zone.set_addresses("app.lbtest", [address], ttl=0)
+        return succeed(None)
+
+
+class DnsmasqTests(_SwapScenario, TestCase):
+    """
+    L{_SwapScenario} against dnsmasq (Debian's dnsmasq-base), run as this
+    user on a free loopback port, its hosts file changed and read again on
+    SIGHUP (hosts file records have a TTL of 0).
+    """
+
+    def setUp(self) -> None:
+        self.executable = _DNSMASQ if os.path.exists(_DNSMASQ) else shutil.which("dnsmasq")
+        if self.executable is None:
+            raise SkipTest(
+                f"dnsmasq is not installed ({_DNSMASQ} nor on PATH; "
+                "Debian: apt-get install dnsmasq-base)"
+            )
+        self.logs = LogWatch(self)
+        self.hosts = os.path.abspath(self.mktemp())
+
+    def _write_hosts(self, address: str) -> None:
         with open(self.hosts, "w") as f:
-            f.writelines(f"{address} app.lbtest\n" for address in addresses)
+            f.write(f"{address} app.lbtest\n")
 
     @inlineCallbacks
-    def test_hosts_change(self) -> Any:
-        """
-        dnsmasq's records (TTL 0: lookups 1 s apart) change after SIGHUP,
-        and the pool follows, a steady client seeing no failed request.
-        """
-        if not has_loopback("127.0.0.2"):
-            raise SkipTest("127.0.0.2 is not a loopback address here")
-        _, _, port = start_app(self, "A")
-        _start_app_at(self, "B", "127.0.0.2", port)
-        self.hosts = os.path.abspath(self.mktemp())
-        self._write_hosts("127.0.0.1")
-        dns_port = free_port()
-        dnsmasq = _Dnsmasq()
-        ready = dnsmasq.wait_for(b"read " + self.hosts.encode())
-        executable = _DNSMASQ if os.path.exists(_DNSMASQ) else str(shutil.which("dnsmasq"))
-        process = reactor.spawnProcess(
-            dnsmasq,
-            executable,
+    def serve(self, address: str) -> Any:
+        self._write_hosts(address)
+        dns_port = free_dns_port()
+        self.dnsmasq = _Dnsmasq()
+        ready = self.dnsmasq.wait_for(b"read " + self.hosts.encode())
+        assert self.executable is not None
+        self.process = reactor.spawnProcess(
+            self.dnsmasq,
+            self.executable,
             [
-                executable,
+                self.executable,
                 "--no-daemon",
                 f"--port={dns_port}",
                 "--listen-address=127.0.0.1",
@@ -383,35 +467,16 @@ class DnsmasqTests(TestCase):
             ],
             env=None,
         )
-
-        def stop_dnsmasq() -> Deferred[None]:
-            process.signalProcess("TERM")
-            return dnsmasq.ended
-
-        self.addCleanup(stop_dnsmasq)
+        self.addCleanup(self._stop_dnsmasq)
         yield ready
+        return dns_port
 
-        joined = self.logs.wait_for(f"pool web: +127.0.0.1:{port}")
-        service, proxy_port = yield _start(
-            self, _config(dns_port, DnsSource("a", "app.lbtest", port))
-        )
-        yield joined
-        client = SteadyClient(proxy_port)
-        client.start()
-        yield client.wait_for(_from(b"A"))
+    def _stop_dnsmasq(self) -> Deferred[None]:
+        self.process.signalProcess("TERM")
+        return self.dnsmasq.ended
 
-        reread = dnsmasq.wait_for(b"read " + self.hosts.encode())
-        self._write_hosts("127.0.0.2")
-        process.signalProcess(signal.SIGHUP)
-        yield reread
-        changed = self.logs.wait_for(f"pool web: +127.0.0.2:{port} -127.0.0.1:{port}")
-        yield changed
-        count = len(client.answers)
-        for _ in range(3):
-            yield client.wait_for(lambda response: True)
-        yield client.stop()
-        self.assertEqual(client.failures, [])
-        self.assertEqual({status for status, _ in client.answers}, {200})
-        self.assertEqual({body for _, body in client.answers[count + 1 :]}, {b"PORT B"})
-        status = _pool(service).discovery[f"dns+a://app.lbtest:{port}"]
-        self.assertEqual((status.resolver, status.ttl), (f"127.0.0.1:{dns_port}", 0.0))
+    def swap(self, address: str) -> Deferred[None]:
+        reread = self.dnsmasq.wait_for(b"read " + self.hosts.encode())
+        self._write_hosts(address)
+        self.process.signalProcess(signal.SIGHUP)
+        return reread
