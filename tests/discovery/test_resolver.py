@@ -5,14 +5,21 @@ setting, and what closing it lets go of.
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.names import dns
 from twisted.names.client import Resolver
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbproxy.config.dns import DnsSource
 from lbproxy.discovery.lookup import lookup
 from lbproxy.discovery.resolver import make_resolver
+from tests.discovery.dnsserver import Zone, start_dns_server
 
 
 class MakeResolverTests(SynchronousTestCase):
@@ -83,3 +90,41 @@ class MakeResolverTests(SynchronousTestCase):
         self.assertEqual(owned.resolver.connections, [connection])
         owned.close()
         self.assertTrue(transport.disconnecting)
+
+
+class OneSocketTests(TestCase):
+    """
+    A resolver asks its UDP questions out of one socket, kept open between
+    lookups, so that a lookup logs nothing (Twisted's own client binds a
+    socket per question and logs four lines for each).
+    """
+
+    def setUp(self) -> None:
+        self.zone = Zone()
+        self.zone.set_addresses("app.lbtest", ["10.0.0.7"])
+        self.port = start_dns_server(self, self.zone)
+        self.lines: list[str] = []
+        globalLogPublisher.addObserver(self._observe)
+        self.addCleanup(globalLogPublisher.removeObserver, self._observe)
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        self.lines.append(formatEvent(event))
+
+    @inlineCallbacks
+    def test_lookups_share_a_socket(self) -> Any:
+        """
+        Three lookups (six questions) bind one socket, logged once; closing
+        the resolver closes it.
+        """
+        owned = make_resolver(f"127.0.0.1:{self.port}", reactor)
+        source = DnsSource("a", "app.lbtest", 80)
+        for _ in range(3):
+            answer = yield lookup(owned.resolver, source)
+            self.assertEqual([s.host for s in answer.servers], ["10.0.0.7"])
+        self.assertEqual(len(self.zone.queries), 6)
+        [udp] = owned.resolver._sockets.values()
+        bound = [line for line in self.lines if "DNSDatagramProtocol" in line]
+        self.assertEqual(bound, [f"DNSDatagramProtocol starting on {udp.transport.getHost().port}"])
+        owned.close()
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertIsNone(udp.transport)
