@@ -44,6 +44,10 @@ SUBCLASSED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # connection pool (HTTPConnectionPool picks its factory from _factory).
     ("twisted.web.client", "HTTPConnectionPool", ("_factory",)),
     ("twisted.web.client", "_HTTP11ClientFactory", ()),
+    # lbproxy.discovery.resolver: Twisted's DNS client asking out of one
+    # socket (its _query binds one per question, each logged), and closed
+    # with its timer that reads resolv.conf again (no public close).
+    ("twisted.names.client", "Resolver", ("_query", "_reactor", "_parseCall")),
     # lbproxy.service.service: a listener that raises at start when its
     # port is in use, and its port once listening.
     (

@@ -39,9 +39,10 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
+from zope.interface import implementer
 
-from lbproxy.balancing.pool import Pool, Server
+from lbproxy.balancing.pool import Pool, Server, ServerChange
 from lbproxy.balancing.server import AdminState
 from lbproxy.upstream.client import connect_failure_text
 from lbproxy.upstream.tls import UpstreamTLS
@@ -147,6 +148,25 @@ def _timed_out(result: object, timeout: float) -> object:
     return result
 
 
+@implementer(IPolicyForHTTPS)
+class _NamedPolicy:
+    """
+    Verifies a check's TLS against a server's name, not the address in the
+    check's URL: a server found by DNS is reached by address and named by
+    its C{tls_name} (L{lbproxy.config.servers.ServerConfig}).
+    """
+
+    def __init__(self, policy: IPolicyForHTTPS, name: str) -> None:
+        self._policy = policy
+        self._name = name.encode("ascii")
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        """
+        The creator for C{name}, whatever address is connected to.
+        """
+        return self._policy.creatorForNetloc(self._name, port)
+
+
 def agent_probe(
     reactor: Any, path: str, timeout: float, host: str | None, tls: UpstreamTLS | None = None
 ) -> Probe:
@@ -169,7 +189,9 @@ def agent_probe(
         # An agent per check (cheap: checks are seconds apart) so that its
         # connection is this check's alone to abort.
         connections = _CheckConnections(reactor)
-        agent = Agent(reactor, policy, connectTimeout=timeout, pool=connections)
+        name = server.config.tls_name
+        named = _NamedPolicy(policy, name) if name else policy
+        agent = Agent(reactor, named, connectTimeout=timeout, pool=connections)
         answering = agent.request(b"GET", url, headers)
 
         def got_response(response: IResponse) -> Deferred[int]:
@@ -207,7 +229,10 @@ def _failure_reason(failure: Failure) -> str:
 
 class HealthChecker(Service):
     """
-    Checks every server of a pool on a L{LoopingCall} each.
+    Checks every server of a pool on a L{LoopingCall} each; while running
+    it follows the pool's servers as they change (L{Pool.update_servers}):
+    a server that joins is checked at once, one that leaves is no more (its
+    check in flight is cancelled, as all are on stop).
     """
 
     _log = Logger()
@@ -221,12 +246,9 @@ class HealthChecker(Service):
         self._pool = pool
         self._probe = probe
         self._clock = clock
-        self._loops: list[LoopingCall] = []
-        self._starts: list[IDelayedCall] = []
-        # The probes in flight, cancelled on stop: a check outliving its
-        # checker (a reload) would hold a connection and a timer, and
-        # report to a pool nobody checks any more.
-        self._checking: set[Deferred[int]] = set()
+        self._loops: dict[Server, LoopingCall] = {}
+        self._starts: dict[Server, IDelayedCall] = {}
+        self._checking: dict[Server, Deferred[int]] = {}
 
     def startService(self) -> None:
         """
@@ -236,30 +258,49 @@ class HealthChecker(Service):
         interval = self._pool.config.health_interval
         servers = self._pool.servers
         for index, server in enumerate(servers):
-            loop = LoopingCall(self._check, server)
-            loop.clock = self._clock
-            self._loops.append(loop)
-            offset = interval * index / len(servers)
-            if offset:
-                self._starts.append(self._clock.callLater(offset, loop.start, interval, True))
-            else:
-                loop.start(interval, True)
+            self._start_loop(server, interval * index / len(servers))
+        self._pool.add_observer(self._servers_changed)
+
+    def _start_loop(self, server: Server, offset: float) -> None:
+        interval = self._pool.config.health_interval
+        loop = LoopingCall(self._check, server)
+        loop.clock = self._clock
+        self._loops[server] = loop
+        if offset:
+            self._starts[server] = self._clock.callLater(offset, loop.start, interval, True)
+        else:
+            loop.start(interval, True)
+
+    def _stop_loop(self, server: Server) -> None:
+        start = self._starts.pop(server, None)
+        if start is not None and start.active():
+            start.cancel()
+        loop = self._loops.pop(server, None)
+        if loop is not None and loop.running:
+            loop.stop()
+        checking = self._checking.pop(server, None)
+        if checking is not None:
+            checking.cancel()
+
+    def _servers_changed(self, change: ServerChange) -> None:
+        """
+        The pool's servers changed: check the new ones now (a server that
+        joins waits for its first check), stop checking those that left.
+        """
+        for server in change.removed:
+            self._stop_loop(server)
+        for server in change.added:
+            if server not in self._loops:
+                self._start_loop(server, 0.0)
 
     def stopService(self) -> Any:
         """
         Stop checking.
         """
         super().stopService()
-        for start in self._starts:
-            if start.active():
-                start.cancel()
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
-        self._starts, self._loops = [], []
-        checking, self._checking = self._checking, set()
-        for probe in checking:
-            probe.cancel()
+        self._pool.remove_observer(self._servers_changed)
+        for server in list(self._loops):
+            self._stop_loop(server)
 
     def _check(self, server: Server) -> Deferred[None]:
         """
@@ -278,30 +319,27 @@ class HealthChecker(Service):
             self._pool.check_failed(server, "internal error")
             return succeed(None)
 
-        self._checking.add(checking)
-
         def answered(status: int) -> None:
-            if not self.running:
-                return
+            if server not in self._loops:
+                return  # it left the pool (or checks stopped) meanwhile
             if pool.healthy(status):
                 self._pool.check_passed(server)
             else:
                 self._pool.check_failed(server, f"status {status}")
 
         def failed(reason: Failure) -> None:
-            if not self.running:
-                # Cancelled by stopService, or ended after it: not news.
+            if server not in self._loops:
                 return
             self._pool.check_failed(server, _failure_reason(reason))
 
-        def done(result: object) -> object:
-            self._checking.discard(checking)
-            return result
-
-        checked = checking.addBoth(done).addCallbacks(answered, failed)
+        # Kept until it ends, so that one that stops mattering (the server
+        # left, checks stopped) is cancelled: its connection and timeout go.
+        self._checking[server] = checking
+        checked = checking.addCallbacks(answered, failed)
         checked.addErrback(
             lambda reason: self._log.failure(
                 "health check of {server} failed", reason, server=server.address
             )
         )
+        checked.addBoth(lambda _: self._checking.pop(server, None) and None)
         return checked

@@ -30,25 +30,50 @@ every server a request may use is at its limit, the request waits in the
 pool's queue (L{Pool.wait}, L{lbproxy.balancing.queue}; HAProxy's
 C{maxconn} and C{timeout queue}) until an attempt ends or a server comes
 back, or C{queue-timeout} passes.
+
+Servers found by DNS (L{lbproxy.discovery}) come and go through one method,
+L{Pool.update_servers}: those that stay are the same L{Server} objects,
+with their state; observers (the health checker, the upstream client's
+owner) hear of every change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Mapping
-from typing import cast
+from collections.abc import Callable, Container, Mapping, Sequence
+from typing import NamedTuple, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from lbproxy.balancing.queue import WaitQueue
 from lbproxy.balancing.server import AdminState, Server
+from lbproxy.balancing.sources import SourceStatus
 from lbproxy.balancing.sticky import StickyCookie
 from lbproxy.config.model import PoolConfig
+from lbproxy.config.servers import ServerConfig
 from lbproxy.interfaces import BalancedRequest, IBalancer
 
-__all__ = ["Pool", "Server", "status_class"]
+__all__ = ["Pool", "Server", "ServerChange", "status_class"]
 
 _NEVER = float("inf")
+
+
+class ServerChange(NamedTuple):
+    """
+    What one L{Pool.update_servers} changed.
+
+    @ivar added: servers that joined the pool (new ones, or taken over
+        from a previous configuration's pool).
+    @ivar removed: servers that left it; requests in flight to them
+        finish.
+    """
+
+    added: tuple[Server, ...]
+    removed: tuple[Server, ...]
+
+
+#: Told of every change of a pool's servers.
+ServerObserver = Callable[[ServerChange], None]
 
 
 class Pool:
@@ -76,6 +101,12 @@ class Pool:
         self._clock = clock
         self._next_readmit = _NEVER
         self._all_down_reported = False
+        self._configured = tuple(config.servers)
+        self._found: dict[str, tuple[ServerConfig, ...]] = {}
+        self._observers: list[ServerObserver] = []
+        #: The pool's DNS sources by URL, for the admin page and metrics
+        #: (filled in by lbproxy.discovery).
+        self.discovery: dict[str, SourceStatus] = {}
         self._unavailable = _Unavailable()
         self._queue = WaitQueue(self, clock)
         self._arrange()
@@ -98,6 +129,96 @@ class Pool:
         self._arrange()
         ejected = [s.ejected_until for s in self.servers if s.ejected_until]
         self._next_readmit = min(ejected, default=_NEVER)
+
+    # Servers that come and go (lbproxy.discovery).
+
+    def update_servers(
+        self,
+        configs: Sequence[ServerConfig],
+        source: str,
+        known: Mapping[tuple[str, str, int], Server] | None = None,
+    ) -> ServerChange:
+        """
+        Make C{configs} the servers that C{source} gives the pool, in place
+        of those it gave before; the one way servers join and leave a
+        running pool.
+
+        A server already in the pool (same scheme, host and port, from any
+        source) stays the same L{Server}, with its health state, statistics
+        and pooled connections; its weight and backup flag follow the new
+        configuration.  A server in C{known} (a previous configuration's
+        pool, on reload) is taken over likewise.  Any other is new: with
+        health checks on it joins out of rotation and comes in when its
+        first check passes (a new address is not trusted before it
+        answered); without checks it is in rotation at once.  A server no
+        source gives any more leaves: it takes no new requests, and those
+        in flight to it finish.  The configuration's own servers are never
+        removed here.
+
+        @param configs: the servers, in order.
+        @param source: who gives them (a DNS source's URL).
+        @param known: servers to take over, by their key.
+        @return: what changed (observers are told the same).
+        """
+        self._found[source] = tuple(configs)
+        wanted: dict[tuple[str, str, int], ServerConfig] = {}
+        for group in (self._configured, *self._found.values()):
+            for config in group:
+                wanted.setdefault(config.key, config)
+        current = {server.config.key: server for server in self.servers}
+        servers: list[Server] = []
+        added: list[Server] = []
+        for key, config in wanted.items():
+            server = current.get(key)
+            if server is None:
+                server = (known or {}).get(key)
+                if server is None:
+                    server = self._joining(Server(config))
+                added.append(server)
+            server.config, server.weight = config, config.weight
+            servers.append(server)
+        removed = tuple(server for key, server in current.items() if key not in wanted)
+        self.servers = tuple(servers)
+        self._arrange()
+        self.max_tries = self.config.max_tries or len(self.servers)
+        ejected = [s.ejected_until for s in self.servers if s.ejected_until]
+        self._next_readmit = min(ejected, default=_NEVER)
+        change = ServerChange(tuple(added), removed)
+        if added or removed:
+            for observer in list(self._observers):
+                observer(change)
+        return change
+
+    def found_servers(self, source: str) -> tuple[ServerConfig, ...]:
+        """
+        The servers C{source} gives the pool now (as last given to
+        L{update_servers}).
+        """
+        return self._found.get(source, ())
+
+    def _joining(self, server: Server) -> Server:
+        if self.config.health_check:
+            # Out until its first check passes: rise - 1 passes are taken as
+            # done, so one more brings it in, and a failed one resets it to a
+            # down server's full rise (HAProxy starts a server added at run
+            # time in maintenance or down, too).
+            server.checked_up = server.healthy = server.up = False
+            server.check_passes = self.config.rise - 1
+            server.down_reason = "new: waiting for its first health check"
+        return server
+
+    def add_observer(self, observer: ServerObserver) -> None:
+        """
+        Tell C{observer} of every change of the pool's servers.
+        """
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: ServerObserver) -> None:
+        """
+        Stop telling C{observer}; nothing if it was not told.
+        """
+        if observer in self._observers:
+            self._observers.remove(observer)
 
     def _arrange(self) -> None:
         """

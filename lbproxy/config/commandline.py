@@ -19,10 +19,11 @@ from typing import Any
 from twisted.python import usage
 
 from lbproxy import __version__
+from lbproxy.config.dns import DnsSource, parse_upstream_list
 from lbproxy.config.file import ConfigFileError, load_config
 from lbproxy.config.model import Config, PoolConfig, all_options
 from lbproxy.config.options import FLAG, Option, Scope
-from lbproxy.config.servers import ServerConfig, parse_server_list
+from lbproxy.config.servers import ServerConfig
 from lbproxy.errors import ConfigError
 
 __all__ = ["Options", "flag_name"]
@@ -131,27 +132,31 @@ class Options(usage.Options):
     def opt_upstream(self, value: str) -> None:
         # (Help text below: usage.Options prints a docstring as written.)
         try:
-            self["upstream"].extend(parse_server_list(value))
+            self["upstream"].extend(parse_upstream_list(value))
         except ConfigError as e:
             raise usage.UsageError(f"--upstream: {e}") from None
 
     def opt_backup(self, value: str) -> None:
         # (Help text below.)
         try:
-            self["backup"].extend(replace(s, backup=True) for s in parse_server_list(value))
+            self["backup"].extend(
+                replace(upstream, backup=True) for upstream in parse_upstream_list(value)
+            )
         except ConfigError as e:
             raise usage.UsageError(f"--backup: {e}") from None
 
     opt_upstream.__doc__ = (
         "Upstream servers HOST:PORT[,HOST:PORT...] (or http://HOST:PORT, "
         "https://HOST:PORT, [::1]:PORT), each optionally followed by parameters as on "
-        'nginx\'s server line: "HOST:PORT weight=2 max-conns=10", backup, down; '
-        'repeatable; they form the pool "default" '
+        'nginx\'s server line: "HOST:PORT weight=2 max-conns=10", backup, down; or DNS '
+        "names whose records are servers: dns+a://NAME:PORT, dns+srv://_SERVICE._tcp.NAME "
+        '(https+dns+a://... for TLS); repeatable; they form the pool "default" '
         "(nginx: upstream { server ...; }). [required, or --demo]"
     )
     opt_backup.__doc__ = (
-        "Backup servers HOST:PORT[,...]: they take requests only while every "
-        "--upstream server is out of rotation (nginx: server ... backup); repeatable."
+        "Backup servers HOST:PORT[,...] (or dns+a://NAME:PORT): they take requests "
+        "only while every --upstream server is out of rotation (nginx: server ... "
+        "backup); repeatable."
     )
 
     def opt_version(self) -> None:
@@ -229,13 +234,17 @@ class Options(usage.Options):
                 "no upstream servers: give --upstream HOST:PORT[,HOST:PORT...] "
                 "(or --demo to try lbproxy)"
             )
-        # With --demo the pool is filled when the demo apps listen.
-        servers = tuple(self["upstream"]) or (ServerConfig("127.0.0.1", 3000),)
+        upstreams = [*self["upstream"], *self["backup"]]
+        servers = tuple(u for u in upstreams if isinstance(u, ServerConfig))
+        sources = tuple(u for u in upstreams if isinstance(u, DnsSource))
+        if demo:
+            # The pool is filled when the demo apps listen.
+            servers = (ServerConfig("127.0.0.1", 3000),)
         settings: dict[Scope, dict[str, Any]] = {Scope.GLOBAL: {}, Scope.POOL: {}}
         for each in all_options():
             if each.spec.command_line:
                 settings[each.scope][each.field] = self._value(each)
-        pool = PoolConfig("default", servers + tuple(self["backup"]), **settings[Scope.POOL])
+        pool = PoolConfig("default", servers, sources, **settings[Scope.POOL])
         return Config(pools=(pool,), **settings[Scope.GLOBAL])
 
 

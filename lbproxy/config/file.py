@@ -16,6 +16,9 @@ dashes in front (L{lbproxy.config.options})::
     health-path = "/healthz"              # pool options
     fall = 3
 
+    [upstream.app]                        # servers found by DNS (lbproxy.config.dns)
+    servers = ["dns+a://app.internal:3000", "dns+srv://_web._tcp.service.consul"]
+
     [[route]]                             # first match wins
     host = "api.example.com"              # optional; exact or "*.example.com"
     path = "/api/"                        # optional prefix
@@ -31,9 +34,10 @@ from __future__ import annotations
 import tomllib
 from typing import Any
 
+from lbproxy.config.dns import DnsSource, is_dns_address, parse_dns_source, parse_upstream
 from lbproxy.config.model import Config, PoolConfig, RouteConfig, all_options
 from lbproxy.config.options import Option, Scope
-from lbproxy.config.servers import ServerConfig, parse_server, parse_server_entry
+from lbproxy.config.servers import ServerConfig, parse_server
 from lbproxy.errors import ConfigError
 
 __all__ = ["ConfigFileError", "load_config", "parse_config"]
@@ -162,21 +166,23 @@ def _pools(
                 settings[known.field] = known.parse_file(value, f"{where}.{key}")
             except ConfigError as e:
                 problems.error(e)
-        servers = _servers(table.get("servers"), f"{where}.servers", problems)
-        if not servers:
+        upstreams = _servers(table.get("servers"), f"{where}.servers", problems)
+        if not upstreams:
             continue
+        servers = tuple(u for u in upstreams if isinstance(u, ServerConfig))
+        sources = tuple(u for u in upstreams if isinstance(u, DnsSource))
         try:
-            pools.append(PoolConfig(name, servers, **settings))
+            pools.append(PoolConfig(name, servers, sources, **settings))
         except ConfigError as e:
             problems.add(where, str(e))
     return tuple(pools)
 
 
-def _servers(entries: Any, where: str, problems: _Problems) -> tuple[ServerConfig, ...]:
+def _servers(entries: Any, where: str, problems: _Problems) -> tuple[ServerConfig | DnsSource, ...]:
     if not isinstance(entries, list) or not entries:
         problems.add(where, "expected a non-empty list of servers")
         return ()
-    servers = []
+    servers: list[ServerConfig | DnsSource] = []
     for index, entry in enumerate(entries):
         server = _server(entry, f"{where}[{index}]", problems)
         if server is not None:
@@ -184,12 +190,12 @@ def _servers(entries: Any, where: str, problems: _Problems) -> tuple[ServerConfi
     return tuple(servers)
 
 
-def _server(entry: Any, where: str, problems: _Problems) -> ServerConfig | None:
+def _server(entry: Any, where: str, problems: _Problems) -> ServerConfig | DnsSource | None:
     if isinstance(entry, str):
         if len(entry.split()) > 1:
             # "HOST:PORT weight=2 max-conns=10": the command line's spelling.
             try:
-                return parse_server_entry(entry)
+                return parse_upstream(entry)
             except ConfigError as e:
                 problems.add(where, str(e))
                 return None
@@ -219,6 +225,8 @@ def _server(entry: Any, where: str, problems: _Problems) -> ServerConfig | None:
             problems.add(f"{where}.{flag}", f"expected true or false, got {flags[flag]!r}")
             return None
     try:
+        if is_dns_address(address):
+            return parse_dns_source(address, weight, flags["backup"])
         server = parse_server(address)
         return ServerConfig(
             server.host,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from lbproxy.config.dns import DnsSource, parse_resolver
 from lbproxy.config.options import (
     BYTES,
     BYTES_OR_ZERO,
@@ -38,6 +39,7 @@ from lbproxy.errors import ConfigError
 
 __all__ = [
     "Config",
+    "DnsSource",
     "PoolConfig",
     "RouteConfig",
     "ServerConfig",
@@ -185,6 +187,16 @@ def _cookie_name(value: str) -> str | None:
     return None
 
 
+def _resolver(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parse_resolver(value)
+    except ConfigError:
+        return "expected a DNS server IP[:PORT], or empty for the system's"
+    return None
+
+
 STATUSES: Kind = _Statuses()
 PATH: Kind = Text("PATH", _origin_path, "a path starting with /")
 FILE: Kind = Text("FILE")
@@ -195,6 +207,7 @@ TOKEN: Kind = _Token()
 STRATEGY: Kind = Text("NAME", _strategy, "a strategy name")
 HASH_KEY: Kind = Text("ip|path|header:NAME|cookie:NAME", _hash_key, "a hash key")
 COOKIE_NAME: Kind = Text("NAME", _cookie_name, "a cookie name")
+RESOLVER: Kind = Text("IP:PORT", _resolver, "a DNS server IP[:PORT]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,10 +216,16 @@ class PoolConfig:
     A named group of servers that share one balancer (nginx's C{upstream}),
     and the options that apply per pool: active health checks (HAProxy's
     defaults), passive tracking and retries (nginx's).
+
+    @ivar servers: the servers named in the configuration.
+    @ivar sources: DNS names whose records are servers too
+        (L{lbproxy.discovery}); a pool may have only these, and then
+        starts empty until they resolve.
     """
 
     name: str
     servers: tuple[ServerConfig, ...]
+    sources: tuple[DnsSource, ...] = ()
 
     # Active health checks (lbproxy.balancing.health).
     health_check: bool = option(
@@ -307,9 +326,18 @@ class PoolConfig:
         "Requests that may wait in that queue per pool; 503 at once beyond; 0 is "
         "no limit but --queue-timeout (nginx Plus: queue N).",
     )
+    # Servers found by DNS (lbproxy.discovery).
+    dns_refresh: float = option(
+        30.0,
+        SECONDS,
+        "Most seconds between two lookups of a dns+a:// or dns+srv:// upstream: "
+        "names are looked up again when their records' TTL runs out, at most "
+        "this long and at least 1 s apart (HAProxy: hold valid 10s; nginx "
+        "Plus: resolver valid=).",
+    )
 
     def __post_init__(self) -> None:
-        if not self.servers:
+        if not self.servers and not self.sources:
             raise ConfigError(f"upstream pool {self.name!r} has no servers")
         check_fields(self, Scope.POOL)
 
@@ -322,7 +350,8 @@ class PoolConfig:
     @property
     def tries(self) -> int:
         """
-        How many servers one request may be tried on.
+        How many servers one request may be tried on (of the configured
+        ones: a pool fed by DNS counts its servers as they change).
         """
         return self.max_tries or len(self.servers)
 
@@ -501,6 +530,15 @@ class Config:
         FLAG,
         "Do not verify the certificates of https upstreams; a warning is "
         "logged at start (nginx: proxy_ssl_verify off, its default).",
+    )
+
+    # Servers found by DNS (lbproxy.discovery).
+    resolver: str = option(
+        "",
+        RESOLVER,
+        "The DNS server that looks up dns+a:// and dns+srv:// upstreams, "
+        "IP[:PORT] (Consul's: 127.0.0.1:8600); empty for the system's, from "
+        "/etc/resolv.conf and /etc/hosts (nginx: resolver; HAProxy: nameserver).",
     )
 
     # Operations (lbproxy.service).

@@ -32,6 +32,9 @@ class ServerConfig:
         (nginx's C{max_conns=}, HAProxy's C{maxconn}).
     @ivar down: listed but never used (nginx's C{down}), so that taking a
         server out keeps the places of the others (consistent hashing).
+    @ivar tls_name: the name an C{https} server's certificate must match
+        (and the SNI sent); empty for C{host}.  Servers found by DNS have
+        an address as their host and the name looked up here.
     """
 
     host: str
@@ -41,6 +44,7 @@ class ServerConfig:
     backup: bool = False
     max_conns: int = 0
     down: bool = False
+    tls_name: str = ""
 
     def __post_init__(self) -> None:
         if not self.host:

@@ -20,6 +20,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from lbproxy.balancing.pool import Pool
 from lbproxy.balancing.routes import Router
+from lbproxy.config.servers import ServerConfig
 from lbproxy.http.request import ClientRequest
 from lbproxy.proxy.exchange import ProxyExchange
 from lbproxy.upstream.client import UpstreamClient
@@ -64,7 +65,10 @@ class BalancingProxyResource(ReverseProxyResource):
         @param send_timeout: see L{send_timeout}.
         @param tunnel_timeout: see L{tunnel_timeout}.
         """
-        first = next(iter(router.pools.values())).servers[0].config
+        # ReverseProxyResource's own host and port are never used; a pool fed
+        # only by DNS has no server yet.
+        servers = next(iter(router.pools.values())).servers
+        first = servers[0].config if servers else ServerConfig("localhost", 80)
         super().__init__(first.host, first.port, b"")
         self.router = router
         self.client = client

@@ -46,10 +46,11 @@ from twisted.python.failure import Failure
 from lbproxy.admin.core import AdminCore
 from lbproxy.admin.resource import AdminResource, AdminSite
 from lbproxy.balancing.health import HealthChecker, agent_probe
-from lbproxy.balancing.pool import Pool, Server
+from lbproxy.balancing.pool import Pool, Server, ServerChange
 from lbproxy.balancing.routes import Router
 from lbproxy.balancing.strategies import STRATEGIES, make_balancer, unknown_strategy
 from lbproxy.config.model import Config
+from lbproxy.discovery.service import DiscoveryService
 from lbproxy.errors import ConfigError
 from lbproxy.http import accesslog
 from lbproxy.http.accesslog import LineSink
@@ -171,6 +172,12 @@ class ProxyService(MultiService):
         self._reloading = DeferredLock()
         self._listeners_bound = False
         self._open_sink = open_sink or (lambda setting: accesslog.open_sink(setting, None))
+        # DNS sources (lbproxy.discovery): started and stopped with this
+        # service, carried across reloads by _switch.
+        self._discovery = DiscoveryService(reactor)
+        self._discovery.attach(config, self.resource.router.pools)
+        self._discovery.setServiceParent(self)
+        self._watch_pools()
         self._start_checkers()
         for description in config.listen:
             listener, tls = self._listener(description, config.tls_cert_dir)
@@ -241,6 +248,18 @@ class ProxyService(MultiService):
                 self._checkers.append(checker)
                 if self.running:
                     checker.startService()
+
+    def _watch_pools(self) -> None:
+        for pool in self.resource.router.pools.values():
+            pool.add_observer(self._servers_changed)
+
+    def _servers_changed(self, change: ServerChange) -> None:
+        """
+        Servers left a pool (its DNS records changed): close their idle
+        connections; requests in flight to them finish.
+        """
+        for server in change.removed:
+            self.client.forget_server(server)
 
     def privilegedStartService(self) -> None:
         """
@@ -509,6 +528,8 @@ class ProxyService(MultiService):
         # Built here, not made ready before: adopting a kept server updates
         # its weight and backup flag.
         self.resource.router = build_router(config, self.client.clock, known)
+        self._discovery.attach(config, self.resource.router.pools, known)
+        self._watch_pools()
         if upstream is not None and upstream is not self.client.tls:
             upstream.warn_if_insecure()
         self.client.reconfigure(
@@ -644,8 +665,10 @@ def summary(config: Config) -> str:
     listeners (the admin's too).
     """
     servers = sum(len(pool.servers) for pool in config.pools)
+    names = sum(len(pool.sources) for pool in config.pools)
+    dns = f", {names} DNS name(s)" if names else ""
     line = (
-        f"{len(config.pools)} pool(s), {servers} server(s), {len(config.routes)} route(s), "
+        f"{len(config.pools)} pool(s), {servers} server(s){dns}, {len(config.routes)} route(s), "
         f"listening on {', '.join(config.listen)}"
     )
     if config.admin:

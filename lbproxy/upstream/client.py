@@ -122,10 +122,11 @@ class UpstreamClient:
         if self.tls is None:
             self.tls = UpstreamTLS()
         # The certificate is verified against the configured host name
-        # (service-identity), whatever address it resolved to.  The
-        # transport is then a TLSMemoryBIOProtocol, which _send_now leaves
-        # to its plain write.
-        return wrapClientTLS(self.tls.creator(server.config.host), endpoint)
+        # (service-identity), whatever address it resolved to; a server
+        # found by DNS names it in tls_name.  The transport is then a
+        # TLSMemoryBIOProtocol, which _send_now leaves to its plain write.
+        name = server.config.tls_name or server.config.host
+        return wrapClientTLS(self.tls.creator(name), endpoint)
 
     def _tcp_endpoint(self, server: UpstreamServer) -> Any:
         host = server.config.host
@@ -317,7 +318,7 @@ class UpstreamClient:
         linger.
         """
         oldest_usable = self.clock.seconds() - self.idle_timeout
-        for idle in self._idle.values():
+        for server, idle in list(self._idle.items()):
             # Oldest first; the expired ones and any beyond keepalive go.
             excess = max(len(idle) - self.keepalive, 0)
             closing = [
@@ -326,6 +327,10 @@ class UpstreamClient:
             for connection in closing:
                 idle.remove(connection)
                 connection.transport.loseConnection()
+            if not idle:
+                # Servers found by DNS come and go: an empty list must not
+                # keep a server that left (and its forgotten state) for ever.
+                del self._idle[server]
 
 
 def _nothing() -> None:

@@ -18,7 +18,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbproxy.balancing.health import HealthChecker, _failure_reason, agent_probe
+from lbproxy.balancing.health import HealthChecker, _failure_reason, _NamedPolicy, agent_probe
 from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.strategies import RoundRobin
 from lbproxy.config.model import PoolConfig, ServerConfig
@@ -56,14 +56,16 @@ class _Transitions:
 
 class FakeProbe:
     """
-    A probe whose answers the test gives: C{calls} records each check.
+    A probe whose answers the test gives: C{calls} records each check,
+    C{cancelled} the servers whose check was cancelled.
     """
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Deferred[int]]] = []
+        self.cancelled: list[str] = []
 
     def __call__(self, server: Server) -> Deferred[int]:
-        d: Deferred[int] = Deferred()
+        d: Deferred[int] = Deferred(lambda _: self.cancelled.append(server.address))
         self.calls.append((server.address, d))
         return d
 
@@ -216,6 +218,93 @@ class ActiveCheckTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
 
 
+class FollowServersTests(SynchronousTestCase):
+    """
+    A running L{HealthChecker} follows its pool's servers as they change
+    (L{Pool.update_servers}): new ones are checked at once, removed ones
+    no more.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.probe = FakeProbe()
+        self.pool = _pool(self.clock, count=1, health_interval=2.0, rise=2)
+        self.checker = HealthChecker(self.pool, self.probe, self.clock)
+        self.checker.startService()
+        self.addCleanup(self.checker.stopService)
+        self.probe.calls[0][1].callback(200)
+
+    def _checked(self) -> list[str]:
+        return [address for address, _ in self.probe.calls]
+
+    def test_new_server_checked_at_once(self) -> None:
+        """
+        A server that joins is checked at once and comes in with that
+        check, then is checked every interval.
+        """
+        self.pool.update_servers([ServerConfig("10.0.9.1", 80)], "dns+a://app:80")
+        joined = self.pool.servers[1]
+        self.assertFalse(joined.up)
+        self.assertEqual(self._checked(), ["10.0.0.1:80", "10.0.9.1:80"])
+        self.probe.calls[1][1].callback(200)
+        self.assertTrue(joined.up)
+        self.clock.advance(2.0)
+        self.assertEqual(self._checked().count("10.0.9.1:80"), 2)
+
+    def test_removed_server_no_longer_checked(self) -> None:
+        """
+        A server that left is checked no more: its check in flight is
+        cancelled (its connection closes) and changes nothing.
+        """
+        self.pool.update_servers([ServerConfig("10.0.9.1", 80)], "dns+a://app:80")
+        leaving = self.pool.servers[1]
+        self.pool.update_servers([], "dns+a://app:80")
+        self.assertEqual(self.probe.cancelled, ["10.0.9.1:80"])
+        self.assertFalse(leaving.up)
+        self.assertEqual((leaving.check_passes, leaving.check_failures), (1, 0))
+        self.clock.advance(10.0)
+        self.assertEqual(self._checked().count("10.0.9.1:80"), 1)
+
+    def test_stop_cancels_checks(self) -> None:
+        """
+        Stopping cancels the checks in flight.
+        """
+        self.clock.advance(2.0)
+        self.checker.stopService()
+        self.assertEqual(self.probe.cancelled, ["10.0.0.1:80"])
+
+    def test_stopped_checker_ignores_changes(self) -> None:
+        """
+        A stopped checker starts no checks for servers that join.
+        """
+        self.checker.stopService()
+        self.pool.update_servers([ServerConfig("10.0.9.1", 80)], "dns+a://app:80")
+        self.clock.advance(10.0)
+        self.assertEqual(self._checked(), ["10.0.0.1:80"])
+
+
+class NamedPolicyTests(SynchronousTestCase):
+    """
+    A check of a server found by DNS verifies TLS against its name.
+    """
+
+    def test_creator_for_name(self) -> None:
+        """
+        L{_NamedPolicy} asks its policy for the server's name, whatever
+        address the check connects to.
+        """
+        asked: list[tuple[bytes, int]] = []
+
+        class Recording:
+            def creatorForNetloc(self, hostname: bytes, port: int) -> str:
+                asked.append((hostname, port))
+                return "creator"
+
+        policy = _NamedPolicy(Recording(), "app.internal")  # type: ignore[arg-type]
+        self.assertEqual(policy.creatorForNetloc(b"10.0.0.7", 443), "creator")
+        self.assertEqual(asked, [(b"app.internal", 443)])
+
+
 class AgentProbeTests(SynchronousTestCase):
     """
     L{agent_probe} on a L{MemoryReactorClock}: a check passes only with a
@@ -281,6 +370,28 @@ class AgentProbeTests(SynchronousTestCase):
         """
         self._answer(b"HTTP/1.0 200 OK\r\n\r\nfine")
         self.assertEqual(self.successResultOf(self.checking), 200)
+
+    def test_cancelled_before_head(self) -> None:
+        """
+        A check cancelled before any answer (its server left the pool)
+        aborts its connection and leaves no timeout behind.
+        """
+        self.checking.cancel()
+        self.failureResultOf(self.checking)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_cancelled_mid_body(self) -> None:
+        """
+        A check cancelled while its body is read aborts its connection
+        (Twisted's own cancel would not, past the head) and leaves no
+        timeout behind.
+        """
+        self._answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", close=False)
+        self.checking.cancel()
+        self.failureResultOf(self.checking)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_whole_answer(self) -> None:
         """

@@ -188,9 +188,9 @@ class TableTests(SynchronousTestCase):
     def test_every_field_is_an_option(self) -> None:
         """
         Every field of L{Config} and L{PoolConfig} is an option, except the
-        structure (pools, routes, the pool's name and servers).
+        structure (pools, routes, the pool's name, servers and DNS sources).
         """
-        structure = {"pools", "routes", "name", "servers"}
+        structure = {"pools", "routes", "name", "servers", "sources"}
         declared = {o.field for o in all_options()}
         for model in (Config, PoolConfig):
             for name in model.__dataclass_fields__:
