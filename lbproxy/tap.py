@@ -28,6 +28,7 @@ from lbproxy.http.accesslog import AccessLog, TwistdLog, open_sink
 from lbproxy.http.site import ProxySite
 from lbproxy.proxy.resource import BalancingProxyResource
 from lbproxy.service.service import ProxyService, build_router, summary
+from lbproxy.service.twistdlog import TwistdLogAppends
 from lbproxy.service.validate import check_config, load_checked
 from lbproxy.tools.demo import listen_demo_apps
 from lbproxy.upstream.client import UpstreamClient
@@ -194,6 +195,9 @@ def make_proxy_service(
         daemon,
         open_sink=lambda setting: open_sink(setting, twistd_log),
     )
+    if twistd_log is not None and twistd_log.path is not None:
+        # Access lines are appended to twistd's own log file.
+        TwistdLogAppends(twistd_log.path, reactor).setServiceParent(service)
     if demo_ports:
         _ListeningPortsService(demo_ports).setServiceParent(service)
     _UpstreamClientService(client).setServiceParent(service)
