@@ -10,7 +10,8 @@ what only the system can say, without changing anything:
 
   - every C{listen} endpoint string parses with Twisted's own parser
     (C{serverFromString} builds an endpoint without listening), and a TCP
-    port is in 0-65535;
+    port is in 0-65535; with C{workers} above 1, it is a kind the workers
+    can share (L{lbproxy.service.listeners.SHAREABLE});
   - the key and certificate files of C{ssl:} listeners, of
     C{tls-cert-dir}, C{upstream-ca} and C{upstream-client-cert} load, and
     each key matches its certificate;
@@ -33,7 +34,12 @@ from lbproxy.config.file import ConfigFileError, load_config
 from lbproxy.config.model import Config
 from lbproxy.errors import ConfigError
 from lbproxy.http.servertls import check_listener_files, load_cert_dir
-from lbproxy.service.listeners import error_text, with_default_backlog
+from lbproxy.service.listeners import (
+    SHAREABLE,
+    error_text,
+    listener_kind,
+    with_default_backlog,
+)
 from lbproxy.upstream.tls import UpstreamTLS
 
 __all__ = ["Problem", "check_config", "load_checked"]
@@ -84,7 +90,10 @@ def check_config(config: Config, reactor: Any) -> list[Problem]:
     """
     problems = []
     for index, description in enumerate(config.listen):
-        reason = _listener_problem(reactor, description)
+        if config.workers > 1 and listener_kind(description)[1] not in SHAREABLE:
+            reason: str | None = "workers share only tcp:, tcp6:, ssl: and unix: listeners"
+        else:
+            reason = _listener_problem(reactor, description)
         if reason is not None:
             problems.append(Problem("listen", index, f"{description!r}: {reason}"))
     if config.tls_cert_dir:
