@@ -12,6 +12,13 @@ the supervisor binds before twistd drops root (C{--uid} with a port below
 a private C{Port} subclass, and connections queued on a shared socket are
 accepted by another worker when one dies, where C{SO_REUSEPORT} drops the
 queue of the socket that closed.
+
+Each worker accepts one connection per readiness event, as nginx with
+C{multi_accept off}: Twisted's C{Port} accepts up to 100 (and more) at a
+time, so the worker that woke first took every connection of a burst
+(C{wrk -c32}: 32 to one worker, 0 to the other, in a hand test), and a
+busy worker kept taking its share.  One at a time, they alternate, and a
+busy worker, slower back to its event loop, takes fewer.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import socket
 from typing import Any
 
 from OpenSSL import SSL, crypto
+from twisted.internet import tcp, unix
 from twisted.internet.defer import Deferred, execute
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
@@ -156,8 +164,43 @@ class InheritedEndpoint:
         """
         if self._tls is not None:
             protocolFactory = TLSMemoryBIOFactory(self._tls, False, protocolFactory)
-        family = _family(self._fd)
-        return execute(self._reactor.adoptStreamPort, self._fd, family, protocolFactory)
+        return execute(self._adopt, protocolFactory)
+
+    def _adopt(self, factory: Any) -> IListeningPort:
+        # What reactor.adoptStreamPort does, with ports that accept one
+        # connection at a time (see the module docstring).
+        port: Any
+        if _family(self._fd) == socket.AF_UNIX:
+            port = _OneAcceptUNIXPort._fromListeningDescriptor(  # type: ignore[no-untyped-call]
+                self._reactor, self._fd, factory
+            )
+        else:
+            port = _OneAcceptTCPPort._fromListeningDescriptor(  # type: ignore[no-untyped-call]
+                self._reactor, self._fd, _family(self._fd), factory
+            )
+        port.startListening()
+        return port  # type: ignore[no-any-return]
+
+
+class _OneAcceptTCPPort(tcp.Port):
+    """
+    A TCP port that accepts one connection each time it is readable.
+    """
+
+    def doRead(self) -> None:
+        self.numberAccepts = 1
+        super().doRead()  # type: ignore[no-untyped-call]
+
+
+class _OneAcceptUNIXPort(unix.Port):
+    """
+    A UNIX socket port that accepts one connection each time it is
+    readable.
+    """
+
+    def doRead(self) -> None:
+        self.numberAccepts = 1
+        super().doRead()  # type: ignore[no-untyped-call]
 
 
 def _family(fd: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 from dataclasses import replace
 from typing import Any
 
@@ -155,6 +156,45 @@ class SharedListenerTests(TestCase):
         self.assertEqual(adopted.getHost().port, port.getHost().port)
         answered = yield _echo(port.getHost().port, b"hello")
         self.assertEqual(answered, b"hello")
+
+
+class OneAcceptTests(SynchronousTestCase):
+    """
+    A worker accepts one connection each time its listening socket is
+    readable, so that workers share a burst of new connections.
+    """
+
+    def test_one_at_a_time(self) -> None:
+        """
+        With three connections waiting, one read accepts one.
+        """
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        listening.setblocking(False)
+        self.addCleanup(listening.close)
+        clients = [socket.create_connection(listening.getsockname()) for _ in range(3)]
+        for client in clients:
+            self.addCleanup(client.close)
+        built: list[object] = []
+
+        class Counting(Factory):
+            def buildProtocol(self, addr: object) -> Protocol:
+                built.append(addr)
+                return Protocol()
+
+        memory = MemoryReactorClock()
+        endpoint = inherited_endpoint(memory, "tcp:0", listening.fileno(), None)
+        port = self.successResultOf(endpoint.listen(Counting()))
+        self.addCleanup(port.stopListening)
+        port.doRead()
+        self.assertEqual(len(built), 1)
+        port.doRead()
+        port.doRead()
+        self.assertEqual(len(built), 3)
+        for transport in list(memory.getReaders()):
+            if transport is not port:
+                transport.loseConnection()
 
 
 def _echo(port: int, data: bytes) -> Deferred[bytes]:
