@@ -15,6 +15,7 @@ log.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import IO, Any
 
@@ -77,6 +78,9 @@ def serve(setup: WorkerSetup, reactor: Any) -> None:
 
     @raise SystemExit: if it cannot start.
     """
+    if setup.config_path is None:
+        # Nothing to reload; a stray SIGHUP must not end the worker.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Imported here: lbproxy.tap imports the whole proxy, which the
     # worker needs only once its setup has been read.
     from lbproxy.tap import make_proxy_service

@@ -301,8 +301,9 @@ class WorkerSupervisor(MultiService):
                 # standard input closes.)
                 self._close_ports()
                 self._cannot_start(f"cannot start worker {index}: {self._command[0]}: {e.strerror}")
-        if self._load is not None:
-            self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        # Even without a file to reload: SIGHUP would end this process and
+        # leave the pidfile behind.
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
 
     def _spawn(self, index: int) -> None:
         self._restarts.pop(index, None)
@@ -414,7 +415,9 @@ class WorkerSupervisor(MultiService):
 
         @return: whether the workers were told to reload.
         """
-        assert self._load is not None
+        if self._load is None:
+            self._log.info("SIGHUP: no configuration file (--config) to reload")
+            return False
         try:
             config = self._load()
         except ValueError as e:

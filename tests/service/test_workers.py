@@ -270,8 +270,8 @@ class SupervisorTests(SynchronousTestCase):
     def _start(self, **settings: Any) -> WorkerSupervisor:
         supervisor = WorkerSupervisor(_config(**settings), self.reactor, load=self._load)
         supervisor._bound = True  # no socket: the memory reactor binds none
-        supervisor.startService()
         self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+        supervisor.startService()
         return supervisor
 
     def _load(self) -> Config:
@@ -385,6 +385,23 @@ class SupervisorTests(SynchronousTestCase):
             "reload failed, configuration kept: lb.toml: workers: expected a whole number",
             self._logged(),
         )
+
+    def test_reload_without_file(self) -> None:
+        """
+        SIGHUP without C{--config}: nothing to reload, said once; the
+        supervisor handles it (it would end the process otherwise) and no
+        worker is signalled.
+        """
+        supervisor = WorkerSupervisor(_config(), self.reactor)
+        supervisor._bound = True
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+        supervisor.startService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), supervisor._sighup)
+        for protocol, _, _ in self.reactor.spawned:
+            protocol.errReceived(READY.encode() + b"\n")
+        self.assertFalse(supervisor.reload())
+        self.assertEqual([p.signals for _, p, _ in self.reactor.spawned], [[], []])
+        self.assertIn("SIGHUP: no configuration file (--config) to reload", self._logged())
 
     def test_stop(self) -> None:
         """
