@@ -24,7 +24,7 @@ from twisted.python import usage
 from lbproxy import __version__
 from lbproxy.config import commandline
 from lbproxy.config.model import Config, ServerConfig
-from lbproxy.http.accesslog import AccessLog, TwistdLog, open_sink
+from lbproxy.http.accesslog import FORMATS, AccessLog, TwistdLog, open_sink
 from lbproxy.http.site import ProxySite
 from lbproxy.proxy.resource import BalancingProxyResource
 from lbproxy.service.service import ProxyService, build_router, summary
@@ -146,10 +146,14 @@ def build_site(
         max_headers_size=config.max_upstream_headers_size,
     )
     resource = BalancingProxyResource(
-        build_router(config, clock), client, send_timeout=config.send_timeout
+        build_router(config, clock),
+        client,
+        send_timeout=config.send_timeout,
+        tunnel_timeout=config.tunnel_timeout,
     )
     sink = open_sink(config.access_log, None) if open_log else None
-    site = ProxySite(resource, config, AccessLog(clock, sink), clock)
+    access_log = AccessLog(clock, sink, FORMATS[config.access_log_format])
+    site = ProxySite(resource, config, access_log, clock)
     return site, client
 
 

@@ -22,6 +22,7 @@ from twisted.internet.endpoints import _parse as _parse_endpoint
 
 __all__ = [
     "SUBCLASSED",
+    "listening_interface",
     "parse_endpoint",
     "send_now",
     "set_ssl_context_factory",
@@ -134,3 +135,16 @@ def set_ssl_context_factory(endpoint: SSL4ServerEndpoint, factory: Any) -> None:
     it only in its constructor otherwise, which the string parser calls.
     """
     endpoint._sslContextFactory = factory
+
+
+def listening_interface(endpoint: object) -> str | None:
+    """
+    The address a C{tcp:}, C{tcp6:} or C{ssl:} server endpoint binds
+    (C{""} for every interface), looking through a wrapping endpoint such
+    as C{haproxy:}; L{None} for another kind (C{unix:}, C{systemd:}).
+    Twisted's endpoints keep it private; the admin listener's check
+    (L{lbproxy.service.validate}) needs to know whether it is on loopback.
+    """
+    endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)
+    interface = getattr(endpoint, "_interface", None)
+    return interface if isinstance(interface, str) else None

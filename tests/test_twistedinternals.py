@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbproxy.twistedinternals import (
     SUBCLASSED,
+    listening_interface,
     parse_endpoint,
     send_now,
     set_ssl_context_factory,
@@ -103,6 +104,22 @@ class EndpointInternalsTests(SynchronousTestCase):
         self.assertEqual(
             parse_endpoint("ssl:8443:privateKey=k.pem"), (["ssl", "8443"], {"privateKey": "k.pem"})
         )
+
+    def test_listening_interface(self) -> None:
+        """
+        C{listening_interface} reads the interface of TCP endpoints (wrapped
+        by C{haproxy:} too), C{""} for all; L{None} for other kinds.
+        """
+        cases = {
+            "tcp:0": "",
+            "tcp:0:interface=127.0.0.1": "127.0.0.1",
+            "tcp6:0:interface=\\:\\:1": "::1",
+            "haproxy:tcp:0:interface=127.0.0.2": "127.0.0.2",
+            "unix:/nonexistent/admin.sock": None,
+        }
+        for description, interface in cases.items():
+            endpoint = serverFromString(reactor, description)
+            self.assertEqual(listening_interface(endpoint), interface, description)
 
     def test_ssl_context_factory(self) -> None:
         """

@@ -154,7 +154,7 @@ class Pool:
         """
         A health check of C{server} passed.
         """
-        server.stats.last_check = (self._clock.seconds(), True, "passed")
+        server.stats.checked(self._clock.seconds(), True, "passed")
         server.check_failures = 0
         server.check_passes += 1
         rise = self.config.rise
@@ -169,7 +169,7 @@ class Pool:
         """
         A health check of C{server} failed because of C{reason}.
         """
-        server.stats.last_check = (self._clock.seconds(), False, reason)
+        server.stats.checked(self._clock.seconds(), False, reason)
         server.check_passes = 0
         server.check_failures += 1
         fall = self.config.fall
@@ -187,10 +187,12 @@ class Pool:
         if server.admin is state:
             return
         server.admin = state
+        # "ENABLED", not "NORMAL": the log line names the operator's action.
+        said = "ENABLED" if state is AdminState.NORMAL else state.value.upper()
         self._log.info(
             "upstream {server} {state} (operator)",
             server=server.address,
-            state=state.value.upper(),
+            state=said,
             pool=self.name,
         )
         self._update(server, "operator")

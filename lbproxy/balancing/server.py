@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from lbproxy.config.servers import ServerConfig
 
-__all__ = ["AdminState", "LatencyWindow", "Server", "ServerStats"]
+__all__ = ["BOUNDS", "AdminState", "LatencyWindow", "Server", "ServerStats", "bucket_percentiles"]
 
 
 class AdminState(enum.Enum):
@@ -33,9 +33,12 @@ class AdminState(enum.Enum):
     MAINT = "maintenance"
 
 
-#: Upper bounds of the latency buckets, in seconds: 0.25 ms to 64 s, each
-#: twice the one before (bucket i holds latencies up to 2**i / 4000 s).
-_BOUNDS = tuple(2**i / 4000 for i in range(19))
+#: Upper bounds of the latency buckets, in seconds: 0.25 ms to 65.536 s,
+#: each twice the one before (bucket i holds latencies up to 2**i / 4000 s;
+#: one more bucket holds the longer ones).  Also the C{le} bounds of the
+#: Prometheus histogram (L{lbproxy.admin.metrics}).
+BOUNDS = tuple(2**i / 4000 for i in range(19))
+_BOUNDS = BOUNDS
 
 
 class LatencyWindow:
@@ -43,16 +46,23 @@ class LatencyWindow:
     Upstream response times over the last minute, for p50 and p99: a
     bucket count per second (a histogram of doubling buckets), so that
     memory is bounded whatever the rate and recording is one increment.
+    The same buckets are counted since start too, with the sum of the
+    times: the Prometheus histogram, made of them only when scraped.
 
     @ivar span: seconds looked back.
+    @ivar counts_since_start: responses per bucket since start (not
+        cumulative; the last bucket is beyond L{BOUNDS}).
+    @ivar sum_since_start: the seconds of all of them.
     """
 
-    __slots__ = ("span", "_seconds", "_counts")
+    __slots__ = ("span", "_seconds", "_counts", "counts_since_start", "sum_since_start")
 
     def __init__(self, span: int = 60) -> None:
         self.span = span
         self._seconds = [-1] * span
         self._counts = [[0] * (len(_BOUNDS) + 1) for _ in range(span)]
+        self.counts_since_start = [0] * (len(_BOUNDS) + 1)
+        self.sum_since_start = 0.0
 
     def record(self, now: float, seconds: float) -> None:
         """
@@ -65,13 +75,15 @@ class LatencyWindow:
             self._seconds[slot] = second
             for i in range(len(counts)):
                 counts[i] = 0
-        counts[_bucket(seconds)] += 1
+        bucket = _bucket(seconds)
+        counts[bucket] += 1
+        self.counts_since_start[bucket] += 1
+        self.sum_since_start += seconds
 
-    def percentiles(self, now: float, wanted: Sequence[float]) -> list[float | None]:
+    def last_minute(self, now: float) -> list[int]:
         """
-        The latencies below which C{wanted} fractions (0.5, 0.99) of the
-        last minute's responses fall, as bucket upper bounds; L{None} for
-        each if there was none.
+        Responses per bucket over the last L{span} seconds (what
+        L{percentiles} reads; summable across processes).
         """
         oldest = int(now) - self.span
         totals = [0] * (len(_BOUNDS) + 1)
@@ -79,19 +91,36 @@ class LatencyWindow:
             if second > oldest:
                 for i, count in enumerate(counts):
                     totals[i] += count
-        count = sum(totals)
-        if not count:
-            return [None for _ in wanted]
-        results: list[float | None] = []
-        for fraction in wanted:
-            target = math.ceil(fraction * count)
-            seen = 0
-            for i, each in enumerate(totals):
-                seen += each
-                if seen >= target:
-                    results.append(_BOUNDS[i] if i < len(_BOUNDS) else math.inf)
-                    break
-        return results
+        return totals
+
+    def percentiles(self, now: float, wanted: Sequence[float]) -> list[float | None]:
+        """
+        The latencies below which C{wanted} fractions (0.5, 0.99) of the
+        last minute's responses fall, as bucket upper bounds; L{None} for
+        each if there was none.
+        """
+        return bucket_percentiles(self.last_minute(now), wanted)
+
+
+def bucket_percentiles(totals: Sequence[int], wanted: Sequence[float]) -> list[float | None]:
+    """
+    The bucket upper bounds below which C{wanted} fractions of the counts
+    per bucket C{totals} fall (C{inf} past the last bound); L{None} for
+    each if there is no count.
+    """
+    count = sum(totals)
+    if not count:
+        return [None for _ in wanted]
+    results: list[float | None] = []
+    for fraction in wanted:
+        target = math.ceil(fraction * count)
+        seen = 0
+        for i, each in enumerate(totals):
+            seen += each
+            if seen >= target:
+                results.append(_BOUNDS[i] if i < len(_BOUNDS) else math.inf)
+                break
+    return results
 
 
 def _bucket(seconds: float) -> int:
@@ -110,11 +139,22 @@ class ServerStats:
     @ivar by_class: answers by status class (C{"2xx"} ...).
     @ivar failures: attempts that failed (refused, timed out, invalid...).
     @ivar retries: attempts that were a request's second or later.
-    @ivar latency: response times over the last minute.
+    @ivar latency: response times over the last minute, and since start.
     @ivar last_check: C{(when, passed, detail)} of the last health check.
+    @ivar checks_passed: health checks passed since start.
+    @ivar checks_failed: health checks failed since start.
     """
 
-    __slots__ = ("requests", "by_class", "failures", "retries", "latency", "last_check")
+    __slots__ = (
+        "requests",
+        "by_class",
+        "failures",
+        "retries",
+        "latency",
+        "last_check",
+        "checks_passed",
+        "checks_failed",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
@@ -123,6 +163,19 @@ class ServerStats:
         self.retries = 0
         self.latency = LatencyWindow()
         self.last_check: tuple[float, bool, str] | None = None
+        self.checks_passed = 0
+        self.checks_failed = 0
+
+    def checked(self, when: float, passed: bool, detail: str) -> None:
+        """
+        A health check ended at C{when}: C{passed}, or failed for the
+        reason C{detail}.
+        """
+        self.last_check = (when, passed, detail)
+        if passed:
+            self.checks_passed += 1
+        else:
+            self.checks_failed += 1
 
 
 class Server:

@@ -16,10 +16,21 @@ from lbproxy.config.commandline import flag_name
 from lbproxy.config.model import all_options
 from lbproxy.config.options import FLAG, Option, Reload, Scope
 
-__all__ = ["BEGIN", "END", "options_rst", "rewrite_readme"]
+__all__ = ["BEGIN", "END", "options_rst", "rewrite_readme", "rst_text"]
 
 BEGIN = ".. options-begin"
 END = ".. options-end"
+
+
+def rst_text(text: str) -> str:
+    """
+    C{text} as literal reStructuredText prose: the characters that start
+    inline markup (C{*}, C{`}, C{|}) and the backslash are escaped, so a
+    help such as C{*.example.com.pem} is not read as emphasis.
+    """
+    for char in ("\\", "*", "`", "|"):
+        text = text.replace(char, "\\" + char)
+    return text
 
 
 def _entry(option: Option) -> str:
@@ -29,7 +40,7 @@ def _entry(option: Option) -> str:
     else:
         term = f"``--{option.name} {option.kind.metavar}``"
         default = f"default: ``{option.kind.show(option.default)}``"
-    notes = [option.help]
+    notes = [rst_text(option.help)]
     if not option.spec.file:
         notes.append("Command line only.")
     if option.reload is Reload.RESTART:

@@ -24,6 +24,7 @@ from lbproxy.config.options import (
     PORT,
     POSITIVE,
     SECONDS,
+    Choice,
     Kind,
     Option,
     Reload,
@@ -41,6 +42,7 @@ __all__ = [
     "PoolConfig",
     "RouteConfig",
     "ServerConfig",
+    "admin_token_problem",
     "all_options",
     "parse_status_ranges",
 ]
@@ -144,12 +146,50 @@ class _Workers(Kind):
         return value
 
 
+#: A bearer token as RFC 6750 section 2.1 writes one (C{b64token}), so that
+#: a token with a space or a quote cannot be set and then never match.
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def admin_token_problem(value: str) -> str | None:
+    """
+    What is wrong with an admin token (set, or read from its file), or
+    L{None}.
+    """
+    if value and _TOKEN.fullmatch(value) is None:
+        return "expected letters, digits and -._~+/ (a bearer token)"
+    return None
+
+
+class _Token(Text):
+    """
+    A secret: its errors do not repeat it (they reach logs and terminals).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("TOKEN", admin_token_problem, "a bearer token")
+
+    def from_file(self, value: object) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected {self.expected}")
+        problem = admin_token_problem(value)
+        if problem is not None:
+            raise ConfigError(problem)
+        return value
+
+
+def _endpoint_or_off(value: str) -> str | None:
+    return None if value == "" or value.strip() else "expected an endpoint string"
+
+
 STATUSES: Kind = _Statuses()
 WORKERS: Kind = _Workers()
 PATH: Kind = Text("PATH", _origin_path, "a path starting with /")
 FILE: Kind = Text("FILE")
 HOST: Kind = Text("HOST", _host, "HOST[:PORT]")
 ACCESS_LOG: Kind = Text("PATH|-|off", _access_log, "a file path, '-' or 'off'")
+ENDPOINT: Kind = Text("ENDPOINT", _endpoint_or_off, "an endpoint string")
+TOKEN: Kind = _Token()
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +390,14 @@ class Config:
         "beyond, logged with the server's address (nginx: proxy_buffer_size, "
         '"upstream sent too big header").',
     )
+    tunnel_timeout: float = option(
+        3600.0,
+        SECONDS,
+        "Seconds a WebSocket or other Upgrade tunnel may carry no byte either "
+        "way before both its connections are closed (HAProxy: timeout tunnel; "
+        "nginx applies proxy_read_timeout 60s to WebSockets). A reload applies "
+        "it to new tunnels.",
+    )
     upstream_keepalive: int = option(
         32,
         COUNT,
@@ -406,9 +454,21 @@ class Config:
     access_log: str = option(
         "-",
         ACCESS_LOG,
-        "Where the access line of each request goes, in nginx's combined "
-        "format: '-' is the twistd log, 'off' is nowhere, anything else a "
-        "file (nginx: access_log).",
+        "Where the access line of each request goes, in --access-log-format "
+        "(nginx: access_log): '-' is where twistd logs (standard "
+        "output under twistd -n, else twistd's log file, followed when twistd "
+        "rotates it), 'off' is nowhere, anything else a file of its own, "
+        "reopened on reload for logrotate. Lines are written in batches, at "
+        "least once a second (nginx's buffer=64k flush=1s).",
+    )
+    access_log_format: str = option(
+        "combined",
+        Choice("combined", "json"),
+        "combined is nginx's combined format, exactly; json is one JSON object "
+        "a line with the request id and the upstream's address, status, "
+        "connect and response times, the total time and the retries (nginx: "
+        "log_format with $request_id, $upstream_addr, $upstream_response_time, "
+        "$request_time).",
     )
     drain_timeout: float = option(
         10.0,
@@ -425,6 +485,32 @@ class Config:
         "Above 1 the twistd process supervises them and serves nothing itself.",
         reload=Reload.RESTART,
     )
+    # The admin listener (lbproxy.admin, lbproxy.service.admin).
+    admin: str = option(
+        "",
+        ENDPOINT,
+        "A Twisted endpoint for the admin listener: status page, JSON API "
+        "(drain, maintenance, enable), Prometheus /metrics and /healthz, e.g. "
+        "tcp:9000:interface=127.0.0.1 or unix:/run/lbproxy-admin.sock "
+        "(HAProxy: stats socket and stats uri; nginx Plus: api). Off when "
+        "empty. One not on loopback or a unix socket needs --admin-token or "
+        "--admin-token-file. A reload applies a change: the new endpoint is "
+        "bound before the old one closes.",
+    )
+    admin_token: str = option(
+        "",
+        TOKEN,
+        "The bearer token admin POSTs must carry (Authorization: Bearer "
+        "TOKEN), else 401; empty for none. Visible in ps: prefer "
+        "--admin-token-file. A reload applies a change.",
+    )
+    admin_token_file: str = option(
+        "",
+        FILE,
+        "A file holding the admin token (surrounding whitespace ignored); read "
+        "at start and again on every reload, so a reload applies a new token.",
+    )
+
     demo: bool = option(
         False,
         FLAG,
@@ -455,6 +541,8 @@ class Config:
             )
         if self.upstream_insecure and self.upstream_ca:
             raise ConfigError("upstream-insecure and upstream-ca contradict: give one of them")
+        if self.admin_token and self.admin_token_file:
+            raise ConfigError("admin-token and admin-token-file contradict: give one of them")
 
 
 def all_options() -> list[Option]:

@@ -3,7 +3,9 @@
 The access log: one line per answered request, formatted once and written
 in batches.
 
-Lines are nginx's C{combined} format by default.  They are collected and
+Lines are nginx's C{combined} format by default, or JSON objects with the
+request id and the upstream's timings (C{--access-log-format json},
+L{json_line}).  They are collected and
 written when 64 KiB are waiting or a second has passed (nginx's
 C{access_log ... buffer=64k flush=1s}), with one C{write} per batch: a
 logging event per request, as twisted.web's C{Site} does through the twistd
@@ -17,6 +19,7 @@ the twistd log's file or standard output (C{-}, the default), or nowhere
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -27,16 +30,24 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from lbproxy.http.request import ExchangeRecord
+
 __all__ = [
+    "COMBINED",
+    "FORMATS",
+    "JSON",
     "AccessLog",
     "EventSink",
     "FileSink",
+    "LineFormat",
     "LineSink",
     "LoggedRequest",
     "StreamSink",
     "TwistdLog",
     "combined_line",
     "combined_timestamp",
+    "iso_timestamp",
+    "json_line",
     "log_field",
     "open_sink",
 ]
@@ -67,6 +78,7 @@ class LoggedRequest(Protocol):
     status: int
     bytes_sent: int
     client_address: bytes
+    record: ExchangeRecord | None
 
     def header(self, name: bytes) -> bytes | None:
         """
@@ -137,6 +149,111 @@ def combined_line(timestamp: str, request: LoggedRequest) -> str:
         f'"{log_field(referrer) if referrer is not None else "-"}" '
         f'"{log_field(agent) if agent is not None else "-"}"'
     )
+
+
+def iso_timestamp(seconds: float) -> str:
+    """
+    C{2026-12-01T22:24:35+00:00}: the time as nginx's C{$time_iso8601}
+    writes it, in UTC.
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(seconds))
+
+
+_to_json = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def _seconds(value: float | None) -> float | None:
+    # Microseconds: nginx's milliseconds read 0.000 for a local app server.
+    return None if value is None else round(value, 6)
+
+
+def json_line(timestamp: str, now: float, request: LoggedRequest) -> str:
+    """
+    One access log line as a JSON object, keys named after nginx's
+    variables::
+
+        {"time":"2026-11-25T12:00:00+00:00","request_id":"5f0c...",
+         "remote_addr":"10.0.0.7","request_method":"GET","request_uri":"/",
+         "server_protocol":"HTTP/1.1","status":200,"body_bytes_sent":9,
+         "request_time":0.0042,"pool":"default",
+         "upstream_addr":"127.0.0.1:3000","upstream_status":200,
+         "upstream_connect_time":0.0,"upstream_header_time":0.0031,
+         "upstream_response_time":0.0035,"retries":0,
+         "http_referer":null,"http_user_agent":"curl/8.5.0"}
+
+    Times are seconds; a request no server answered has
+    C{"upstream_status":null} (and no server tried, C{"upstream_addr":null}).
+    Request fields are escaped as in the combined format (L{log_field}).
+
+    @param timestamp: the time (L{iso_timestamp}).
+    @param now: the clock's seconds, for C{request_time}.
+    @param request: the finished request.
+    """
+    referrer = request.header(b"referer")
+    agent = request.header(b"user-agent")
+    record = request.record
+    fields: dict[str, Any] = {
+        "time": timestamp,
+        "request_id": None,
+        "remote_addr": log_field(request.client_address),
+        "request_method": log_field(request.method),
+        "request_uri": log_field(request.target),
+        "server_protocol": log_field(request.version),
+        "status": request.status,
+        "body_bytes_sent": request.bytes_sent,
+    }
+    if record is not None:
+        fields["request_id"] = record.request_id.decode("ascii")
+        fields["request_time"] = _seconds(now - record.started)
+        fields["pool"] = record.pool
+        fields["upstream_addr"] = record.upstream_addr
+        fields["upstream_status"] = record.upstream_status or None
+        fields["upstream_connect_time"] = _seconds(record.connect_time)
+        fields["upstream_header_time"] = _seconds(record.header_time)
+        fields["upstream_response_time"] = _seconds(record.response_time)
+        fields["retries"] = record.retries
+    fields["http_referer"] = log_field(referrer) if referrer is not None else None
+    fields["http_user_agent"] = log_field(agent) if agent is not None else None
+    return _to_json(fields)
+
+
+@dataclass(frozen=True, slots=True)
+class LineFormat:
+    """
+    One access log format (C{--access-log-format}).
+
+    @ivar name: its option value.
+    @ivar timestamp: the time of a second as its lines write it, made once
+        a second.
+    @ivar line: a line from the timestamp, the clock's seconds and the
+        finished request.
+    @ivar tunnel: a tunnel's line from the line of its request, the seconds
+        it was open and the bytes the client sent through it.
+    """
+
+    name: str
+    timestamp: Callable[[float], str]
+    line: Callable[[str, float, Any], str]
+    tunnel: Callable[[str, float, int], str]
+
+
+def _combined(timestamp: str, now: float, request: LoggedRequest) -> str:
+    return combined_line(timestamp, request)
+
+
+def _combined_tunnel(line: str, seconds: float, uploaded: int) -> str:
+    return f"{line} duration={seconds:.3f} bytes_uploaded={uploaded}"
+
+
+def _json_tunnel(line: str, seconds: float, uploaded: int) -> str:
+    # The line is one JSON object: two more keys before its closing brace.
+    return f'{line[:-1]},"duration":{_seconds(seconds)},"bytes_uploaded":{uploaded}}}'
+
+
+COMBINED = LineFormat("combined", combined_timestamp, _combined, _combined_tunnel)
+JSON = LineFormat("json", iso_timestamp, json_line, _json_tunnel)
+#: The formats by their option value.
+FORMATS = {each.name: each for each in (COMBINED, JSON)}
 
 
 class FileSink:
@@ -254,40 +371,66 @@ class AccessLog:
         self,
         clock: IReactorTime,
         sink: LineSink | None,
-        formatter: Callable[[str, Any], str] = combined_line,
+        line_format: LineFormat = COMBINED,
     ) -> None:
         """
         @param clock: tells the time and schedules the flush.
         @param sink: where lines go; L{None} for nowhere (C{off}).
-        @param formatter: makes a line from the timestamp and the request.
+        @param line_format: how lines are written; see L{use_format}.
         """
         self._clock = clock
         self.sink = sink
-        self._format = formatter
+        self.line_format = line_format
         self._lines: list[str] = []
         self._size = 0
         self._flush_call: IDelayedCall | None = None
         self._second = -1
         self._timestamp = ""
 
-    def request_done(self, request: Any) -> None:
+    def request_done(self, request: Any, tunnel: tuple[float, int] | None = None) -> None:
         """
         Log C{request}, which was answered.
+
+        @param tunnel: for a tunnel's request, how long the tunnel was open
+            and the bytes the client sent through it (L{tunnel_done}).
         """
         if self.sink is None:
             return
         now = self._clock.seconds()
         second = int(now)
+        line_format = self.line_format
         if second != self._second:
             self._second = second
-            self._timestamp = combined_timestamp(second)
-        line = self._format(self._timestamp, request)
+            self._timestamp = line_format.timestamp(second)
+        line = line_format.line(self._timestamp, now, request)
+        if tunnel is not None:
+            line = line_format.tunnel(line, *tunnel)
         self._lines.append(line)
         self._size += len(line) + 1
         if self._size >= BUFFER_SIZE:
             self.flush()
         elif self._flush_call is None:
             self._flush_call = self._clock.callLater(FLUSH_INTERVAL, self.flush)
+
+    def tunnel_done(self, request: Any, seconds: float, bytes_received: int) -> None:
+        """
+        Log the tunnel C{request} opened, once it closed: the request's
+        line (status 101; its bytes are those sent to the client through
+        the tunnel, as nginx's C{$body_bytes_sent} counts them), with how
+        long it was open and what the client sent through it (HAProxy's
+        C{%Tt} and C{%U}): C{duration=SECONDS bytes_uploaded=N} after a
+        combined line (its parsers ignore what follows the user agent), the
+        keys C{duration} and C{bytes_uploaded} in a JSON one.
+        """
+        self.request_done(request, (seconds, bytes_received))
+
+    def use_format(self, line_format: LineFormat) -> None:
+        """
+        Write lines in C{line_format} from now on (a reload).
+        """
+        if line_format is not self.line_format:
+            self.line_format = line_format
+            self._second = -1  # its timestamps are written otherwise
 
     def flush(self) -> None:
         """

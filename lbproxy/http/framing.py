@@ -384,6 +384,11 @@ def _content_length(value: bytes) -> int:
     return length
 
 
+#: The empty list of framing header values every reader starts with; never
+#: appended to (a reader replaces it with a list of its own).
+_NONE: list[bytes] = []
+
+
 class HeadReader:
     """
     Collects one request head line by line and passes it through the gate.
@@ -429,8 +434,10 @@ class HeadReader:
         self._size = 0
         self._hosts = 0
         self._host_at = -1
-        self._lengths: list[bytes] = []
-        self._codings: list[bytes] = []
+        # Framing headers are rare after the first request line: no list
+        # is made until one comes (an idle connection holds none).
+        self._lengths: list[bytes] = _NONE
+        self._codings: list[bytes] = _NONE
         self._blank_skipped = False
 
     def line(self, line: bytes) -> RequestHead | None:
@@ -472,10 +479,16 @@ class HeadReader:
                         self._hosts += 1
                         self._host_at = len(self._headers)
                     elif lower == b"content-length":
-                        self._lengths.append(value)
+                        if self._lengths:
+                            self._lengths.append(value)
+                        else:
+                            self._lengths = [value]
                         return None
                     elif lower == b"transfer-encoding":
-                        self._codings.append(value)
+                        if self._codings:
+                            self._codings.append(value)
+                        else:
+                            self._codings = [value]
                         return None
                 self._headers.append((name, value))
                 return None

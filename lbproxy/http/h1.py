@@ -25,7 +25,10 @@ What a connection does, in order:
   - writes the answer the handler gives: head, then body (chunked when the
     app's answer had no length and the client speaks HTTP/1.1, else until
     the connection closes), and an access log line;
-  - answers pipelined requests one at a time, in order.
+  - answers pipelined requests one at a time, in order;
+  - after a C{101 Switching Protocols} to an upgrade request, stops
+    speaking HTTP: the connection is the client end of a tunnel
+    (L{lbproxy.proxy.tunnel}), and what it reads is not parsed.
 
 Reading is paused for one of several reasons at once (the app server is
 slow to take the body, pipelined requests are waiting): the connection is
@@ -46,8 +49,10 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHalfCloseableProtocol,
     IPushProducer,
     IReactorTime,
     ISSLTransport,
@@ -56,7 +61,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from lbproxy.http.chunked import ChunkedDecoder, IdentityDecoder
 from lbproxy.http.framing import (
@@ -68,9 +73,10 @@ from lbproxy.http.framing import (
 )
 from lbproxy.http.h1request import HTTP11Request
 from lbproxy.http.settings import ConnectionHost, ConnectionSettings
-from lbproxy.interfaces import IStreamTransport
+from lbproxy.interfaces import IStreamTransport, TunnelReceiver
 from lbproxy.twistedinternals import send_now, unsent_bytes
 from lbproxy.upstream.body import StreamingBody
+from lbproxy.upstream.upgrade import upgrade_offer
 
 __all__ = ["HTTP11Connection"]
 
@@ -81,6 +87,8 @@ LINGER = 5.0
 #: Seconds a connection being closed may take to send its last bytes
 #: before it is aborted (twisted.web's C{HTTPChannel.abortTimeout}).
 ABORT_AFTER = 15.0
+
+_NO_PAUSES: frozenset[str] = frozenset()
 
 #: Bytes of pipelined requests read while an answer is in progress before
 #: reading pauses (twisted.web's C{_optimisticEagerReadSize}): reading a
@@ -94,7 +102,8 @@ class _Reading(enum.Enum):
 
     IDLE -> HEAD -> BODY -> DONE -> IDLE (next request), or HEAD -> DONE
     for a request without a body; CLOSING from anywhere (refused, closing
-    after an answer, idle timeout), after which input is dropped.
+    after an answer, idle timeout), after which input is dropped; DONE ->
+    TUNNEL when an upgrade request is answered with 101.
     """
 
     #: Between requests: the idle timeout runs.
@@ -107,6 +116,8 @@ class _Reading(enum.Enum):
     DONE = "done"
     #: Refused or closing: input is dropped.
     CLOSING = "closing"
+    #: Answered with 101: HTTP is over, the connection is a tunnel's end.
+    TUNNEL = "tunnel"
 
 
 class _BodyReader:
@@ -148,6 +159,9 @@ class HTTP11Connection(Protocol):
     # Set by makeConnection before any other event; read only while
     # _connected (Twisted types it as an optional ITransport).
     transport: IStreamTransport
+    # The tunnel, once a 101 made this connection one of its ends (a class
+    # default: an HTTP connection pays nothing for it).
+    _tunnel: TunnelReceiver | None = None
 
     def __init__(
         self, settings: ConnectionSettings, clock: IReactorTime, host: ConnectionHost | None = None
@@ -171,7 +185,9 @@ class HTTP11Connection(Protocol):
         self._reading = _Reading.IDLE
         self._request: HTTP11Request | None = None
         self._decoder: Any = None
-        self._pauses: set[str] = set()
+        # Reasons reading is paused for; a shared empty set while there is
+        # none (an idle connection allocates nothing for it).
+        self._pauses: frozenset[str] = _NO_PAUSES
         self._write_paused = False
         self._producer: IPushProducer | None = None
         self._in_loop = False
@@ -245,6 +261,9 @@ class HTTP11Connection(Protocol):
             return
         self._reading = _Reading.CLOSING
         self._cancel_timer()
+        if self._tunnel is not None:
+            self._tunnel.tunnel_lost(reason)
+            return
         request, self._request = self._request, None
         if request is None or request.finished:
             return
@@ -394,9 +413,15 @@ class HTTP11Connection(Protocol):
         self._request = request
         if request.keep_alive:
             values = [v for n, v in head.headers if len(n) == 10 and n.lower() == b"connection"]
-            if values and b"close" in connection_tokens(values):
-                # RFC 9112 section 9.6; every Connection header counts.
-                request.keep_alive = False
+            if values:
+                tokens = connection_tokens(values)
+                if b"close" in tokens:
+                    # RFC 9112 section 9.6; every Connection header counts.
+                    request.keep_alive = False
+                if b"upgrade" in tokens and head.body_length == 0:
+                    # RFC 9110 section 7.8, on HTTP/1.1 only (keep_alive
+                    # started true), without a body (lbproxy's choice).
+                    request.upgrade = upgrade_offer(head.headers)
         redirect = bool(self.settings.redirect_https) and not self.secure
         length = head.body_length
         if length != 0:
@@ -472,7 +497,8 @@ class HTTP11Connection(Protocol):
         """
         if not self._pauses and self._connected:
             self.transport.pauseProducing()
-        self._pauses.add(reason)
+        if reason not in self._pauses:
+            self._pauses = self._pauses | {reason}
 
     def resume_reading(self, reason: str) -> None:
         """
@@ -480,7 +506,7 @@ class HTTP11Connection(Protocol):
         """
         if reason not in self._pauses:
             return
-        self._pauses.discard(reason)
+        self._pauses = self._pauses - {reason} if len(self._pauses) > 1 else _NO_PAUSES
         if reason == "body":
             # Time paused by the app server does not count against the client.
             self._body_last_read = self._clock.seconds()
@@ -536,6 +562,70 @@ class HTTP11Connection(Protocol):
         self.resume_reading("pipeline")
         if self._buffer:
             self._read_requests()
+
+    # The client end of a tunnel (lbproxy.interfaces.TunnelEnd)
+
+    def switch_protocols(self, head: bytes) -> HTTP11Connection:
+        """
+        The current request is answered with C{head}, a C{101}: HTTP ends
+        here (RFC 9110 section 15.2.2), and the connection becomes a
+        tunnel's client end, for the tunnel to L{attach}.  What the client
+        sent after the request waits for the tunnel.
+        """
+        self._reading = _Reading.TUNNEL
+        self._request = None
+        self._producer = None
+        # Tunnels have their own timeout; none of HTTP's applies now.
+        self._cancel_timer()
+        self.write(head)
+        if self._connected:
+            # The tunnel registers its own producer.
+            self.transport.unregisterProducer()
+        return self
+
+    @property
+    def half_close(self) -> bool:
+        """
+        Whether the client's FIN can be passed on, and one sent to it: on
+        plain TCP and UNIX sockets (not TLS, nor a PROXY protocol wrapper,
+        which reports a FIN as the close).
+        """
+        return isinstance(self.transport, tcp.Connection)
+
+    def attach(self, receiver: TunnelReceiver) -> None:
+        """
+        Report to C{receiver} from now on, starting with what the client
+        sent after its upgrade request.
+        """
+        self._tunnel = receiver
+        if not self._connected:
+            receiver.tunnel_lost(connectionDone)
+            return
+        # As _first_tls_data: reads go straight to the tunnel, past HTTP.
+        self.dataReceived = receiver.tunnel_data  # type: ignore[method-assign]
+        if self.half_close:
+            # Twisted reports a FIN as readConnectionLost only to a protocol
+            # providing this; an HTTP connection closes on a FIN, as before.
+            alsoProvides(self, IHalfCloseableProtocol)
+        if self._pauses:
+            # Paused for pipelined bytes, which are the tunnel's.
+            self._pauses = _NO_PAUSES
+            self.transport.resumeProducing()
+        pending, self._buffer = self._buffer, b""
+        if pending:
+            receiver.tunnel_data(pending)
+
+    def readConnectionLost(self) -> None:
+        """
+        The client half-closed its tunnel: the tunnel passes it on.
+        """
+        if self._tunnel is not None:
+            self._tunnel.tunnel_read_closed()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our FIN went out; nothing more to do.
+        """
 
     # IPushProducer: the transport tells us when the client's buffer is full.
 
@@ -656,7 +746,7 @@ class HTTP11Connection(Protocol):
         # closing with unread input (a TCP reset) cannot destroy the answer
         # before the client reads it.
         lose_write()
-        self._pauses.clear()
+        self._pauses = _NO_PAUSES
         transport.resumeProducing()
         self._timer = self._clock.callLater(LINGER, self.abort)
 

@@ -13,8 +13,9 @@ from typing import Protocol as TypingProtocol
 from twisted.internet.interfaces import IPushProducer
 
 from lbproxy.http.framing import RequestHead
-from lbproxy.http.request import Header, RequestExchange
+from lbproxy.http.request import ExchangeRecord, Header, RequestExchange
 from lbproxy.http.settings import ConnectionSettings
+from lbproxy.interfaces import TunnelEnd
 from lbproxy.upstream.body import StreamingBody
 
 __all__ = ["AnswerChannel", "HTTP11Request"]
@@ -56,6 +57,11 @@ class AnswerChannel(TypingProtocol):
         Bytes waiting for the client's socket.
         """
 
+    def switch_protocols(self, head: bytes) -> TunnelEnd:
+        """
+        Write C{head}, a C{101}, and become a tunnel's client end.
+        """
+
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -81,6 +87,9 @@ class HTTP11Request:
     @ivar bytes_sent: body bytes of the answer written so far.
     @ivar finished: the answer is complete, or was given up on.
     @ivar keep_alive: the connection stays open after this answer.
+    @ivar upgrade: the protocols an upgrade request offers (its C{Upgrade}
+        value, L{lbproxy.upstream.upgrade.upgrade_offer}), else L{None}.
+    @ivar record: what the proxy did with it (set by the exchange).
     """
 
     __slots__ = (
@@ -91,11 +100,13 @@ class HTTP11Request:
         "headers",
         "body",
         "exchange",
+        "record",
         "started",
         "status",
         "bytes_sent",
         "finished",
         "keep_alive",
+        "upgrade",
         "_chunked",
         "_out",
         "_out_size",
@@ -109,11 +120,13 @@ class HTTP11Request:
         self.headers = head.headers
         self.body: StreamingBody | None = None
         self.exchange: RequestExchange | None = None
+        self.record: ExchangeRecord | None = None
         self.started = started
         self.status = 0
         self.bytes_sent = 0
         self.finished = False
         self.keep_alive = head.version == b"HTTP/1.1"
+        self.upgrade: bytes | None = None
         self._chunked = False
         self._out: list[bytes] = []
         self._out_size = 0
@@ -257,6 +270,33 @@ class HTTP11Request:
         if not self.finished:
             self.finished = True
             self._connection.abort()
+
+    def switch_protocols(self, reason: bytes, headers: list[Header]) -> TunnelEnd:
+        """
+        Answer C{101 Switching Protocols} with C{headers} (the tunnel's
+        C{Connection} and C{Upgrade} among them, nothing added): HTTP ends
+        on the connection, which becomes the tunnel's client end.  Only for
+        a request with C{upgrade}.  The answer is over when the tunnel
+        closes (L{tunnel_closed}).
+        """
+        self.status = 101
+        parts = [b"HTTP/1.1 101 ", reason, b"\r\n"]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        return self._connection.switch_protocols(b"".join(parts))
+
+    def tunnel_closed(self, bytes_sent: int, bytes_received: int, seconds: float) -> None:
+        """
+        The tunnel this request opened closed: log it now, with status 101.
+
+        @param bytes_sent: bytes the tunnel sent to the client.
+        @param bytes_received: bytes the client sent through it.
+        @param seconds: how long it was open.
+        """
+        self.finished = True
+        self.bytes_sent = bytes_sent
+        self._connection.settings.access_log.tunnel_done(self, seconds, bytes_received)
 
     def respond_text(self, status: int, reason: bytes, text: bytes) -> None:
         """

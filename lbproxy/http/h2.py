@@ -303,7 +303,7 @@ class ProxyH2Connection(H2Connection):
         # Through the site's rate-limited log, as HTTP/1.1 refusals: a scan
         # must not flood the log.
         peer = getattr(self.transport.getPeer(), "host", "-")
-        self.site.refusals.refused(f"HTTP/2 {error}", str(peer))
+        self.site.refusals.refused(f"HTTP/2 {error}", str(peer), error.status)
 
     def _requestDone(self, streamID: int) -> None:
         """

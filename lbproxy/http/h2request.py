@@ -27,7 +27,7 @@ from twisted.web.http_headers import Headers
 
 from lbproxy.http.framing import REASONS
 from lbproxy.http.ratelog import RateLimitedLog
-from lbproxy.http.request import Header, RequestExchange
+from lbproxy.http.request import ExchangeRecord, Header, RequestExchange
 from lbproxy.http.settings import AccessLog, ConnectionSettings
 from lbproxy.upstream.body import StreamingBody
 
@@ -82,6 +82,7 @@ class H2Request(server.Request):
     @ivar exchange: the exchange proxying this request, once it started.
     @ivar body: the body on its way upstream, if there is a body.
     @ivar headers: the header fields (the gate's, C{:authority} as Host).
+    @ivar record: what the proxy did with it (set by the exchange).
     """
 
     # twisted.web would add "Content-Type: text/html" to answers without
@@ -95,7 +96,11 @@ class H2Request(server.Request):
     # protocol of what streams use.
     site: StreamSite  # type: ignore[assignment]
     exchange: RequestExchange | None = None
+    record: ExchangeRecord | None = None
     body: StreamingBody | None = None
+    # HTTP/2 never upgrades (its extended CONNECT, RFC 8441, is not
+    # proxied): the gate refuses an upgrade header.
+    upgrade: bytes | None = None
     _waiting = False
     _refused = False
     _finish_waiting = False
@@ -388,6 +393,7 @@ class H2Request(server.Request):
         self.channel.site.refusals.refused(
             f"HTTP/2 {status} {REASONS[status].decode()}: {detail}",
             self.client_address.decode("ascii", "replace"),
+            status,
         )
         if self.exchange is not None:
             self.exchange.client_gone()

@@ -15,7 +15,10 @@ one line when it ends (one line in the log)::
     header name (last from 10.0.0.5)
 
 A reason with no refusal for a whole interval is forgotten, so that its
-next refusal is again logged at once.  nginx logs every refusal (at
+next refusal is again logged at once.  Every refusal is also counted by
+its status (L{RateLimitedLog.counts}), for the admin's
+C{lbproxy_refused_requests_total}: a dictionary increment, the only cost a
+refusal adds.  nginx logs every refusal (at
 C{info}); this is the Linux kernel's C{printk_ratelimit} ("N callbacks
 suppressed"), kept per reason so that one kind of refusal cannot hide
 another.
@@ -53,6 +56,9 @@ class RateLimitedLog:
     count.  One is shared by every client connection of a site (HTTP/1.1
     and HTTP/2 alike), so that a scan over many connections is summed up
     too.
+
+    @ivar counts: refusals since start, by the status answered (400, 408,
+        413, 414, 431 ...).
     """
 
     _log = Logger()
@@ -68,8 +74,9 @@ class RateLimitedLog:
         self._interval = interval
         self._max_reasons = max_reasons
         self._tallies: dict[str, _Tally] = {}
+        self.counts: dict[int, int] = {}
 
-    def refused(self, reason: str, peer: str) -> None:
+    def refused(self, reason: str, peer: str, status: int) -> None:
         """
         A request was refused: log it now if C{reason} was quiet for an
         interval, else count it for the summary at the interval's end.
@@ -78,11 +85,18 @@ class RateLimitedLog:
             kind (C{"400 Bad Request: invalid header name"}); never the
             client's bytes, which would make every refusal its own reason.
         @param peer: the client's address.
+        @param status: the status answered (or that a reset stream would
+            have had), for the counts.
         """
+        counts = self.counts
+        counts[status] = counts.get(status, 0) + 1
+        self._log_refusal(reason, peer)
+
+    def _log_refusal(self, reason: str, peer: str) -> None:
         tally = self._tallies.get(reason)
         if tally is None:
             if len(self._tallies) >= self._max_reasons and reason != OTHER_REASONS:
-                self.refused(OTHER_REASONS, peer)
+                self._log_refusal(OTHER_REASONS, peer)
                 return
             timer = self._clock.callLater(self._interval, self._summarise, reason)
             self._tallies[reason] = _Tally(timer)

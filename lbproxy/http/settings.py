@@ -63,6 +63,12 @@ class AccessLog(TypingProtocol):
         C{request} was answered, or given up on (status 499).
         """
 
+    def tunnel_done(self, request: Any, seconds: float, bytes_received: int) -> None:
+        """
+        The tunnel C{request} opened (status 101) closed after C{seconds},
+        with C{bytes_received} from the client through it.
+        """
+
 
 class ConnectionSettings:
     """

@@ -28,7 +28,7 @@ from twisted.web import server
 from twisted.web.http import datetimeToString
 
 from lbproxy.config.model import Config
-from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.accesslog import FORMATS, AccessLog
 from lbproxy.http.framing import FramingError, Limits
 from lbproxy.http.h1 import HTTP11Connection
 from lbproxy.http.h2request import H2Request
@@ -114,9 +114,10 @@ class ProxySite(server.Site):
     def apply(self, config: Config) -> None:
         """
         Take a reloaded configuration: new connections get its limits,
-        timeouts and HTTPS policies.
+        timeouts and HTTPS policies; the access log its format.
         """
         self.settings = self._settings(config)
+        self.access_log.use_format(FORMATS[config.access_log_format])
 
     # Twisted types HTTPFactory.buildProtocol as building its HTTP channel;
     # lbproxy's connections are its own (the site is a twisted.web Site for
@@ -141,7 +142,7 @@ class ProxySite(server.Site):
         return self._date
 
     def _refused(self, error: FramingError, peer: str) -> None:
-        self.refusals.refused(str(error), peer)
+        self.refusals.refused(str(error), peer, error.status)
 
     # The connections' host (lbproxy.http.h1.ConnectionHost)
 

@@ -15,8 +15,15 @@ Its state (L{State}) is one value::
     WAITING ──▶ RELAYING ──▶ DONE
        │  ▲          (answer complete, client reset, client gone)
        └──┘ retry: next server, or a fresh connection
-       └──────────────────▶ DONE
-          (502, 503, 504, 404, 508 answered; client gone)
+       ├──────────────────▶ DONE
+       │  (502, 503, 504, 404, 508 answered; client gone)
+       └──▶ TUNNEL ──▶ DONE
+          (101 to an upgrade request; the tunnel closed, or was aborted)
+
+An upgrade request (L{lbproxy.http.request.ClientRequest.upgrade}) is
+forwarded with C{Connection: upgrade} and its C{Upgrade}; the app server's
+C{101} makes the two connections a tunnel (L{lbproxy.proxy.tunnel}), which
+stays in flight, and an active connection of its server, until it closes.
 
 A client that takes no byte of its answer for C{send_timeout} seconds
 (nginx's C{send_timeout 60s}) is closed, and the upstream connection with
@@ -29,6 +36,13 @@ Only the server's failures count towards its C{max-fails}
 (L{lbproxy.errors.UpstreamError.server_fault}): not a stale pooled
 connection, not a bug in lbproxy (502, traceback logged), not a client
 that stalls or leaves.
+
+Each request gets its id (L{lbproxy.proxy.requestid}), sent upstream and
+back as C{X-Request-Id}, lbproxy's own error answers included.  The
+exchange notes what it did in the request's
+L{lbproxy.http.request.ExchangeRecord} (the pool, the last server tried,
+its status and timings, the retries) for the access log: a few attribute
+writes per attempt, formatted only when the line is written.
 """
 
 from __future__ import annotations
@@ -45,9 +59,12 @@ from zope.interface import implementer
 from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.routes import Router
 from lbproxy.errors import UpstreamError
-from lbproxy.http.request import ClientRequest, Header
-from lbproxy.proxy.headers import end_to_end, upstream_request_headers
+from lbproxy.http.request import ClientRequest, ExchangeRecord, Header
+from lbproxy.interfaces import TunnelEnd
+from lbproxy.proxy.headers import REPLACED_DOWNSTREAM, end_to_end, upstream_request_headers
+from lbproxy.proxy.requestid import request_id_for
 from lbproxy.proxy.retry import Next, after_failure
+from lbproxy.proxy.tunnel import Tunnel, open_tunnel
 from lbproxy.upstream.body import StreamingBody
 from lbproxy.upstream.client import UpstreamClient
 from lbproxy.upstream.connection import UpstreamRequest, serialize_request_head
@@ -63,6 +80,7 @@ class ExchangeOwner(Protocol):
     router: Router[Pool]
     client: UpstreamClient
     send_timeout: float
+    tunnel_timeout: float
 
     def exchange_started(self, exchange: ProxyExchange) -> None:
         """
@@ -105,6 +123,9 @@ class State(enum.Enum):
     #: The answer's head went to the client; its body is being relayed.  A
     #: failure now resets the client.
     RELAYING = "relaying"
+    #: The app server switched protocols (101): the two connections are a
+    #: tunnel until it closes.
+    TUNNEL = "tunnel"
     #: Answered, failed or abandoned.
     DONE = "done"
 
@@ -126,6 +147,7 @@ class ProxyExchange:
         "_resource",
         "_pool",
         "_request",
+        "_record",
         "_upstream_request",
         "_tried",
         "_server",
@@ -138,6 +160,7 @@ class ProxyExchange:
         "_unsent",
         "_sent_at",
         "_status",
+        "_tunnel",
     )
     _log = Logger()
 
@@ -150,7 +173,11 @@ class ProxyExchange:
         self.state = State.WAITING
         self._resource = resource
         self._request = request
-        self._upstream_request = build_upstream_request(request)
+        record = ExchangeRecord(
+            request_id_for(request.header(b"x-request-id")), resource.client.clock.seconds()
+        )
+        request.record = self._record = record
+        self._upstream_request = build_upstream_request(request, record.request_id)
         self._tried: list[Server] = []
         self._server: Server | None = None
         self._abandon: Callable[[], None] | None = None
@@ -163,6 +190,7 @@ class ProxyExchange:
         self._unsent: int | None = None
         self._sent_at = 0.0
         self._status = 0
+        self._tunnel: Tunnel | None = None
 
     def start(self) -> None:
         """
@@ -181,10 +209,11 @@ class ProxyExchange:
             self._answer_error(508, b"Loop Detected", b"request loops through this proxy")
             return
         router = resource.router
-        self._pool = router.only or router.route(request.header(b"host"), request.target)
-        if self._pool is None:
+        pool = self._pool = router.only or router.route(request.header(b"host"), request.target)
+        if pool is None:
             self._answer_error(404, b"Not Found", b"no route for this host and path")
             return
+        self._record.pool = pool.name
         self._attempt()
 
     def _attempt(self) -> None:
@@ -211,7 +240,14 @@ class ProxyExchange:
         self._server = server
         self._status = 0
         self._sent_at = self._resource.client.clock.seconds()
-        self._pool.attempt_started(server, retry=len(self._tried) > 1 or self._resent)
+        retry = len(self._tried) > 1 or self._resent
+        self._pool.attempt_started(server, retry)
+        record = self._record
+        record.upstream_addr = server.address
+        record.upstream_status = 0
+        record.connect_time = record.header_time = record.response_time = None
+        if retry:
+            record.retries += 1
 
     def _finish_attempt(self, complete: bool) -> None:
         """
@@ -223,6 +259,7 @@ class ProxyExchange:
         elapsed = None
         if complete:
             elapsed = self._resource.client.clock.seconds() - self._sent_at
+            self._record.response_time = elapsed
         self._pool.attempt_ended(server, self._status if complete else 0, elapsed)
 
     def _end(self) -> None:
@@ -244,6 +281,15 @@ class ProxyExchange:
         Give up on this request (the drain ran out, the send timeout): drop
         the upstream connection, and reset the client.
         """
+        if self.state is State.TUNNEL:
+            tunnel = self._tunnel
+            if tunnel is not None:
+                # Over at once: its access line, then _tunnel_closed.
+                tunnel.abort()
+            else:
+                self._request.abort()
+            self._tunnel_closed()
+            return
         if self.state is not State.DONE:
             self._end()
             self._abandon_upstream()
@@ -262,17 +308,30 @@ class ProxyExchange:
 
     # IResponseSink: the upstream connection's news.
 
+    def connection_ready(self) -> None:
+        """
+        The request goes out now: note the connect time (0 on a pooled
+        connection).
+        """
+        self._record.connect_time = self._resource.client.clock.seconds() - self._sent_at
+
     def response_headers(
         self, status: int, reason: bytes, headers: list[Header], producer: IPushProducer
     ) -> None:
         """
-        Copy the status line and end-to-end headers to the client.
+        Copy the status line and end-to-end headers to the client, with the
+        request's C{X-Request-Id} in place of any the app server sent.
         """
         if self.state is not State.WAITING:
             return
         self._producer = producer
         self._status = status
-        self._request.respond(status, reason, end_to_end(headers), self)
+        record = self._record
+        record.upstream_status = status
+        record.header_time = self._resource.client.clock.seconds() - self._sent_at
+        relayed = end_to_end(headers, REPLACED_DOWNSTREAM)
+        relayed.append((b"X-Request-Id", record.request_id))
+        self._request.respond(status, reason, relayed, self)
         # The answer has started: a later failure resets the client.  (A
         # failure above, a bug, still gets the client a plain 502.)
         self.state = State.RELAYING
@@ -307,6 +366,10 @@ class ProxyExchange:
         decides.
         """
         if self.state is State.DONE:
+            return
+        if self.state is State.TUNNEL:
+            # A bug while opening the tunnel, logged by the connection.
+            self.abort()
             return
         request = self._request
         server = self._server
@@ -345,6 +408,49 @@ class ProxyExchange:
             self._answer_error(504, b"Gateway Timeout", b"upstream timed out")
         else:
             self._answer_error(502, b"Bad Gateway", b"bad answer from upstream")
+
+    def response_switched(
+        self, reason: bytes, headers: list[Header], connection: TunnelEnd
+    ) -> None:
+        """
+        The app server switched protocols as the client asked: answer the
+        C{101} and make the two connections a tunnel, which keeps this
+        exchange in flight until it closes.
+        """
+        if self.state is not State.WAITING:
+            connection.transport.abortConnection()
+            return
+        self._abandon = None
+        self._status = 101
+        self.state = State.TUNNEL
+        request = self._request
+        resource = self._resource
+        self._tunnel = open_tunnel(
+            request,
+            reason,
+            headers,
+            connection,
+            resource.client.clock,
+            resource.tunnel_timeout,
+            self._tunnel_closed,
+            label=(
+                f"tunnel from {request.client_address.decode('ascii', 'replace')} to "
+                f"{self._server.address if self._server is not None else '-'} "
+                f"({request.method.decode('latin-1')} {request.target.decode('latin-1')})"
+            ),
+        )
+
+    def _tunnel_closed(self) -> None:
+        """
+        The tunnel closed, or is being aborted: the attempt ends, with its
+        101 and no response time (how long a tunnel stays open is not one).
+        """
+        if self.state is not State.TUNNEL:
+            return
+        server, self._server = self._server, None
+        if server is not None and self._pool is not None:
+            self._pool.attempt_ended(server, 101, None)
+        self._end()
 
     # IPushProducer: the client side's pace.
 
@@ -445,6 +551,7 @@ class ProxyExchange:
                 (b"Content-Type", b"text/plain; charset=utf-8"),
                 (b"Content-Length", b"%d" % len(body)),
                 (b"Date", self._resource.date()),
+                (b"X-Request-Id", self._record.request_id),
             ],
         )
         request.write(body)
@@ -467,11 +574,11 @@ def _body_sent(upstream_request: UpstreamRequest) -> bool:
     return isinstance(body, StreamingBody) and body.sent_any
 
 
-def build_upstream_request(request: ClientRequest) -> UpstreamRequest:
+def build_upstream_request(request: ClientRequest, request_id: bytes) -> UpstreamRequest:
     """
     Serialise the client's request for the app server, once per request
-    (retries reuse it): end-to-end headers, C{X-Forwarded-*}, C{Via}, and
-    the framing of the body lbproxy sends.
+    (retries reuse it): end-to-end headers, C{X-Forwarded-*},
+    C{X-Request-Id}, C{Via}, and the framing of the body lbproxy sends.
     """
     method = request.method
     headers = upstream_request_headers(
@@ -479,7 +586,12 @@ def build_upstream_request(request: ClientRequest) -> UpstreamRequest:
         client_address=request.client_address,
         scheme=b"https" if request.secure else b"http",
         default_host=request.default_host,
+        request_id=request_id,
     )
+    upgrade = request.upgrade
+    if upgrade is not None:
+        # Hop-by-hop, so dropped above: lbproxy asks for its own hop.
+        headers += ((b"Connection", b"upgrade"), (b"Upgrade", upgrade))
     body: bytes | StreamingBody = b""
     stream = request.body
     if stream is not None:
@@ -490,7 +602,7 @@ def build_upstream_request(request: ClientRequest) -> UpstreamRequest:
         headers.append((b"Content-Length", b"0"))
     headers.append((b"Via", _VIA))
     head = serialize_request_head(method, request.target, headers)
-    return UpstreamRequest(method, head, body)
+    return UpstreamRequest(method, head, body, upgrade)
 
 
 def _framed(headers: list[Header]) -> bool:

@@ -43,24 +43,33 @@ class BalancingProxyResource(ReverseProxyResource):
     @ivar send_timeout: seconds a client may take no byte of its answer
         while lbproxy holds some for it (nginx's C{send_timeout}); changed
         on reload.
+    @ivar tunnel_timeout: seconds a new tunnel may carry no byte either
+        way (HAProxy's C{timeout tunnel}); changed on reload, for new
+        tunnels.
     """
 
     isLeaf = True
 
     def __init__(
-        self, router: Router[Pool], client: UpstreamClient, send_timeout: float = 60.0
+        self,
+        router: Router[Pool],
+        client: UpstreamClient,
+        send_timeout: float = 60.0,
+        tunnel_timeout: float = 3600.0,
     ) -> None:
         """
         @param router: the routes and pools.
         @param client: the pooled upstream client; its clock times the
-            send timeout too.
+            send timeout and tunnels too.
         @param send_timeout: see L{send_timeout}.
+        @param tunnel_timeout: see L{tunnel_timeout}.
         """
         first = next(iter(router.pools.values())).servers[0].config
         super().__init__(first.host, first.port, b"")
         self.router = router
         self.client = client
         self.send_timeout = send_timeout
+        self.tunnel_timeout = tunnel_timeout
         self.exchanges: set[ProxyExchange] = set()
         self._drain_waiters: list[Deferred[None]] = []
         self._date_second = -1

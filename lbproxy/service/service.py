@@ -13,6 +13,11 @@ servers present before and after keep their health state and pooled
 connections (they are the same L{Server} objects), listeners are started
 and stopped to match.  On stop it stops accepting, waits for the requests
 in flight up to C{drain_timeout} seconds, then lets the rest go.
+
+The admin listener (C{--admin}, L{lbproxy.admin}) is one more listener
+with a site of its own: bound with the others, replaced on reload with
+them (its token is read again too), and kept open while requests drain on
+stop, so that C{/healthz} can say 503 until the end.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lbproxy.admin.core import AdminCore
+from lbproxy.admin.resource import AdminResource, AdminSite
 from lbproxy.balancing.health import HealthChecker, agent_probe
 from lbproxy.balancing.pool import Pool, Server
 from lbproxy.balancing.routes import Router
@@ -57,6 +64,7 @@ from lbproxy.service.listeners import (
     listener_kind,
     with_default_backlog,
 )
+from lbproxy.service.validate import read_token_file
 from lbproxy.twistedinternals import set_ssl_context_factory
 from lbproxy.upstream.client import UpstreamClient
 from lbproxy.upstream.tls import UpstreamTLS, upstream_tls
@@ -65,6 +73,7 @@ __all__ = [
     "ApplyError",
     "ProxyService",
     "StartError",
+    "admin_token",
     "build_router",
     "summary",
 ]
@@ -123,6 +132,8 @@ class ProxyService(MultiService):
     @ivar config: the configuration in force.
     @ivar site: the client-facing site.
     @ivar client: the upstream client, kept across reloads.
+    @ivar admin: the admin's state and actions (served when C{admin} is
+        set; a supervisor may call it directly).
     """
 
     _log = Logger()
@@ -184,6 +195,13 @@ class ProxyService(MultiService):
             self._listeners[description] = listener
             if tls is not None:
                 self._tls[description] = tls
+        # The admin listener: checked with the configuration before this.
+        self.admin = AdminCore(self.resource, site, reactor)
+        self._admin_site = AdminSite(AdminResource(self.admin, admin_token(config)))
+        self._admin_endpoint = config.admin
+        self._admin_listener: IService | None = None
+        if config.admin:
+            self._admin_listener = self._admin_service(config.admin)
 
     @property
     def resource(self) -> Any:
@@ -234,6 +252,18 @@ class ProxyService(MultiService):
         service._raiseSynchronously = True
         return service, tls
 
+    def _admin_service(self, description: str) -> IService:
+        """
+        The service of the admin listener, not listening yet.
+
+        @raise Exception: if the endpoint cannot be built.
+        """
+        service: StreamServerEndpointService = strports.service(
+            description, self._admin_site, reactor=self._reactor
+        )
+        service._raiseSynchronously = True
+        return service
+
     def _start_checkers(self) -> None:
         for pool in self.resource.router.pools.values():
             settings = pool.config
@@ -275,6 +305,11 @@ class ProxyService(MultiService):
             except CannotListenError as e:
                 # One line, not a traceback: the usual cause is a port in use.
                 self._cannot_start(listen_error(description, e))
+        if self._admin_listener is not None:
+            try:
+                self._admin_listener.privilegedStartService()
+            except CannotListenError as e:
+                self._cannot_start("admin: " + listen_error(self._admin_endpoint, e))
 
     def _cannot_start(self, problem: str) -> NoReturn:
         """
@@ -311,6 +346,8 @@ class ProxyService(MultiService):
             checker.startService()
         for listener in self._listeners.values():
             listener.startService()  # already listening: only marks it running
+        if self._admin_listener is not None:
+            self._admin_listener.startService()
         if self._load is not None:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
 
@@ -322,6 +359,16 @@ class ProxyService(MultiService):
         return gatherResults(
             [listener._waitingForPort for listener in self._listeners.values()]  # type: ignore[attr-defined]
         )
+
+    def admin_port(self) -> Deferred[Any]:
+        """
+        The admin listener's port once it listens (for C{tcp:0}); fails if
+        there is no admin listener.
+        """
+        if self._admin_listener is None:
+            return fail(ValueError("no admin listener"))
+        waiting = self._admin_listener._waitingForPort  # type: ignore[attr-defined]
+        return gatherResults([waiting]).addCallback(lambda ports: ports[0])
 
     def _sighup(self, signum: int, frame: object) -> None:
         # Signal handlers run between bytecodes; do the work in the reactor.
@@ -424,17 +471,36 @@ class ProxyService(MultiService):
             log_file = self._open_sink(config.access_log)
         except OSError as e:
             problems.append(f"access log {config.access_log!r}: {e.strerror}")
+        # The admin listener: a new one bound if its endpoint changed, its
+        # token (file) read again.
+        admin_listener: IService | None = None
+        token = ""
+        try:
+            token = admin_token(config)
+        except ConfigError as e:
+            problems.append(f"admin-token-file: {e}")
+        if config.admin and config.admin != self._admin_endpoint:
+            try:
+                admin_listener = self._admin_service(config.admin)
+                if self.running:
+                    admin_listener.privilegedStartService()
+                    binding.append(self._bound(config.admin, admin_listener))
+            except Exception as e:
+                problems.append("admin: " + listen_error(config.admin, e))
+                admin_listener = None
 
         def bound(results: list[tuple[bool, Any]]) -> Deferred[None]:
             problems.extend(str(result.value) for ok, result in results if not ok)
             if not problems:
                 self._switch(config, added, certificates, upstream, log_file)
+                self._switch_admin(config, admin_listener, token)
                 return succeed(None)
             if log_file is not None:
                 log_file.close()
-            stopping = [
-                listener.stopService() for listener, _ in added.values() if listener.running
-            ]
+            unused = [listener for listener, _ in added.values()]
+            if admin_listener is not None:
+                unused.append(admin_listener)
+            stopping = [listener.stopService() for listener in unused if listener.running]
             # Stopped (their ports closed) before the reload reports.
             done: Deferred[Any] = DeferredList(
                 [d for d in stopping if isinstance(d, Deferred)], consumeErrors=True
@@ -491,6 +557,8 @@ class ProxyService(MultiService):
         )
         self.client.max_headers_size = config.max_upstream_headers_size
         self.resource.send_timeout = config.send_timeout
+        # New tunnels only: open ones (connections) keep theirs.
+        self.resource.tunnel_timeout = config.tunnel_timeout
         kept = {_key(s) for pool in self.resource.router.pools.values() for s in pool.servers}
         for key, server in known.items():
             if key not in kept:
@@ -514,18 +582,37 @@ class ProxyService(MultiService):
             self._tls[description].use(factory)
         self.config = config
 
+    def _switch_admin(self, config: Config, listener: IService | None, token: str) -> None:
+        """
+        Put the admin part of C{config} in force: the token at once, and
+        the listener L{apply} bound in place of the old one (or none).
+        """
+        self._admin_site.resource.token = token
+        if config.admin == self._admin_endpoint:
+            return
+        if self._admin_listener is not None:
+            self._log.info("admin no longer listening on {endpoint}", endpoint=self._admin_endpoint)
+            self._admin_listener.stopService()
+        self._admin_listener, self._admin_endpoint = listener, config.admin
+
     def stopService(self) -> Deferred[None]:
         """
         Stop accepting, let requests in flight finish for up to
         C{drain_timeout} seconds, then stop everything else.  If the start
         failed (or never came), only the ports already bound are closed.
+        The admin listener stays open until the drain ends, its readiness
+        probe failing.
         """
+        self.admin.stopping = True
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
+        listeners = list(self._listeners.values())
+        if not self.running and self._admin_listener is not None:
+            listeners.append(self._admin_listener)
         stopping = [
             listener.stopService()
-            for listener in self._listeners.values()
+            for listener in listeners
             if listener._waitingForPort is not None  # type: ignore[attr-defined]
         ]
         listening: Deferred[Any] = DeferredList(
@@ -562,22 +649,42 @@ class ProxyService(MultiService):
     def _stop_rest(self) -> Any:
         for checker in self._checkers:
             checker.stopService()
+        admin_closed: Any = None
+        if self._admin_listener is not None:
+            admin_closed = self._admin_listener.stopService()
         # Let the last answers reach their clients before the reactor stops
         # (it would drop what is still buffered), at most 2 seconds more.
         closing = self.site.close_connections()
         closing.addTimeout(2.0, self._reactor)
         closing.addErrback(lambda reason: reason.trap(TimeoutError))
+        closing.addCallback(lambda _: admin_closed)
         closing.addCallback(lambda _: self.site.access_log.close())
         closing.addCallback(lambda _: super(ProxyService, self).stopService())
         return closing
 
 
+def admin_token(config: Config) -> str:
+    """
+    The admin token of C{config}: C{admin-token}, or what
+    C{admin-token-file} holds (read now); empty for none.
+
+    @raise ConfigError: if the file cannot be read or holds no token.
+    """
+    if config.admin_token_file:
+        return read_token_file(config.admin_token_file)
+    return config.admin_token
+
+
 def summary(config: Config) -> str:
     """
-    A one-line summary of a configuration: pools, servers, routes, listeners.
+    A one-line summary of a configuration: pools, servers, routes,
+    listeners (the admin's too).
     """
     servers = sum(len(pool.servers) for pool in config.pools)
-    return (
+    line = (
         f"{len(config.pools)} pool(s), {servers} server(s), {len(config.routes)} route(s), "
         f"listening on {', '.join(config.listen)}"
     )
+    if config.admin:
+        line += f", admin on {config.admin}"
+    return line

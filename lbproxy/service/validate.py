@@ -15,7 +15,10 @@ what only the system can say, without changing anything:
   - the key and certificate files of C{ssl:} listeners, of
     C{tls-cert-dir}, C{upstream-ca} and C{upstream-client-cert} load, and
     each key matches its certificate;
-  - the access log file can be written (or created) where it is named.
+  - the access log file can be written (or created) where it is named;
+  - the C{admin} endpoint parses, its token file reads, and an admin
+    listener that is neither on loopback nor a unix socket has a token
+    (anyone who reaches it could otherwise drain every server).
 
 What it cannot know in advance (a port in use, a directory that vanishes
 in between) fails when the listener is bound; a reload then changes
@@ -24,14 +27,15 @@ nothing (L{lbproxy.service.service.ProxyService.apply}).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, UNIXServerEndpoint, serverFromString
 
 from lbproxy.config.file import ConfigFileError, load_config
-from lbproxy.config.model import Config
+from lbproxy.config.model import Config, admin_token_problem
 from lbproxy.errors import ConfigError
 from lbproxy.http.servertls import check_listener_files, load_cert_dir
 from lbproxy.service.listeners import (
@@ -40,9 +44,10 @@ from lbproxy.service.listeners import (
     listener_kind,
     with_default_backlog,
 )
+from lbproxy.twistedinternals import listening_interface
 from lbproxy.upstream.tls import UpstreamTLS
 
-__all__ = ["Problem", "check_config", "load_checked"]
+__all__ = ["Problem", "check_config", "load_checked", "on_loopback", "read_token_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +113,86 @@ def check_config(config: Config, reactor: Any) -> list[Problem]:
         reason = _access_log_problem(config.access_log)
         if reason is not None:
             problems.append(Problem("access-log", None, f"{config.access_log!r}: {reason}"))
+    if config.admin and config.workers > 1:
+        # Each worker would bind it, and its numbers and actions would be one
+        # worker's: the supervisor is to gather them first (not yet).
+        problems.append(
+            Problem("admin", None, f"{config.admin!r}: not available with workers above 1 yet")
+        )
+    elif config.admin:
+        problems += _admin_problems(config, reactor)
     return problems
+
+
+def _admin_problems(config: Config, reactor: Any) -> list[Problem]:
+    """
+    The admin listener's endpoint, its token file, and the rule that an
+    admin reachable from other machines has a token.
+    """
+    description = config.admin
+    reason = _listener_problem(reactor, description)
+    if reason is not None:
+        return [Problem("admin", None, f"{description!r}: {reason}")]
+    problems = []
+    if config.admin_token_file:
+        try:
+            read_token_file(config.admin_token_file)
+        except ConfigError as e:
+            problems.append(Problem("admin-token-file", None, str(e)))
+    elif not config.admin_token and not on_loopback(serverFromString(reactor, description)):
+        problems.append(
+            Problem(
+                "admin",
+                None,
+                f"{description!r} is neither on loopback nor a unix socket: give "
+                "admin-token or admin-token-file, or anyone who reaches it can "
+                "drain every server",
+            )
+        )
+    return problems
+
+
+def on_loopback(endpoint: object) -> bool:
+    """
+    Whether a server endpoint can be reached from this machine only: a
+    unix socket, or TCP bound to a loopback address (C{127.0.0.0/8},
+    C{::1}, C{localhost}).  Any other kind (C{systemd:}, an interface left
+    out, which is every interface) counts as reachable from elsewhere.
+    """
+    if isinstance(endpoint, UNIXServerEndpoint):
+        return True
+    interface = listening_interface(endpoint)
+    if not interface:
+        return False
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
+
+
+def read_token_file(path: str) -> str:
+    """
+    The admin token held in the file at C{path}, without surrounding
+    whitespace (an editor's final newline).
+
+    @raise ConfigError: naming the file, if it cannot be read, is empty or
+        does not hold a bearer token.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"{path!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path!r}: not a text file") from None
+    if not token:
+        raise ConfigError(f"{path!r} is empty")
+    problem = admin_token_problem(token)
+    if problem is not None:
+        raise ConfigError(f"{path!r}: {problem}")
+    return token
 
 
 def load_checked(path: str, reactor: Any) -> Config:

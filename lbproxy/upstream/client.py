@@ -162,6 +162,7 @@ class UpstreamClient:
         """
         connection = self._take_idle(server)
         if connection is not None:
+            sink.connection_ready()
             try:
                 return connection.send(request, sink, reused=True)
             except Exception:
@@ -192,6 +193,7 @@ class UpstreamClient:
         state: dict[str, Callable[[], None]] = {"abandon": connecting.cancel}
 
         def connected(connection: UpstreamConnection) -> None:
+            sink.connection_ready()
             try:
                 state["abandon"] = connection.send(request, sink, reused=False)
             except Exception:

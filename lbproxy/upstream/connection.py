@@ -14,7 +14,10 @@ kept) rather than by hand, and bytes passed straight to an L{IResponseSink}.
 Pieces: L{UpstreamConnection} (with its L{ConnectionState}) sends a
 request head and body, parses the answer, enforces the read timeout, and is
 an C{IPushProducer} so the client side can pause it (backpressure);
-L{UpstreamRequest} and L{serialize_request_head} make what it sends.  The
+L{UpstreamRequest} and L{serialize_request_head} make what it sends.  A
+C{101 Switching Protocols} to an upgrade request ends HTTP on the
+connection, which becomes the upstream end of a tunnel
+(L{lbproxy.proxy.tunnel}).  The
 idle pool is L{lbproxy.upstream.client}; the failure kinds, L{lbproxy.errors}.
 """
 
@@ -31,6 +34,7 @@ from twisted.internet import error as ierror
 from twisted.internet import tcp
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHalfCloseableProtocol,
     IHandshakeListener,
     INegotiated,
     IPushProducer,
@@ -40,7 +44,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from lbproxy.config.servers import ServerConfig
 from lbproxy.errors import (
@@ -52,9 +56,10 @@ from lbproxy.errors import (
     StaleConnection,
     UpstreamError,
 )
-from lbproxy.interfaces import IStreamTransport
+from lbproxy.interfaces import IStreamTransport, TunnelReceiver
 from lbproxy.upstream.body import StreamingBody
 from lbproxy.upstream.tls import tls_failure_text
+from lbproxy.upstream.upgrade import switch_refusal
 
 __all__ = [
     "ConnectionState",
@@ -124,6 +129,14 @@ class IResponseSink(TypingProtocol):
     Exactly one of C{response_done} or C{response_failed} ends an exchange.
     """
 
+    def connection_ready(self) -> None:
+        """
+        The request goes out now, on a connection just made or a pooled one
+        (for the access log's connect time: nginx's
+        C{$upstream_connect_time}, 0 for a pooled connection).  Not called
+        if no connection could be made.
+        """
+
     def response_headers(
         self, status: int, reason: bytes, headers: list[Header], producer: IPushProducer
     ) -> None:
@@ -156,6 +169,16 @@ class IResponseSink(TypingProtocol):
         The exchange failed; C{error} says why.
         """
 
+    def response_switched(
+        self, reason: bytes, headers: list[Header], connection: UpstreamConnection
+    ) -> None:
+        """
+        The server switched protocols (C{101}) as the request offered: the
+        exchange is over for C{connection}, which is now the upstream end of
+        a tunnel, waiting to be attached to one (or aborted).  Instead of
+        C{response_done}; only for a request with C{upgrade}.
+        """
+
 
 def serialize_request_head(method: bytes, target: bytes, headers: list[Header]) -> bytes:
     """
@@ -184,15 +207,24 @@ class UpstreamRequest:
         L{StreamingBody} that is still arriving from the client.
     @ivar head_only: the answer has no body whatever its headers say
         (the request is a C{HEAD}).
+    @ivar upgrade: the protocols the request offers to switch to (its
+        C{Upgrade} value), or L{None}: only then may a C{101} answer it.
     """
 
-    __slots__ = ("method", "head", "body", "head_only")
+    __slots__ = ("method", "head", "body", "head_only", "upgrade")
 
-    def __init__(self, method: bytes, head: bytes, body: bytes | StreamingBody) -> None:
+    def __init__(
+        self,
+        method: bytes,
+        head: bytes,
+        body: bytes | StreamingBody,
+        upgrade: bytes | None = None,
+    ) -> None:
         self.method = method
         self.head = head
         self.body = body
         self.head_only = method == b"HEAD"
+        self.upgrade = upgrade
 
 
 class ConnectionState(Enum):
@@ -211,6 +243,7 @@ class ConnectionState(Enum):
     DONE = auto()
     CLOSING = auto()
     CLOSED = auto()
+    TUNNEL = auto()
 
 
 # The members as module globals, which each read compares the state with:
@@ -227,6 +260,7 @@ class ConnectionState(Enum):
     DONE,
     CLOSING,
     CLOSED,
+    TUNNEL,
 ) = ConnectionState
 # Reading an answer, the most frequent first; no exchange in progress.
 _READING = (READING_BODY, READING_HEAD, READING_TO_CLOSE)
@@ -259,8 +293,9 @@ class UpstreamConnection(Protocol):
         --close--> StaleConnection if reused, else ResponseTruncated
       READING_HEAD  part of the head arrived (interim 1xx heads stay here)
         --final head--> READING_BODY, READING_TO_CLOSE, or DONE (HEAD request)
-        --close, not HTTP, refused framing, head over max_headers_size-->
-          InvalidResponse
+        --101 to a request that offered that upgrade--> TUNNEL
+        --close, not HTTP, refused framing, head over max_headers_size,
+          a 101 the request did not offer--> InvalidResponse
       READING_BODY  final head relayed; the body has a length or chunks
         --its end--> DONE;  --close--> ResponseTruncated;  --bad chunk-->
           InvalidResponse
@@ -269,6 +304,10 @@ class UpstreamConnection(Protocol):
       DONE          answer complete, for the rest of the read that ended it
         --> IDLE (back to the pool) or CLOSING (not reusable)
       CLOSING       --connectionLost--> CLOSED
+      TUNNEL        HTTP is over: the connection left its exchange (it is
+                    never pooled again) and is a tunnel's upstream end;
+                    bytes, a FIN and the close go to the tunnel, unparsed
+        --connectionLost--> CLOSED (the tunnel is told)
 
     Any state with an exchange can also fail with L{ReadTimeout} (silence
     past the read timeout) or L{InternalError} (a bug in lbproxy, sending or
@@ -282,6 +321,11 @@ class UpstreamConnection(Protocol):
     # Set by makeConnection before any other event (Twisted types it as an
     # optional ITransport).
     transport: IStreamTransport
+    # The tunnel, once a 101 made this connection one of its ends (a class
+    # default: no other connection pays for the slot).
+    _receiver: TunnelReceiver | None = None
+    # What followed the 101's head in its read: the tunnel's first bytes.
+    _tunnel_rest = b""
 
     def __init__(self, client: ConnectionOwner, server: UpstreamServer) -> None:
         self._client = client
@@ -348,6 +392,11 @@ class UpstreamConnection(Protocol):
         if state is AWAITING:
             self.state = state = READING_HEAD
         elif state not in _READING:
+            if state is TUNNEL:
+                # (Without a receiver the sink is aborting it.)
+                if self._receiver is not None:
+                    self._receiver.tunnel_data(data)
+                return
             # No answer expected (IDLE, CLOSING): the server broke the protocol.
             self._reusable = False
             self.transport.loseConnection()
@@ -369,6 +418,14 @@ class UpstreamConnection(Protocol):
         except httptools.HttpParserError as e:
             self._fail(InvalidResponse(f"invalid HTTP response: {_parser_message(e)}"))
             return
+        except httptools.HttpParserUpgrade as e:
+            # llhttp stops at the end of a 101's head (on_headers_complete
+            # accepted it as TUNNEL); what follows is not HTTP.
+            if self.state is TUNNEL:
+                self._switched(data[e.args[0] :])
+            else:
+                self._fail(InvalidResponse("invalid HTTP response: an unexpected protocol switch"))
+            return
         if state is READING_HEAD and self.state is READING_HEAD:
             # Still in the head after this read, so all of it was head:
             # llhttp would buffer a header line of any length, so stop here.
@@ -388,6 +445,10 @@ class UpstreamConnection(Protocol):
         """
         state, self.state = self.state, CLOSED
         self._client.connection_closed(self)
+        if self._receiver is not None:
+            # A tunnel's end, however it closed.
+            self._receiver.tunnel_lost(reason)
+            return
         if state is READING_TO_CLOSE:
             # The body was delimited by the end of the connection.
             self._reusable = False
@@ -501,6 +562,66 @@ class UpstreamConnection(Protocol):
         """
         self.abort()
 
+    # The upstream end of a tunnel (lbproxy.interfaces.TunnelEnd)
+
+    def _switched(self, rest: bytes) -> None:
+        """
+        A 101 ended HTTP on this connection: it leaves its exchange (and is
+        never pooled again), and the sink makes it a tunnel's end.
+
+        @param rest: what followed the 101's head in the same read.
+        """
+        sink = self._sink
+        assert sink is not None
+        self._sink = None
+        self._request = None
+        # The exchange's abandon() no longer applies: the tunnel owns it.
+        self._exchange += 1
+        # The tunnel has its own timeout.
+        self._cancel_timer()
+        self._tunnel_rest = rest
+        reason, headers = self._reason, self._headers
+        self._reset_answer()
+        try:
+            sink.response_switched(reason, headers, self)
+        except Exception:
+            self._sink = sink
+            self.internal_error(sink, "opening the tunnel")
+
+    @property
+    def half_close(self) -> bool:
+        """
+        Whether the app server's FIN can be passed on, and one sent to it:
+        on plain TCP (a TLS connection is a C{TLSMemoryBIOProtocol}).
+        """
+        return isinstance(self.transport, tcp.Connection)
+
+    def attach(self, receiver: TunnelReceiver) -> None:
+        """
+        Report to C{receiver} from now on, starting with the bytes that
+        followed the 101.
+        """
+        self._receiver = receiver
+        if self.half_close:
+            # Twisted reports a FIN as readConnectionLost only to a protocol
+            # providing this; before the tunnel a FIN closes, as it should.
+            alsoProvides(self, IHalfCloseableProtocol)
+        rest, self._tunnel_rest = self._tunnel_rest, b""
+        if rest:
+            receiver.tunnel_data(rest)
+
+    def readConnectionLost(self) -> None:
+        """
+        The app server half-closed its tunnel: the tunnel passes it on.
+        """
+        if self._receiver is not None:
+            self._receiver.tunnel_read_closed()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our FIN went out; nothing more to do.
+        """
+
     # httptools callbacks (called from inside feed_data)
 
     def on_message_begin(self) -> None:
@@ -535,6 +656,16 @@ class UpstreamConnection(Protocol):
         parser = self._parser
         status = parser.get_status_code()
         if status < 200:
+            if status == 101:
+                # RFC 9110 section 15.2.2: HTTP ends with this head, if the
+                # request offered the switch.  llhttp then raises
+                # HttpParserUpgrade, with where the tunnel's bytes start.
+                assert self._request is not None
+                refusal = switch_refusal(self._request.upgrade, self._headers)
+                if refusal is not None:
+                    raise _RefusedAnswer(f"invalid HTTP response: {refusal}")
+                self.state = TUNNEL
+                return
             # An interim answer (100 Continue, 103 Early Hints): skip it.
             # lbproxy holds the whole body already and sends no Expect.  The
             # state stays READING_HEAD, which its on_message_complete keeps.

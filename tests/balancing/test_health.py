@@ -105,6 +105,25 @@ class ActiveCheckTests(SynchronousTestCase):
         self.assertEqual(len(self.probe.calls), 3)
         self.assertEqual(self.probe.calls[2][0], "10.0.0.1:80")
 
+    def test_maintenance_pauses_checks(self) -> None:
+        """
+        A server in maintenance (the operator's) is not checked while its
+        pool's others are; enabled, it is checked again at its next turn.
+        """
+        from lbproxy.balancing.server import AdminState
+
+        self.pool.set_admin(self.a, AdminState.MAINT)
+        for _ in range(4):  # t = 1 ... 4: A's turns at 2 and 4, B's at 1 and 3
+            self._answer_all(200)
+            self.clock.advance(1.0)
+        self.assertEqual(
+            [c[0] for c in self.probe.calls], ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.2:80"]
+        )
+        self.pool.set_admin(self.a, AdminState.NORMAL)
+        self._answer_all(200)
+        self.clock.advance(2.0)  # t = 6: A's turn
+        self.assertEqual([c[0] for c in self.probe.calls[3:]], ["10.0.0.2:80", "10.0.0.1:80"])
+
     def test_fall(self) -> None:
         """
         Three failed checks in a row take a server out, logged once with

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy.balancing.pool import Pool, status_class
-from lbproxy.balancing.server import AdminState, LatencyWindow
+from lbproxy.balancing.server import BOUNDS, AdminState, LatencyWindow
 from lbproxy.balancing.strategies import RoundRobin
 from lbproxy.config.model import PoolConfig, ServerConfig
 
@@ -50,6 +50,24 @@ class LatencyWindowTests(SynchronousTestCase):
         [p50] = window.percentiles(71.0, (0.5,))
         assert p50 is not None
         self.assertLess(p50, 0.002)
+
+    def test_since_start(self) -> None:
+        """
+        Every response is also counted since start, in its bucket (the
+        first bound at or above its time, or past the last), with the sum
+        of the times: forgetting the last minute forgets none of these.
+        """
+        window = LatencyWindow(span=60)
+        window.record(10.0, 0.001)
+        window.record(10.0, 0.0011)
+        window.record(500.0, 100.0)
+        expected = [0] * (len(BOUNDS) + 1)
+        expected[BOUNDS.index(0.001)] = 1
+        expected[BOUNDS.index(0.002)] = 1
+        expected[-1] = 1
+        self.assertEqual(window.counts_since_start, expected)
+        self.assertAlmostEqual(window.sum_since_start, 100.0021)
+        self.assertEqual(sum(window.last_minute(500.0)), 1)
 
 
 class AdminStateTests(SynchronousTestCase):
@@ -134,3 +152,15 @@ class AttemptTests(SynchronousTestCase):
         a, _ = pool.servers
         pool.check_failed(a, "timed out")
         self.assertEqual(a.stats.last_check, (5.0, False, "timed out"))
+
+    def test_check_counts(self) -> None:
+        """
+        Passed and failed checks are counted since start.
+        """
+        pool = _pool(Clock())
+        a, _ = pool.servers
+        pool.check_failed(a, "timed out")
+        pool.check_passed(a)
+        pool.check_passed(a)
+        self.assertEqual((a.stats.checks_passed, a.stats.checks_failed), (2, 1))
+        self.assertEqual(a.stats.last_check, (0.0, True, "passed"))

@@ -8,7 +8,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy.config.docs import BEGIN, END, options_rst, rewrite_readme
+from lbproxy.config.docs import BEGIN, END, options_rst, rewrite_readme, rst_text
 from lbproxy.config.model import all_options
 
 README = os.path.join(os.path.dirname(__file__), "..", "..", "README.rst")
@@ -48,3 +48,12 @@ class ReadmeTests(SynchronousTestCase):
         A README without the markers cannot be rewritten.
         """
         self.assertRaises(ValueError, rewrite_readme, "no markers here\n" + END)
+
+    def test_help_markup_escaped(self) -> None:
+        """
+        A help's C{*}, C{`} and C{|} are escaped in the list, so
+        C{*.example.com.pem} is text, not the start of an emphasis that
+        docutils warns about.
+        """
+        self.assertEqual(rst_text("a *.b `c` |d| e\\f"), "a \\*.b \\`c\\` \\|d\\| e\\\\f")
+        self.assertIn("\\*.example.com.pem", options_rst())

@@ -114,6 +114,46 @@ class RecordTests(SynchronousTestCase):
         """
         self.assertEqual(Config(pools=self._pools(), upstream_keepalive=0).upstream_keepalive, 0)
 
+    def test_admin_token_and_file(self) -> None:
+        """
+        An admin token and a token file contradict each other.
+        """
+        message = str(
+            self.assertRaises(
+                ConfigError,
+                Config,
+                pools=self._pools(),
+                admin_token="a",
+                admin_token_file="/etc/lbproxy/token",
+            )
+        )
+        self.assertEqual(message, "admin-token and admin-token-file contradict: give one of them")
+
+    def test_admin_token_not_repeated(self) -> None:
+        """
+        A token that is not a bearer token is refused without being
+        repeated: errors reach terminals and logs.
+        """
+        message = str(
+            self.assertRaises(ConfigError, Config, pools=self._pools(), admin_token="my secret")
+        )
+        self.assertEqual(
+            message, "admin-token: expected letters, digits and -._~+/ (a bearer token)"
+        )
+
+    def test_access_log_format(self) -> None:
+        """
+        The access log format is C{combined} (the default) or C{json}.
+        """
+        self.assertEqual(Config(pools=self._pools()).access_log_format, "combined")
+        self.assertEqual(
+            Config(pools=self._pools(), access_log_format="json").access_log_format, "json"
+        )
+        message = str(
+            self.assertRaises(ConfigError, Config, pools=self._pools(), access_log_format="main")
+        )
+        self.assertEqual(message, "access-log-format: expected one of combined, json, got 'main'")
+
     def test_empty_pool(self) -> None:
         """
         A pool without servers is rejected, the message naming it.

@@ -5,6 +5,7 @@ a L{Clock}), the sinks, and where twistd's own log is.
 
 from __future__ import annotations
 
+import json
 import os
 
 from twisted.internet.task import Clock
@@ -15,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy.http.accesslog import (
     BUFFER_SIZE,
+    JSON,
     AccessLog,
     EventSink,
     FileSink,
@@ -22,8 +24,11 @@ from lbproxy.http.accesslog import (
     TwistdLog,
     combined_line,
     combined_timestamp,
+    iso_timestamp,
+    json_line,
     open_sink,
 )
+from lbproxy.http.request import ExchangeRecord
 from tests.http.fakes import MemorySink
 
 
@@ -46,6 +51,7 @@ class _FinishedRequest:
         self.bytes_sent = 9
         self.client_address = client_address
         self._headers = headers or {}
+        self.record: ExchangeRecord | None = None
 
     def header(self, name: bytes) -> bytes | None:
         return self._headers.get(name)
@@ -106,6 +112,114 @@ class CombinedLineTests(SynchronousTestCase):
         The time is written in UTC as the combined format has it.
         """
         self.assertEqual(combined_timestamp(1764675875.9), "[02/Dec/2025:11:44:35 +0000]")
+
+
+class JSONLineTests(SynchronousTestCase):
+    """
+    L{json_line} writes a JSON object a line, named after nginx's variables,
+    with what the exchange recorded.
+    """
+
+    def _proxied(self) -> _FinishedRequest:
+        request = _FinishedRequest(headers={b"user-agent": b"curl/8"})
+        record = request.record = ExchangeRecord(b"5f0c0a1b", 100.0)
+        record.pool = "default"
+        record.upstream_addr = "127.0.0.1:3000"
+        record.upstream_status = 200
+        record.connect_time = 0.0
+        record.header_time = 0.0031
+        record.response_time = 0.0035
+        record.retries = 1
+        return request
+
+    def test_fields(self) -> None:
+        """
+        Every field, in order: the request's, then the exchange's, times in
+        seconds (the total from the record's start to now).
+        """
+        line = json_line("2026-11-25T12:00:00+00:00", 100.0042, self._proxied())
+        self.assertEqual(
+            line,
+            '{"time":"2026-11-25T12:00:00+00:00","request_id":"5f0c0a1b",'
+            '"remote_addr":"10.0.0.7","request_method":"GET","request_uri":"/",'
+            '"server_protocol":"HTTP/1.1","status":200,"body_bytes_sent":9,'
+            '"request_time":0.0042,"pool":"default","upstream_addr":"127.0.0.1:3000",'
+            '"upstream_status":200,"upstream_connect_time":0.0,'
+            '"upstream_header_time":0.0031,"upstream_response_time":0.0035,'
+            '"retries":1,"http_referer":null,"http_user_agent":"curl/8"}',
+        )
+
+    def test_no_answer(self) -> None:
+        """
+        An attempt that got no answer logs its server with a null status
+        and times; a request never proxied has no upstream fields.
+        """
+        request = self._proxied()
+        assert request.record is not None
+        request.record.upstream_status = 0
+        request.record.header_time = request.record.response_time = None
+        fields = json.loads(json_line("t", 100.0, request))
+        self.assertEqual(
+            (fields["upstream_addr"], fields["upstream_status"], fields["upstream_response_time"]),
+            ("127.0.0.1:3000", None, None),
+        )
+        fields = json.loads(json_line("t", 100.0, _FinishedRequest()))
+        self.assertEqual((fields["request_id"], fields["status"]), (None, 200))
+        self.assertNotIn("upstream_addr", fields)
+
+    def test_escapes(self) -> None:
+        """
+        Request fields are escaped as in the combined format, then as JSON:
+        a line stays one line of ASCII.
+        """
+        request = _FinishedRequest(
+            target=b'/a"b\n\xff', headers={b"user-agent": b'x"}\n{"forged":1'}
+        )
+        line = json_line("t", 0.0, request)
+        self.assertNotIn("\n", line)
+        fields = json.loads(line)
+        self.assertEqual(fields["request_uri"], "/a\\x22b\\x0A\\xFF")
+        self.assertEqual(fields["http_user_agent"], "x\\x22}\\x0A{\\x22forged\\x22:1")
+        self.assertNotIn("forged", fields)
+
+    def test_timestamp(self) -> None:
+        """
+        The time is ISO 8601 in UTC, as nginx's C{$time_iso8601}.
+        """
+        self.assertEqual(iso_timestamp(1764675875.9), "2025-12-02T11:44:35+00:00")
+
+    def test_in_the_log(self) -> None:
+        """
+        An access log in the JSON format writes these lines, the time of
+        each its second's; a format changed by a reload starts at once.
+        """
+        clock = Clock()
+        clock.advance(1764675875.5)
+        sink = MemorySink()
+        log = AccessLog(clock, sink)
+        log.request_done(_FinishedRequest())
+        log.use_format(JSON)
+        log.request_done(self._proxied())
+        log.flush()
+        combined, line = sink.lines
+        self.assertTrue(combined.startswith("10.0.0.7 - - [02/Dec/2025:11:44:35"), combined)
+        self.assertEqual(json.loads(line)["time"], "2025-12-02T11:44:35+00:00")
+
+    def test_tunnel_keys(self) -> None:
+        """
+        A tunnel's JSON line is still one JSON object, with its C{duration}
+        and C{bytes_uploaded} as keys (a combined line has them after the
+        user agent).
+        """
+        clock = Clock()
+        clock.advance(1764675875.5)
+        sink = MemorySink()
+        log = AccessLog(clock, sink, JSON)
+        log.tunnel_done(self._proxied(), 12.3456789, 567)
+        log.flush()
+        [line] = sink.lines
+        fields = json.loads(line)
+        self.assertEqual((fields["duration"], fields["bytes_uploaded"]), (12.345679, 567))
 
 
 class BatchingTests(SynchronousTestCase):

@@ -98,7 +98,7 @@ class SlowlorisTests(TestCase):
         proxy_port, site, _ = start_proxy(self, [app_port], clock=clock, client_header_timeout=2.0)
         accepted = _Accepted(site)
         refused_at: list[float] = []
-        site.refusals.refused = lambda reason, peer: refused_at.append(clock.seconds())  # type: ignore[method-assign]
+        site.refusals.refused = lambda reason, peer, status: refused_at.append(clock.seconds())  # type: ignore[method-assign]
         clients: list[Any] = []
         self.addCleanup(lambda: [c.transport.abortConnection() for c, _ in clients if c.transport])
         # In batches of 50, Twisted's listen backlog, so no SYN is dropped

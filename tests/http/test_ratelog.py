@@ -40,7 +40,7 @@ class RateLimitedLogTests(SynchronousTestCase):
         with the count when the second is over, and nothing more.
         """
         for i in range(1000):
-            self.log.refused(_BAD_NAME, f"10.0.0.{i % 7}")
+            self.log.refused(_BAD_NAME, f"10.0.0.{i % 7}", 400)
             self.clock.advance(0.0009)
         self.assertEqual(self.lines(), [f"refused a request from 10.0.0.0: {_BAD_NAME}"])
         self.clock.advance(1.0 - self.clock.seconds())
@@ -55,7 +55,7 @@ class RateLimitedLogTests(SynchronousTestCase):
         """
         One refusal is one line, with no summary after it.
         """
-        self.log.refused(_BAD_NAME, "10.0.0.5")
+        self.log.refused(_BAD_NAME, "10.0.0.5", 400)
         self.clock.advance(5)
         self.assertEqual(self.lines(), [f"refused a request from 10.0.0.5: {_BAD_NAME}"])
 
@@ -64,7 +64,7 @@ class RateLimitedLogTests(SynchronousTestCase):
         Refusals that keep coming give one line a second.
         """
         for _ in range(50):
-            self.log.refused(_BAD_NAME, "10.0.0.5")
+            self.log.refused(_BAD_NAME, "10.0.0.5", 400)
             self.clock.advance(0.1)
         self.assertEqual(len(self.lines()), 1 + 4)
         self.assertIn("refused 10 more requests in the last 1 s", self.lines()[1])
@@ -74,10 +74,10 @@ class RateLimitedLogTests(SynchronousTestCase):
         After a whole quiet interval, the next refusal of a reason is logged
         at once, as a first one.
         """
-        self.log.refused(_BAD_NAME, "10.0.0.5")
+        self.log.refused(_BAD_NAME, "10.0.0.5", 400)
         self.clock.advance(1.0)
         self.clock.advance(0.5)
-        self.log.refused(_BAD_NAME, "10.0.0.6")
+        self.log.refused(_BAD_NAME, "10.0.0.6", 400)
         self.assertEqual(
             self.lines(),
             [
@@ -91,8 +91,8 @@ class RateLimitedLogTests(SynchronousTestCase):
         Each reason has its own first line and its own count.
         """
         for _ in range(3):
-            self.log.refused(_BAD_NAME, "10.0.0.5")
-            self.log.refused(_TOO_BIG, "10.0.0.6")
+            self.log.refused(_BAD_NAME, "10.0.0.5", 400)
+            self.log.refused(_TOO_BIG, "10.0.0.6", 413)
         self.clock.advance(1.0)
         self.assertEqual(
             self.lines(),
@@ -111,7 +111,7 @@ class RateLimitedLogTests(SynchronousTestCase):
         """
         log = RateLimitedLog(self.clock, max_reasons=2)
         for i in range(10):
-            log.refused(f"reason {i}", "10.0.0.5")
+            log.refused(f"reason {i}", "10.0.0.5", 400)
         self.clock.advance(1.0)
         self.assertEqual(
             self.lines(),
@@ -127,11 +127,23 @@ class RateLimitedLogTests(SynchronousTestCase):
         """
         Flushing (the site stops) writes what is counted and leaves no timer.
         """
-        self.log.refused(_BAD_NAME, "10.0.0.5")
-        self.log.refused(_BAD_NAME, "10.0.0.6")
+        self.log.refused(_BAD_NAME, "10.0.0.5", 400)
+        self.log.refused(_BAD_NAME, "10.0.0.6", 400)
         self.log.flush()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(
             self.lines()[1:],
             [f"refused 1 more request in the last 1 s: {_BAD_NAME} (last from 10.0.0.6)"],
         )
+
+    def test_counts_by_status(self) -> None:
+        """
+        Every refusal is counted by its status, those only summed up in the
+        log included, and those past the most reasons tracked too.
+        """
+        log = RateLimitedLog(self.clock, max_reasons=1)
+        for _ in range(3):
+            log.refused(_BAD_NAME, "10.0.0.5", 400)
+        log.refused(_TOO_BIG, "10.0.0.6", 413)
+        log.refused("HTTP/2 408 Request Timeout: request body stalled for 60 s", "10.0.0.7", 408)
+        self.assertEqual(log.counts, {400: 3, 413: 1, 408: 1})

@@ -17,11 +17,12 @@ from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from lbproxy.balancing.pool import Server
 from lbproxy.config.model import Config, PoolConfig, ServerConfig
-from lbproxy.http.request import Header, RequestExchange
+from lbproxy.http.request import ExchangeRecord, Header, RequestExchange
 from lbproxy.proxy.resource import BalancingProxyResource
 from lbproxy.service.service import build_router
 from lbproxy.upstream.body import StreamingBody
@@ -53,6 +54,7 @@ class FakeUpstreamClient:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.sent: list[Sent] = []
+        self.idle: dict[Server, int] = {}
 
     def _send(self, server: Server, request: UpstreamRequest, sink: Any, fresh: bool) -> Any:
         sent = Sent(server, request, sink, fresh)
@@ -74,6 +76,12 @@ class FakeUpstreamClient:
         Send on a new connection (recorded).
         """
         return self._send(server, request, sink, True)
+
+    def idle_count(self, server: Server) -> int:
+        """
+        Idle connections to C{server}: as many as the test set in C{idle}.
+        """
+        return self.idle.get(server, 0)
 
 
 @implementer(IPushProducer)
@@ -106,6 +114,10 @@ class FakeClientRequest:
     @ivar finished: C{finish} was called.
     @ivar aborted: C{abort} was called.
     @ivar pending: what C{unsent} answers (the client's socket buffer).
+    @ivar upgrade: what an upgrade request offers, else L{None}.
+    @ivar end: what C{switch_protocols} gives the tunnel (a L{FakeEnd}).
+    @ivar tunnel_log: C{(bytes_sent, bytes_received, seconds)} once the
+        tunnel closed.
     """
 
     method: bytes = b"GET"
@@ -114,6 +126,7 @@ class FakeClientRequest:
     headers: list[Header] = field(default_factory=lambda: [(b"Host", b"example.com")])
     body: StreamingBody | None = None
     exchange: RequestExchange | None = None
+    record: ExchangeRecord | None = None
     secure: bool = False
     client_address: bytes = b"10.0.0.9"
     answer: tuple[int, bytes, list[Header]] | None = None
@@ -123,6 +136,9 @@ class FakeClientRequest:
     aborted: bool = False
     flushes: int = 0
     pending: int | None = None
+    upgrade: bytes | None = None
+    end: Any = None
+    tunnel_log: tuple[int, int, float] | None = None
 
     @property
     def answer_started(self) -> bool:
@@ -163,12 +179,65 @@ class FakeClientRequest:
     def unsent(self) -> int | None:
         return self.pending
 
+    def switch_protocols(self, reason: bytes, headers: list[Header]) -> Any:
+        self.answer = (101, reason, headers)
+        if self.end is None:
+            self.end = FakeEnd()
+        return self.end
+
+    def tunnel_closed(self, bytes_sent: int, bytes_received: int, seconds: float) -> None:
+        self.tunnel_log = (bytes_sent, bytes_received, seconds)
+
     @property
     def status(self) -> int:
         """
         The answer's status (0 before one).
         """
         return self.answer[0] if self.answer is not None else 0
+
+
+class HalfCloseTransport(StringTransport):
+    """
+    A plain TCP transport as a tunnel sees it: its write side closes alone
+    (a FIN), and unregistering its producer twice is harmless.
+
+    @ivar write_closed: a FIN was sent.
+    @ivar aborted: it was aborted.
+    """
+
+    write_closed = False
+    aborted = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.streaming = None
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
+class FakeEnd:
+    """
+    A connection switched to a tunnel (L{lbproxy.interfaces.TunnelEnd}):
+    it records its receiver and gives it what C{pending} holds on attach.
+
+    @ivar receiver: the tunnel's side for this end, once attached.
+    """
+
+    def __init__(self, half_close: bool = True, pending: bytes = b"") -> None:
+        self.transport = HalfCloseTransport()
+        self.half_close = half_close
+        self.pending = pending
+        self.receiver: Any = None
+
+    def attach(self, receiver: Any) -> None:
+        self.receiver = receiver
+        if self.pending:
+            receiver.tunnel_data(self.pending)
 
 
 def resource(

@@ -66,7 +66,11 @@ class ExchangeTests(SynchronousTestCase):
             FakeProducer(),
         )
         self.assertIs(exchange.state, State.RELAYING)
-        self.assertEqual(client.answer, (201, b"Made", [(b"X-A", b"1")]))
+        assert client.record is not None
+        self.assertEqual(
+            client.answer,
+            (201, b"Made", [(b"X-A", b"1"), (b"X-Request-Id", client.record.request_id)]),
+        )
         self.assertIs(client.producer, exchange)
         sent.sink.response_body(b"abc")
         sent.sink.response_read_done()
@@ -319,3 +323,154 @@ class ExchangeTests(SynchronousTestCase):
         self.assertTrue(client.aborted)
         self.assertTrue(self.upstream.sent[0].abandoned)
         self.assertEqual(self.proxy.exchanges, set())
+
+
+class RequestIdTests(SynchronousTestCase):
+    """
+    Each request's id goes to the app server and back to the client as
+    C{X-Request-Id}: the client's own if valid, else a new one.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.proxy, self.upstream = resource(self.clock)
+
+    def start(self, *headers: tuple[bytes, bytes]) -> FakeClientRequest:
+        client = FakeClientRequest(headers=[(b"Host", b"h"), *headers])
+        ProxyExchange(self.proxy, client).start()
+        return client
+
+    def sent_ids(self) -> list[bytes]:
+        """
+        The C{X-Request-Id} values of the last request sent upstream.
+        """
+        head = self.upstream.sent[-1].request.head
+        return [
+            line.split(b": ", 1)[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"x-request-id:")
+        ]
+
+    def answered_ids(self, client: FakeClientRequest) -> list[bytes]:
+        assert client.answer is not None
+        return [v for n, v in client.answer[2] if n.lower() == b"x-request-id"]
+
+    def test_kept(self) -> None:
+        """
+        A valid id the client sent is the request's: upstream, back to the
+        client (in place of the app server's own) and in the record.
+        """
+        client = self.start((b"X-Request-Id", b"0f7c-42:a.b_c"))
+        self.assertEqual(self.sent_ids(), [b"0f7c-42:a.b_c"])
+        self.upstream.sent[0].sink.response_headers(
+            200, b"OK", [(b"X-Request-Id", b"the-app-s")], FakeProducer()
+        )
+        self.assertEqual(self.answered_ids(client), [b"0f7c-42:a.b_c"])
+        assert client.record is not None
+        self.assertEqual(client.record.request_id, b"0f7c-42:a.b_c")
+
+    def test_replaced(self) -> None:
+        """
+        An id with other characters, or longer than 128, is replaced by a
+        new one; the app server sees only the new one.
+        """
+        for bad in (b"a b", b"<script>", b"x" * 129, b""):
+            client = self.start((b"X-Request-Id", bad))
+            assert client.record is not None
+            new = client.record.request_id
+            self.assertNotEqual(new, bad)
+            self.assertRegex(new, rb"^[0-9a-f]{24}$")
+            self.assertEqual(self.sent_ids(), [new])
+
+    def test_generated(self) -> None:
+        """
+        Without one, each request gets a new id, different from the last.
+        """
+        first, second = self.start(), self.start()
+        assert first.record is not None and second.record is not None
+        self.assertNotEqual(first.record.request_id, second.record.request_id)
+        self.assertEqual(self.sent_ids(), [second.record.request_id])
+
+    def test_on_lbproxy_answers(self) -> None:
+        """
+        lbproxy's own error answers carry the id too.
+        """
+        client = self.start((b"X-Request-Id", b"abc"))
+        for sent in list(self.upstream.sent):
+            sent.sink.response_failed(ConnectFailed("refused"))
+        self.upstream.sent[-1].sink.response_failed(ConnectFailed("refused"))
+        assert client.answer is not None
+        self.assertEqual(client.answer[0], 502)
+        self.assertEqual(self.answered_ids(client), [b"abc"])
+
+
+class RecordTests(SynchronousTestCase):
+    """
+    The exchange notes in the request's record what the access log writes:
+    the pool, the last server tried, its status and timings, the retries.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.proxy, self.upstream = resource(self.clock)
+
+    def test_answered(self) -> None:
+        """
+        An answer on the first try: its server, status, connect, header and
+        response times from the attempt's start, no retry.
+        """
+        client = FakeClientRequest()
+        ProxyExchange(self.proxy, client).start()
+        sent = self.upstream.sent[0]
+        self.clock.advance(0.25)
+        sent.sink.connection_ready()
+        self.clock.advance(0.5)
+        sent.sink.response_headers(200, b"OK", [], FakeProducer())
+        self.clock.advance(1)
+        sent.sink.response_done()
+        record = client.record
+        assert record is not None
+        self.assertEqual(
+            (
+                record.started,
+                record.pool,
+                record.upstream_addr,
+                record.upstream_status,
+                record.connect_time,
+                record.header_time,
+                record.response_time,
+                record.retries,
+            ),
+            (1000.0, "web", sent.server.address, 200, 0.25, 0.75, 1.75, 0),
+        )
+
+    def test_retried(self) -> None:
+        """
+        After a failed attempt the record holds the last one's server, and
+        counts the retry; the first attempt's times are forgotten.
+        """
+        client = FakeClientRequest()
+        ProxyExchange(self.proxy, client).start()
+        first = self.upstream.sent[0]
+        first.sink.connection_ready()
+        first.sink.response_failed(ConnectFailed("refused"))
+        second = self.upstream.sent[1]
+        record = client.record
+        assert record is not None
+        self.assertEqual(
+            (record.upstream_addr, record.connect_time, record.retries),
+            (second.server.address, None, 1),
+        )
+        second.sink.response_failed(ConnectFailed("refused"))
+        self.assertEqual((record.upstream_status, record.response_time), (0, None))
+
+    def test_not_routed(self) -> None:
+        """
+        A request no server was tried for has no upstream in its record.
+        """
+        client = FakeClientRequest(headers=[(b"Host", b"h"), (b"Via", b"1.1 " + VIA_TOKEN)])
+        ProxyExchange(self.proxy, client).start()
+        record = client.record
+        assert record is not None
+        self.assertEqual((record.upstream_addr, record.retries), (None, 0))

@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy.proxy.headers import (
     HOP_BY_HOP,
+    REPLACED_DOWNSTREAM,
     connection_tokens,
     end_to_end,
     upstream_request_headers,
@@ -19,11 +20,14 @@ def _upstream(
     client_address: bytes = b"10.0.0.9",
     scheme: bytes = b"http",
     default_host: bytes = b"127.0.0.1:3000",
+    request_id: bytes = b"id-1",
 ) -> list[tuple[bytes, bytes]]:
     """
     Call L{upstream_request_headers} with defaults for what a test ignores.
     """
-    return upstream_request_headers(headers, client_address, scheme, lambda: default_host)
+    return upstream_request_headers(
+        headers, client_address, scheme, lambda: default_host, request_id
+    )
 
 
 class HopByHopTests(SynchronousTestCase):
@@ -134,6 +138,37 @@ class HopByHopTests(SynchronousTestCase):
         self.assertEqual(connection_tokens([b"Close, X-A", b" ,x-b,,"]), {b"close", b"x-a", b"x-b"})
 
 
+class ReplacedDownstreamTests(SynchronousTestCase):
+    """
+    An app server's answer loses its C{X-Request-Id} (lbproxy writes the
+    request's) as well as its hop-by-hop headers.
+    """
+
+    def test_request_id_dropped(self) -> None:
+        """
+        C{X-Request-Id}, in any case, is dropped with the hop-by-hop headers;
+        the rest stays in order.
+        """
+        headers = [
+            (b"X-Request-Id", b"app-1"),
+            (b"Content-Type", b"text/plain"),
+            (b"Connection", b"close"),
+            (b"x-request-id", b"app-2"),
+            (b"ETag", b'"1"'),
+        ]
+        self.assertEqual(
+            end_to_end(headers, REPLACED_DOWNSTREAM),
+            [(b"Content-Type", b"text/plain"), (b"ETag", b'"1"')],
+        )
+
+    def test_default_keeps_it(self) -> None:
+        """
+        Without C{dropped}, only hop-by-hop headers go.
+        """
+        headers = [(b"X-Request-Id", b"app-1")]
+        self.assertEqual(end_to_end(headers), headers)
+
+
 class UpstreamRequestHeadersTests(SynchronousTestCase):
     """
     L{upstream_request_headers} builds what the app server receives.
@@ -152,6 +187,7 @@ class UpstreamRequestHeadersTests(SynchronousTestCase):
                 (b"X-Forwarded-For", b"10.0.0.9"),
                 (b"X-Forwarded-Proto", b"http"),
                 (b"X-Forwarded-Host", b"example.com:8080"),
+                (b"X-Request-Id", b"id-1"),
             ],
         )
 
@@ -241,6 +277,7 @@ class UpstreamRequestHeadersTests(SynchronousTestCase):
                 b"X-Forwarded-For",
                 b"X-Forwarded-Proto",
                 b"X-Forwarded-Host",
+                b"X-Request-Id",
             ],
         )
 
@@ -260,7 +297,13 @@ class UpstreamRequestHeadersTests(SynchronousTestCase):
         )
         self.assertEqual(
             [name for name, value in out],
-            [b"Host", b"X-Forwarded-For", b"X-Forwarded-Proto", b"X-Forwarded-Host"],
+            [
+                b"Host",
+                b"X-Forwarded-For",
+                b"X-Forwarded-Proto",
+                b"X-Forwarded-Host",
+                b"X-Request-Id",
+            ],
         )
 
     def test_missing_host_defaulted(self) -> None:
@@ -276,7 +319,23 @@ class UpstreamRequestHeadersTests(SynchronousTestCase):
                 (b"X-Forwarded-For", b"10.0.0.9"),
                 (b"X-Forwarded-Proto", b"http"),
                 (b"X-Forwarded-Host", b"127.0.0.1:3000"),
+                (b"X-Request-Id", b"id-1"),
             ],
+        )
+
+    def test_request_id_replaced(self) -> None:
+        """
+        The request's id goes upstream as the one C{X-Request-Id}: those the
+        client sent are dropped (the exchange chose the id, keeping the
+        client's if it was valid).
+        """
+        out = _upstream(
+            [(b"Host", b"h"), (b"X-Request-Id", b"a"), (b"x-request-id", b"b")],
+            request_id=b"b",
+        )
+        self.assertEqual(
+            [(name, value) for name, value in out if name.lower() == b"x-request-id"],
+            [(b"X-Request-Id", b"b")],
         )
 
     def test_repeated_headers_kept(self) -> None:

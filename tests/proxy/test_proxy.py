@@ -896,11 +896,11 @@ class InternalErrorTests(TestCase):
         calls = []
         original = resource.end_to_end
 
-        def buggy(headers):
-            calls.append(headers)
+        def buggy(*args):
+            calls.append(args)
             if len(calls) == 1:
                 raise ZeroDivisionError("a bug in lbproxy")
-            return original(headers)
+            return original(*args)
 
         self.patch(resource, "end_to_end", buggy)
         app, _, port = start_app(self, "3000")

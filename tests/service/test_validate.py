@@ -291,3 +291,123 @@ class StartTests(SynchronousTestCase):
             UsageError, Options().parseOptions, ["--upstream", "a:1", "--listen", "tcp:70000"]
         )
         self.assertEqual(str(error), "--listen 'tcp:70000': port 70000 is not in 0-65535")
+
+
+class AdminCheckTests(SynchronousTestCase):
+    """
+    The admin endpoint is checked as listeners are, and one reachable from
+    other machines must have a token.
+    """
+
+    def _problems(self, **settings: object) -> list[str]:
+        return [p.as_option() for p in check_config(_config(**settings), MemoryReactorClock())]
+
+    def test_local_without_token(self) -> None:
+        """
+        On loopback (IPv4, IPv6, C{localhost}) or a unix socket, no token is
+        needed.
+        """
+        for admin in (
+            "tcp:9000:interface=127.0.0.1",
+            "tcp:9000:interface=127.0.0.2",
+            "tcp6:9000:interface=\\:\\:1",
+            "tcp:9000:interface=localhost",
+            "unix:/run/lbproxy-admin.sock",
+        ):
+            self.assertEqual(self._problems(admin=admin), [], admin)
+
+    def test_exposed_without_token(self) -> None:
+        """
+        On every interface, another address, or an endpoint whose address
+        cannot be told: refused, in one line saying why.
+        """
+        for admin in ("tcp:9000", "tcp:9000:interface=10.0.0.5", "tcp6:9000"):
+            self.assertEqual(
+                self._problems(admin=admin),
+                [
+                    f"--admin: {admin!r} is neither on loopback nor a unix socket: give "
+                    "admin-token or admin-token-file, or anyone who reaches it can drain "
+                    "every server"
+                ],
+            )
+
+    def test_exposed_with_token(self) -> None:
+        """
+        With a token, or a token file that holds one, any endpoint will do.
+        """
+        token_file = self.mktemp()
+        with open(token_file, "w") as f:
+            f.write("  s3cret\n")
+        self.assertEqual(self._problems(admin="tcp:9000", admin_token="s3cret"), [])
+        self.assertEqual(self._problems(admin="tcp:9000", admin_token_file=token_file), [])
+
+    def test_bad_endpoint(self) -> None:
+        """
+        An admin endpoint Twisted cannot parse is named as a listener's is.
+        """
+        self.assertEqual(
+            self._problems(admin="tcpp:1"), ["--admin: 'tcpp:1': Unknown endpoint type: 'tcpp'"]
+        )
+
+    def test_token_file(self) -> None:
+        """
+        A token file that is missing, empty or not a bearer token is a
+        problem naming it (never repeating what it holds).
+        """
+        missing = "/nonexistent/token"
+        empty = self.mktemp()
+        with open(empty, "w") as f:
+            f.write("\n")
+        spaced = self.mktemp()
+        with open(spaced, "w") as f:
+            f.write("two words\n")
+        self.assertEqual(
+            [
+                self._problems(admin="unix:/tmp/a.sock", admin_token_file=path)
+                for path in (missing, empty, spaced)
+            ],
+            [
+                [f"--admin-token-file: {missing!r}: No such file or directory"],
+                [f"--admin-token-file: {empty!r} is empty"],
+                [
+                    f"--admin-token-file: {spaced!r}: expected letters, digits and "
+                    "-._~+/ (a bearer token)"
+                ],
+            ],
+        )
+
+    def test_refused_at_start(self) -> None:
+        """
+        C{twistd lbproxy --admin tcp:9000} without a token does not start:
+        one line, naming the option and why.
+        """
+        error = self.assertRaises(
+            UsageError, Options().parseOptions, ["--upstream", "a:1", "--admin", "tcp:9000"]
+        )
+        self.assertEqual(
+            str(error),
+            "--admin: 'tcp:9000' is neither on loopback nor a unix socket: give admin-token "
+            "or admin-token-file, or anyone who reaches it can drain every server",
+        )
+
+    def test_refused_by_check(self) -> None:
+        """
+        C{lbproxy check} says the same of a file, naming it.
+        """
+        import io
+        import sys
+
+        from lbproxy.cli import main
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('admin = "tcp:9000"\n[upstream.web]\nservers = ["a:1"]\n')
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.patch(sys, "stdout", io.StringIO())
+        self.assertEqual(main(["check", path]), 1)
+        self.assertEqual(
+            err.getvalue(),
+            f"{path}: admin: 'tcp:9000' is neither on loopback nor a unix socket: give "
+            "admin-token or admin-token-file, or anyone who reaches it can drain every server\n",
+        )

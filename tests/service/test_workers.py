@@ -489,6 +489,19 @@ class ConfigTests(SynchronousTestCase):
         alone = check_config(replace(config, workers=1), MemoryReactorClock())
         self.assertNotIn("workers share", alone[0].reason)
 
+    def test_no_admin_yet(self) -> None:
+        """
+        The admin listener is refused with workers: each worker would bind
+        it, and answer for itself only.
+        """
+        config = _config(admin="tcp:9000:interface=127.0.0.1")
+        problems = [p.as_option() for p in check_config(config, MemoryReactorClock())]
+        self.assertEqual(
+            problems,
+            ["--admin: 'tcp:9000:interface=127.0.0.1': not available with workers above 1 yet"],
+        )
+        self.assertEqual(check_config(replace(config, workers=1), MemoryReactorClock()), [])
+
     def test_make_service(self) -> None:
         """
         C{--workers 2} makes twistd's service a L{WorkerSupervisor};

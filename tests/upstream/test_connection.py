@@ -5,8 +5,12 @@ L{StringTransport} and a L{Clock}, and the idle pool.
 
 from __future__ import annotations
 
+from typing import Any
+
 from OpenSSL import SSL
-from twisted.internet.interfaces import INegotiated
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IHalfCloseableProtocol, INegotiated
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -48,6 +52,10 @@ class RecordingSink:
         self.done = False
         self.error: UpstreamError | None = None
         self.producer: object = None
+        self.ready = 0
+
+    def connection_ready(self) -> None:
+        self.ready += 1
 
     def response_headers(self, status, reason, headers, producer) -> None:
         self.status, self.reason, self.headers, self.producer = status, reason, headers, producer
@@ -63,6 +71,9 @@ class RecordingSink:
 
     def response_failed(self, error: UpstreamError) -> None:
         self.error = error
+
+    def response_switched(self, reason, headers, connection) -> None:
+        self.switched = (reason, headers, connection)
 
 
 class _CallsSink(RecordingSink):
@@ -762,6 +773,47 @@ class ExchangeBoundaryTests(SynchronousTestCase):
         self.assertIsInstance(sink.error, InvalidResponse)
         self.assertTrue(sink.error.server_fault)
 
+    def test_ready_on_a_pooled_connection(self) -> None:
+        """
+        A request sent on a pooled connection tells its sink the connection
+        is ready at once, before the answer.
+        """
+        connection = self._pooled()
+        sink = RecordingSink()
+        self.client.send(self.server, _request(), sink)
+        self.assertEqual((sink.ready, sink.status), (1, None))
+        connection.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual((sink.ready, sink.status), (1, 204))
+
+    def test_ready_once_connected(self) -> None:
+        """
+        A request on a new connection tells its sink the connection is
+        ready once it is made, not before; a connection that cannot be made
+        never does.
+        """
+        attempts: list[Deferred[Any]] = []
+
+        class Endpoint:
+            def connect(self, factory: Any) -> Deferred[Any]:
+                self.factory = factory
+                attempts.append(Deferred())
+                return attempts[-1]
+
+        endpoint = Endpoint()
+        client = UpstreamClient(None, self.clock, endpoint_factory=lambda server: endpoint)
+        sink = RecordingSink()
+        client.send(self.server, _request(), sink)
+        self.assertEqual(sink.ready, 0)
+        connection = endpoint.factory.buildProtocol(None)
+        connection.makeConnection(StringTransport())
+        attempts[0].callback(connection)
+        self.assertEqual(sink.ready, 1)
+        refused = RecordingSink()
+        client.send(self.server, _request(), refused)
+        attempts[1].errback(ConnectionRefusedError())
+        self.assertEqual(refused.ready, 0)
+        self.assertIsNotNone(refused.error)
+
     def test_late_abandon_is_a_no_op(self) -> None:
         """
         Abandoning an exchange after it ended, once its connection went
@@ -947,3 +999,204 @@ class ReadTimeoutAfterBodyTests(SynchronousTestCase):
         self.assertIsNone(self.sink.error)
         self.clock.advance(2)
         self.assertIsInstance(self.sink.error, ReadTimeout)
+
+
+class RecordingReceiver:
+    """
+    A tunnel's side (L{lbproxy.interfaces.TunnelReceiver}) that records
+    what its end reports.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.read_closed = False
+        self.lost: Failure | None = None
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.data += data
+
+    def tunnel_read_closed(self) -> None:
+        self.read_closed = True
+
+    def tunnel_lost(self, reason: Failure) -> None:
+        self.lost = reason
+
+
+_SWITCH = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: abc\r\n\r\n"
+)
+
+
+def _upgrade_request() -> UpstreamRequest:
+    return UpstreamRequest(
+        b"GET",
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"",
+        upgrade=b"websocket",
+    )
+
+
+class SwitchTests(SynchronousTestCase):
+    """
+    A C{101} to an upgrade request ends HTTP on the connection: it becomes a
+    tunnel's upstream end (TUNNEL), and its bytes are no longer parsed.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = UpstreamClient(None, self.clock, read_timeout=60.0)
+        self.server = Server(ServerConfig("127.0.0.1", 3000))
+        self.transport = StringTransport()
+        self.connection = UpstreamConnection(self.client, self.server)
+        self.connection.makeConnection(self.transport)
+        self.sink = RecordingSink()
+
+    def _switch(self, answer: bytes = _SWITCH) -> RecordingReceiver:
+        """
+        Send an upgrade request, answer it with C{answer} (a 101 and maybe
+        tunnel bytes) and attach a receiver to the connection.
+        """
+        self.abandon = self.connection.send(_upgrade_request(), self.sink, reused=True)
+        self.connection.dataReceived(answer)
+        receiver = RecordingReceiver()
+        self.connection.attach(receiver)
+        return receiver
+
+    def test_switched(self) -> None:
+        """
+        The sink hears of the switch with the reason, the headers and the
+        connection; bytes after the head in the same read are the
+        tunnel's, given on attach; the connection is not pooled.
+        """
+        receiver = self._switch(_SWITCH + b"\x81\x02hi")
+        reason, headers, connection = self.sink.switched
+        self.assertEqual(reason, b"Switching Protocols")
+        self.assertEqual(
+            headers,
+            [
+                (b"Upgrade", b"websocket"),
+                (b"Connection", b"Upgrade"),
+                (b"Sec-WebSocket-Accept", b"abc"),
+            ],
+        )
+        self.assertIs(connection, self.connection)
+        self.assertIs(self.connection.state, ConnectionState.TUNNEL)
+        self.assertEqual(receiver.data, b"\x81\x02hi")
+        self.assertEqual((self.sink.status, self.sink.done, self.sink.error), (None, False, None))
+        self.assertEqual(self.client.idle_count(self.server), 0)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_bytes_not_parsed(self) -> None:
+        """
+        Later reads go to the tunnel as they are, even when they look like
+        HTTP (no answer is parsed out of them).
+        """
+        receiver = self._switch()
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.connection.dataReceived(b"\x00garbage")
+        self.assertEqual(receiver.data, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n\x00garbage")
+        self.assertIsNone(self.sink.status)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_no_read_timeout(self) -> None:
+        """
+        The read timeout stops with HTTP (the tunnel has its own).
+        """
+        self._switch()
+        self.clock.advance(3600)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertIsNone(self.sink.error)
+
+    def test_late_abandon_is_a_no_op(self) -> None:
+        """
+        The exchange's abandon no longer applies: the tunnel owns the
+        connection.
+        """
+        self._switch()
+        self.abandon()
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_close_told(self) -> None:
+        """
+        The connection's close, and the server's FIN, go to the tunnel.
+        """
+        receiver = self._switch()
+        self.connection.readConnectionLost()
+        self.assertTrue(receiver.read_closed)
+        self.connection.connectionLost(Failure(ConnectionDone()))
+        self.assertIsInstance(receiver.lost, Failure)
+        self.assertIs(self.connection.state, ConnectionState.CLOSED)
+
+    def test_after_interim_and_in_pieces(self) -> None:
+        """
+        A 101 after a 100, its head split over reads, switches as well.
+        """
+        self.connection.send(_upgrade_request(), self.sink, reused=False)
+        answer = b"HTTP/1.1 100 Continue\r\n\r\n" + _SWITCH + b"tail"
+        for i in range(0, len(answer), 7):
+            self.connection.dataReceived(answer[i : i + 7])
+        receiver = RecordingReceiver()
+        self.connection.attach(receiver)
+        self.assertEqual(receiver.data, b"tail")
+        self.assertEqual(self.sink.switched[0], b"Switching Protocols")
+
+    def test_not_asked(self) -> None:
+        """
+        A 101 to a request that did not offer an upgrade is an invalid
+        answer (502, the server's fault), and the connection is dropped.
+        """
+        self.connection.send(_request(), self.sink, reused=False)
+        self.connection.dataReceived(_SWITCH)
+        self.assertIsInstance(self.sink.error, InvalidResponse)
+        self.assertTrue(self.sink.error.server_fault)
+        self.assertIn("did not ask to upgrade", str(self.sink.error))
+        self.assertFalse(hasattr(self.sink, "switched"))
+        self.assertIs(self.connection.state, ConnectionState.CLOSING)
+
+    def test_bare_101(self) -> None:
+        """
+        A 101 without C{Upgrade} and C{Connection: upgrade} does not switch.
+        """
+        self.connection.send(_upgrade_request(), self.sink, reused=False)
+        self.connection.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        self.assertIsInstance(self.sink.error, InvalidResponse)
+        self.assertIn("without Upgrade", str(self.sink.error))
+
+    def test_other_answer_relayed(self) -> None:
+        """
+        Any other answer to an upgrade request is relayed as usual, and
+        the connection goes back to the pool.
+        """
+        self.connection.send(_upgrade_request(), self.sink, reused=False)
+        self.connection.dataReceived(
+            b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 2\r\n\r\nno"
+        )
+        self.assertEqual((self.sink.status, self.sink.body, self.sink.done), (426, b"no", True))
+        self.assertEqual(self.client.idle_count(self.server), 1)
+
+    def test_half_close_on_tcp_only(self) -> None:
+        """
+        Only a plain TCP connection passes a FIN on; another transport
+        (here a L{StringTransport}) does not declare it can.
+        """
+        self._switch()
+        self.assertFalse(self.connection.half_close)
+        self.assertFalse(IHalfCloseableProtocol.providedBy(self.connection))
+
+    def test_bug_opening_the_tunnel(self) -> None:
+        """
+        A sink that raises while taking the switch costs the exchange an
+        internal error (logged), and the connection is dropped.
+        """
+
+        class BrokenSink(RecordingSink):
+            def response_switched(self, reason, headers, connection) -> None:
+                raise ZeroDivisionError("bug in response_switched")
+
+        sink = BrokenSink()
+        self.connection.send(_upgrade_request(), sink, reused=False)
+        self.connection.dataReceived(_SWITCH)
+        self.assertIsInstance(sink.error, InternalError)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
