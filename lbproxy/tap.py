@@ -28,12 +28,14 @@ from lbproxy.http.accesslog import FORMATS, AccessLog, TwistdLog, open_sink
 from lbproxy.http.site import ProxySite
 from lbproxy.proxy.resource import BalancingProxyResource
 from lbproxy.service.service import ProxyService, build_router, summary
+from lbproxy.service.twistdlog import TwistdLogAppends
 from lbproxy.service.validate import check_config, load_checked
+from lbproxy.service.workers import WorkerSupervisor
 from lbproxy.tools.demo import listen_demo_apps
 from lbproxy.upstream.client import UpstreamClient
 from lbproxy.upstream.tls import upstream_tls
 
-__all__ = ["Options", "build_site", "makeService", "make_proxy_service"]
+__all__ = ["Options", "build_site", "makeService", "make_proxy_service", "make_supervisor"]
 
 _log = Logger()
 
@@ -161,9 +163,11 @@ def make_proxy_service(
     config_path: str | None = None,
     daemon: bool = False,
     twistd_log: TwistdLog | None = None,
+    inherited: dict[str, int] | None = None,
 ) -> tuple[ProxyService, ProxySite]:
     """
-    Build lbproxy's services from a configuration.
+    Build lbproxy's services from a configuration: a single process's, or
+    a worker's (C{inherited}).
 
     @param config: the configuration.
     @param reactor: the reactor to connect, listen and time with.
@@ -171,21 +175,12 @@ def make_proxy_service(
     @param daemon: whether twistd daemonises (see L{ProxyService}).
     @param twistd_log: where twistd logs, for C{--access-log -}; through
         Twisted's logger if L{None}.
+    @param inherited: in a worker, the listening sockets the supervisor
+        bound, by listener (see L{ProxyService}).
     @return: the service (start it to serve) and the site, which tests use
         to reach the resource and client.
     """
-    demo_ports = []
-    if config.demo:
-        demo_ports = listen_demo_apps(reactor)
-        # TCP ports on 127.0.0.1: their address is an IPv4Address.
-        servers = tuple(
-            ServerConfig("127.0.0.1", cast(IPv4Address, port.getHost()).port) for port in demo_ports
-        )
-        config = replace(config, pools=(replace(config.pools[0], servers=servers),))
-        _log.info(
-            "demo app servers listening on {addresses}",
-            addresses=", ".join(s.address for s in servers),
-        )
+    config, demo_ports = _with_demo_apps(config, reactor)
     site, client = build_site(config, reactor, open_log=False)
     # A reload checks the file as lbproxy check and the start do.
     load = (lambda: load_checked(config_path, reactor)) if config_path else None
@@ -197,7 +192,12 @@ def make_proxy_service(
         load,
         daemon,
         open_sink=lambda setting: open_sink(setting, twistd_log),
+        restart_notes=inherited is None,
+        inherited=inherited,
     )
+    if twistd_log is not None and twistd_log.path is not None and inherited is None:
+        # Access lines are appended to twistd's own log file.
+        TwistdLogAppends(twistd_log.path, reactor).setServiceParent(service)
     if demo_ports:
         _ListeningPortsService(demo_ports).setServiceParent(service)
     _UpstreamClientService(client).setServiceParent(service)
@@ -210,6 +210,57 @@ def make_proxy_service(
     return service, site
 
 
+def _with_demo_apps(config: Config, reactor: Any) -> tuple[Config, list[IListeningPort]]:
+    """
+    With C{--demo}: start the demo app servers and put them in the pool.
+    """
+    if not config.demo:
+        return config, []
+    demo_ports = listen_demo_apps(reactor)
+    # TCP ports on 127.0.0.1: their address is an IPv4Address.
+    servers = tuple(
+        ServerConfig("127.0.0.1", cast(IPv4Address, port.getHost()).port) for port in demo_ports
+    )
+    config = replace(config, pools=(replace(config.pools[0], servers=servers),))
+    _log.info(
+        "demo app servers listening on {addresses}",
+        addresses=", ".join(s.address for s in servers),
+    )
+    return config, demo_ports
+
+
+def make_supervisor(
+    config: Config,
+    reactor: Any,
+    config_path: str | None = None,
+    daemon: bool = False,
+    twistd_log: TwistdLog | None = None,
+) -> WorkerSupervisor:
+    """
+    Build the twistd process's service under C{--workers} above 1: it
+    binds the listeners and keeps the workers serving them (the demo app
+    servers, if any, run here).  Parameters as L{make_proxy_service}'s.
+    """
+    config, demo_ports = _with_demo_apps(config, reactor)
+    load = (lambda: load_checked(config_path, reactor)) if config_path else None
+    # The workers get the demo servers' addresses, not --demo.
+    supervisor = WorkerSupervisor(
+        replace(config, demo=False), reactor, load, config_path, daemon, twistd_log
+    )
+    if twistd_log is not None and twistd_log.path is not None:
+        # Workers append access lines to twistd's own log file.
+        TwistdLogAppends(twistd_log.path, reactor).setServiceParent(supervisor)
+    if demo_ports:
+        _ListeningPortsService(demo_ports).setServiceParent(supervisor)
+    _log.info(
+        "lbproxy {version}: {summary}, {workers} workers",
+        version=__version__,
+        summary=summary(config),
+        workers=config.workers,
+    )
+    return supervisor
+
+
 def makeService(options: Options) -> IService:
     """
     The twistd entry point: the service tree for these options.
@@ -217,7 +268,8 @@ def makeService(options: Options) -> IService:
     path = getattr(options, "config_path", None)
     twistd = getattr(options, "parent", None)
     daemon = twistd is not None and not twistd.get("nodaemon", True)
-    service, _ = make_proxy_service(
-        options.config, _reactor(), path, daemon, TwistdLog.from_options(twistd)
-    )
+    log = TwistdLog.from_options(twistd)
+    if options.config.workers > 1:
+        return make_supervisor(options.config, _reactor(), path, daemon, log)
+    service, _ = make_proxy_service(options.config, _reactor(), path, daemon, log)
     return service

@@ -55,6 +55,11 @@ SUBCLASSED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "StreamServerEndpointService",
         ("_raiseSynchronously", "_waitingForPort"),
     ),
+    # lbproxy.service.listeners: a worker's ports over inherited sockets,
+    # accepting one connection at a time (adoptStreamPort builds Twisted's
+    # own Port, which accepts up to 100 at a time).
+    ("twisted.internet.tcp", "Port", ("_fromListeningDescriptor", "numberAccepts")),
+    ("twisted.internet.unix", "Port", ("_fromListeningDescriptor",)),
 )
 
 _TCP = (tcp.Client, tcp.Server)

@@ -15,6 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import __version__
 from lbproxy.config.model import Config, PoolConfig, ServerConfig
+from lbproxy.http.accesslog import TwistdLog
+from lbproxy.service.twistdlog import TwistdLogAppends
 from lbproxy.tap import Options, make_proxy_service
 
 
@@ -291,6 +293,34 @@ class MakeProxyServiceTests(SynchronousTestCase):
         pool = replace(config.pools[0], health_check=False)
         reactor, _ = self._start(replace(config, pools=(pool,)))
         self.assertEqual(len(reactor.getDelayedCalls()), 1)
+
+
+class TwistdLogTests(SynchronousTestCase):
+    """
+    When twistd logs to a file, the service keeps twistd's descriptor of
+    it appending (L{lbproxy.service.twistdlog}), since C{access-log -}
+    appends there too.
+    """
+
+    def test_file(self) -> None:
+        """
+        With twistd logging to a file, a L{TwistdLogAppends} for that file
+        is in the service tree.
+        """
+        service, _ = make_proxy_service(
+            _config("tcp:8080"), MemoryReactorClock(), twistd_log=TwistdLog(path="/var/log/x.log")
+        )
+        appends = [s for s in service if isinstance(s, TwistdLogAppends)]
+        self.assertEqual([s.path for s in appends], ["/var/log/x.log"])
+
+    def test_stdout(self) -> None:
+        """
+        With twistd logging to standard output there is none.
+        """
+        service, _ = make_proxy_service(
+            _config("tcp:8080"), MemoryReactorClock(), twistd_log=TwistdLog(stdout=True)
+        )
+        self.assertEqual([s for s in service if isinstance(s, TwistdLogAppends)], [])
 
 
 class UpstreamAnswerOptionsTests(SynchronousTestCase):

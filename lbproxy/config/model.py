@@ -11,6 +11,7 @@ Defaults are nginx's or HAProxy's unless the help says why not.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -122,6 +123,31 @@ def _access_log(value: str) -> str | None:
     return None if value else "expected a file path, '-' or 'off'"
 
 
+class _Workers(Kind):
+    """
+    A number of worker processes, or C{auto}: one per core
+    (C{os.cpu_count()}), as nginx's C{worker_processes auto}.
+    """
+
+    metavar = "N|auto"
+    expected = "a whole number, 1 or more, or 'auto'"
+
+    def from_text(self, text: str) -> int:
+        if text.strip() == "auto":
+            return os.cpu_count() or 1
+        try:
+            return self.from_file(int(text, 10))
+        except (ValueError, ConfigError):
+            raise self.wrong(text) from None
+
+    def from_file(self, value: object) -> int:
+        if value == "auto":
+            return os.cpu_count() or 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.wrong(value)
+        return value
+
+
 #: A bearer token as RFC 6750 section 2.1 writes one (C{b64token}), so that
 #: a token with a space or a quote cannot be set and then never match.
 _BEARER = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -198,6 +224,7 @@ def _resolver(value: str) -> str | None:
 
 
 STATUSES: Kind = _Statuses()
+WORKERS: Kind = _Workers()
 PATH: Kind = Text("PATH", _origin_path, "a path starting with /")
 FILE: Kind = Text("FILE")
 HOST: Kind = Text("HOST", _host, "HOST[:PORT]")
@@ -566,6 +593,15 @@ class Config:
         SECONDS,
         "On stop (SIGTERM), seconds requests in flight may take to finish "
         "before they are aborted (nginx: worker_shutdown_timeout).",
+    )
+    # Worker processes (lbproxy.service.workers).
+    workers: int = option(
+        1,
+        WORKERS,
+        "Processes serving the listeners, each with its own connections, pools "
+        "and health checks; 'auto' is one per core (nginx: worker_processes). "
+        "Above 1 the twistd process supervises them and serves nothing itself.",
+        reload=Reload.RESTART,
     )
     # The admin listener (lbproxy.admin, lbproxy.service.admin).
     admin: str = option(

@@ -52,6 +52,7 @@ __all__ = [
     "Scope",
     "option",
     "check_fields",
+    "needs_restart",
     "options_of",
     "parse_duration",
     "parse_size",
@@ -450,6 +451,20 @@ def check_fields(record: Any, scope: Scope) -> None:
             each.kind.check(getattr(record, each.field))
         except ConfigError as e:
             raise ConfigError(f"{each.name}: {e}") from None
+
+
+def needs_restart(old: Any, new: Any, scope: Scope) -> list[str]:
+    """
+    The options a reload from C{old} to C{new} (records of one model)
+    changes but cannot apply: those declared C{reload=Reload.RESTART}.
+
+    @return: their names, in declaration order.
+    """
+    return [
+        each.name
+        for each in options_of(type(new), scope)
+        if each.reload is Reload.RESTART and getattr(old, each.field) != getattr(new, each.field)
+    ]
 
 
 def options_of(model: type, scope: Scope) -> Iterator[Option]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from twisted.application import strports
@@ -50,13 +51,20 @@ from lbproxy.balancing.pool import Pool, Server, ServerChange
 from lbproxy.balancing.routes import Router
 from lbproxy.balancing.strategies import STRATEGIES, make_balancer, unknown_strategy
 from lbproxy.config.model import Config
+from lbproxy.config.options import Scope, needs_restart
 from lbproxy.discovery.service import DiscoveryService
 from lbproxy.errors import ConfigError
 from lbproxy.http import accesslog
 from lbproxy.http.accesslog import LineSink
 from lbproxy.http.servertls import ReloadableTLS
 from lbproxy.http.site import ProxySite
-from lbproxy.service.listeners import error_text, listen_error, with_default_backlog
+from lbproxy.service.listeners import (
+    error_text,
+    inherited_endpoint,
+    listen_error,
+    listener_kind,
+    with_default_backlog,
+)
 from lbproxy.service.validate import read_token_file
 from lbproxy.twistedinternals import set_ssl_context_factory
 from lbproxy.upstream.client import UpstreamClient
@@ -140,6 +148,8 @@ class ProxyService(MultiService):
         load: Callable[[], Config] | None = None,
         daemon: bool = False,
         open_sink: Callable[[str], LineSink | None] | None = None,
+        restart_notes: bool = True,
+        inherited: Mapping[str, int] | None = None,
     ) -> None:
         """
         @param config: the configuration to start with; C{site}'s resource
@@ -157,6 +167,12 @@ class ProxyService(MultiService):
             C{access-log} setting go (L{lbproxy.http.accesslog.open_sink}
             with where twistd logs), raising L{OSError}; through Twisted's
             logger if L{None}.
+        @param restart_notes: log the options a reload changed that only a
+            restart applies (a worker leaves that to its supervisor).
+        @param inherited: in a worker process (C{--workers}), the sockets
+            the supervisor bound, by listener description: the listeners
+            accept on them, and a reload keeps them (a new set of
+            listeners needs a restart).
         """
         super().__init__()
         self.config = config
@@ -178,6 +194,8 @@ class ProxyService(MultiService):
         self._discovery.attach(config, self.resource.router.pools)
         self._discovery.setServiceParent(self)
         self._watch_pools()
+        self._restart_notes = restart_notes
+        self._inherited = inherited
         self._start_checkers()
         for description in config.listen:
             listener, tls = self._listener(description, config.tls_cert_dir)
@@ -207,6 +225,8 @@ class ProxyService(MultiService):
         @raise Exception: if the endpoint cannot be built (a string
             Twisted cannot parse, unusable certificate files).
         """
+        if self._inherited is not None:
+            return self._inherited_listener(description, cert_dir)
         description = with_default_backlog(description)
         service: StreamServerEndpointService = strports.service(
             description, self.site, reactor=self._reactor
@@ -218,6 +238,24 @@ class ProxyService(MultiService):
             tls = ReloadableTLS(self._reactor, description, cert_dir or None)
             set_ssl_context_factory(endpoint, tls)
         # Fail at once (port in use) rather than log and run deaf.
+        service._raiseSynchronously = True
+        return service, tls
+
+    def _inherited_listener(
+        self, description: str, cert_dir: str
+    ) -> tuple[IService, ReloadableTLS | None]:
+        """
+        The service of a listener a worker accepts on with the socket its
+        supervisor bound.
+        """
+        assert self._inherited is not None
+        haproxy, kind = listener_kind(description)
+        tls = None
+        if kind == "ssl":
+            inner = description.partition(":")[2] if haproxy else description
+            tls = ReloadableTLS(self._reactor, inner, cert_dir or None)
+        endpoint = inherited_endpoint(self._reactor, description, self._inherited[description], tls)
+        service = StreamServerEndpointService(endpoint, self.site)
         service._raiseSynchronously = True
         return service, tls
 
@@ -374,9 +412,16 @@ class ProxyService(MultiService):
         except ValueError as e:
             self._refused(getattr(e, "problems", [str(e)]))
             return succeed(False)
+        if self._inherited is not None:
+            # The supervisor owns the sockets (and says a restart is needed).
+            config = replace(config, listen=self.config.listen)
+
+        restart = needs_restart(self.config, config, Scope.GLOBAL) if self._restart_notes else []
 
         def applied(_: None) -> bool:
             self._log.info("reloaded: {summary}", summary=summary(config))
+            for name in restart:
+                self._log.warn("{name} changed: restart to apply", name=name)
             return True
 
         def refused(reason: Failure) -> bool:

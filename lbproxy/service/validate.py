@@ -10,7 +10,8 @@ what only the system can say, without changing anything:
 
   - every C{listen} endpoint string parses with Twisted's own parser
     (C{serverFromString} builds an endpoint without listening), and a TCP
-    port is in 0-65535;
+    port is in 0-65535; with C{workers} above 1, it is a kind the workers
+    can share (L{lbproxy.service.listeners.SHAREABLE});
   - the key and certificate files of C{ssl:} listeners, of
     C{tls-cert-dir}, C{upstream-ca} and C{upstream-client-cert} load, and
     each key matches its certificate;
@@ -40,7 +41,12 @@ from lbproxy.config.file import ConfigFileError, load_config
 from lbproxy.config.model import Config, admin_token_problem
 from lbproxy.errors import ConfigError
 from lbproxy.http.servertls import check_listener_files, load_cert_dir
-from lbproxy.service.listeners import error_text, with_default_backlog
+from lbproxy.service.listeners import (
+    SHAREABLE,
+    error_text,
+    listener_kind,
+    with_default_backlog,
+)
 from lbproxy.twistedinternals import listening_interface
 from lbproxy.upstream.tls import UpstreamTLS
 
@@ -92,7 +98,10 @@ def check_config(config: Config, reactor: Any) -> list[Problem]:
     """
     problems = []
     for index, description in enumerate(config.listen):
-        reason = _listener_problem(reactor, description)
+        if config.workers > 1 and listener_kind(description)[1] not in SHAREABLE:
+            reason: str | None = "workers share only tcp:, tcp6:, ssl: and unix: listeners"
+        else:
+            reason = _listener_problem(reactor, description)
         if reason is not None:
             problems.append(Problem("listen", index, f"{description!r}: {reason}"))
     if config.tls_cert_dir:
@@ -112,7 +121,13 @@ def check_config(config: Config, reactor: Any) -> list[Problem]:
         reason = _access_log_problem(config.access_log)
         if reason is not None:
             problems.append(Problem("access-log", None, f"{config.access_log!r}: {reason}"))
-    if config.admin:
+    if config.admin and config.workers > 1:
+        # Each worker would bind it, and its numbers and actions would be one
+        # worker's: the supervisor is to gather them first (not yet).
+        problems.append(
+            Problem("admin", None, f"{config.admin!r}: not available with workers above 1 yet")
+        )
+    elif config.admin:
         problems += _admin_problems(config, reactor)
     return problems
 

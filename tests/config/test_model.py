@@ -5,6 +5,8 @@ option table, its kinds, and the records' validation.
 
 from __future__ import annotations
 
+import os
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy.config.model import Config, PoolConfig, ServerConfig, all_options
@@ -15,6 +17,7 @@ from lbproxy.config.options import (
     SECONDS,
     Reload,
     Scope,
+    needs_restart,
     parse_duration,
     parse_size,
 )
@@ -228,11 +231,24 @@ class TableTests(SynchronousTestCase):
 
     def test_reload(self) -> None:
         """
-        Only C{demo} needs a restart; every other option is applied by a
-        reload.
+        Only C{workers} and C{demo} need a restart; every other option is
+        applied by a reload.
         """
         restart = [o.name for o in all_options() if o.reload is Reload.RESTART]
-        self.assertEqual(restart, ["demo"])
+        self.assertEqual(restart, ["workers", "demo"])
+
+    def test_needs_restart(self) -> None:
+        """
+        L{needs_restart} names the restart-only options two configurations
+        differ in, and only those.
+        """
+        pools = (PoolConfig("default", (ServerConfig("a", 1),)),)
+        old = Config(pools=pools, workers=1, read_timeout=5)
+        self.assertEqual(
+            needs_restart(old, Config(pools=pools, workers=2, read_timeout=9), Scope.GLOBAL),
+            ["workers"],
+        )
+        self.assertEqual(needs_restart(old, Config(pools=pools, read_timeout=9), Scope.GLOBAL), [])
 
 
 class KindTests(SynchronousTestCase):
@@ -271,6 +287,21 @@ class KindTests(SynchronousTestCase):
         message = str(self.assertRaises(ConfigError, COUNT.from_text, "-1"))
         self.assertEqual(message, "expected a whole number, 0 or more, got '-1'")
         self.assertRaises(ConfigError, COUNT.from_file, 1.5)
+
+    def test_workers(self) -> None:
+        """
+        Workers are a whole number, 1 or more, or C{auto}: one per core.
+        """
+        kind = next(o.kind for o in all_options() if o.name == "workers")
+        self.assertEqual(kind.from_text("2"), 2)
+        self.assertEqual(kind.from_file(3), 3)
+        self.assertEqual(kind.from_text("auto"), os.cpu_count())
+        self.assertEqual(kind.from_file("auto"), os.cpu_count())
+        for bad in ("0", "-1", "x", "1.5"):
+            message = str(self.assertRaises(ConfigError, kind.from_text, bad))
+            self.assertIn("1 or more, or 'auto'", message)
+        for value in (0, True, 1.5, "2"):
+            self.assertRaises(ConfigError, kind.from_file, value)
 
     def test_endpoints(self) -> None:
         """

@@ -294,6 +294,26 @@ class ReloadTests(TestCase):
         self.assertEqual((yield get(proxy_port)).body, b"PORT B")
 
     @inlineCallbacks
+    def test_reload_restart_option(self):
+        """
+        A reload that changes C{workers} applies the rest and logs that
+        the number of processes changes only with a restart; a worker
+        (C{restart_notes} off) leaves that line to its supervisor.
+        """
+        events = _collect_logs(self)
+        _, _, port_a = start_app(self, "A")
+        service, _ = yield self._start(_toml([port_a]))
+        self._write(_toml([port_a], extra="workers = 2\n"))
+        self.assertTrue((yield service.reload()))
+        notes = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(notes, ["workers changed: restart to apply"])
+        self.patch(service, "_restart_notes", False)
+        self._write(_toml([port_a], extra="workers = 3\n"))
+        self.assertTrue((yield service.reload()))
+        notes = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(notes, ["workers changed: restart to apply"])
+
+    @inlineCallbacks
     def test_reload_changes_listeners(self):
         """
         A listener added to the file starts; one removed stops.
