@@ -168,8 +168,10 @@ class WorkersCore:
                     answers[index] = result
                 elif result[0] == 200:
                     answers[index] = result[1]
+                elif result[0] == 504:
+                    answers[index] = result[1]["error"]
                 else:
-                    answers[index] = f"{result[0]}: {result[1].get('error')}"
+                    answers[index] = f"answered {result[0]}: {result[1].get('error')}"
             self._answers = answers
             self._combined = combine(answers, os.getpid(), self._reactor.seconds(), self.stopping)
 
@@ -252,4 +254,14 @@ class WorkersCore:
                 )
 
             replays.append(self._request(path, b"POST", url).addCallbacks(said, failed))
-        return gatherResults(replays).addCallback(lambda _: None)
+
+        def sent(_: object) -> None:
+            if replays:
+                self._log.info(
+                    "worker {index}: the operator's drain or maint applied again "
+                    "to {count} server(s)",
+                    index=index,
+                    count=len(replays),
+                )
+
+        return gatherResults(replays).addCallback(sent)

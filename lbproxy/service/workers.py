@@ -52,7 +52,7 @@ from typing import Any, NoReturn
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import ProcessProtocol
@@ -379,8 +379,10 @@ class WorkerSupervisor(MultiService):
         The admin listener's port once it listens (for C{tcp:0}).
         """
         assert self._admin_listener is not None
-        waiting: Deferred[Any] = self._admin_listener._waitingForPort  # type: ignore[attr-defined]
-        return waiting
+        waiting = self._admin_listener._waitingForPort  # type: ignore[attr-defined]
+        # (Through gatherResults: a callback on the service's own Deferred
+        # would take the port it needs to stop listening.)
+        return gatherResults([waiting]).addCallback(lambda ports: ports[0])
 
     def _spawn(self, index: int) -> None:
         self._restarts.pop(index, None)
@@ -544,8 +546,7 @@ class WorkerSupervisor(MultiService):
         self._restarts.clear()
         super().stopService()  # type: ignore[no-untyped-call]
         if not self.workers:
-            self._close_ports()
-            return succeed(None)
+            return self._close_ports().addCallback(lambda _: None)
         self._log.info("stopping {count} workers (SIGTERM)", count=len(self.workers))
         ended: Deferred[None] = Deferred()
         self._all_ended = ended
@@ -553,10 +554,10 @@ class WorkerSupervisor(MultiService):
             worker.signal("TERM")
         kill = self._reactor.callLater(self.config.drain_timeout + KILL_GRACE, self._kill_all)
 
-        def done(result: None) -> None:
+        def done(result: None) -> Deferred[Any]:
             if kill.active():
                 kill.cancel()
-            self._close_ports()
+            return self._close_ports()
 
         return ended.addCallback(done)
 
@@ -569,7 +570,7 @@ class WorkerSupervisor(MultiService):
             )
             worker.signal("KILL")
 
-    def _close_ports(self) -> None:
+    def _close_ports(self) -> Deferred[Any]:
         ports, self._ports = self._ports, {}
         closing = [d for p in ports.values() if (d := p.stopListening()) is not None]
         # The admin listener answers (503 on /healthz) until the workers end.
@@ -578,4 +579,4 @@ class WorkerSupervisor(MultiService):
         if self._admin_dir is not None:
             shutil.rmtree(self._admin_dir, ignore_errors=True)
             self._admin_dir = None
-        DeferredList(closing)
+        return DeferredList(closing)
