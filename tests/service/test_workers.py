@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 from dataclasses import replace
@@ -404,6 +405,20 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(supervisor.config.read_timeout, 9)
         self.assertEqual(supervisor.config.workers, 2)
         self.assertEqual(supervisor.config.listen, ("tcp:0:interface=127.0.0.1",))
+
+    def test_reload_admin(self) -> None:
+        """
+        SIGHUP: a new admin token is in force at once; a new admin
+        endpoint needs a restart (it was bound at start, as root).
+        """
+        admin = "tcp:0:interface=127.0.0.1"
+        supervisor = self._start(admin=admin, admin_token="old")
+        self.addCleanup(shutil.rmtree, supervisor._admin_dir)
+        self.loads.append(_config(admin="tcp:1:interface=127.0.0.1", admin_token="new"))
+        self.assertTrue(supervisor.reload())
+        self.assertEqual(supervisor._admin_resource.token, "new")
+        self.assertIn("admin changed: restart to apply", self._logged())
+        self.assertEqual(supervisor.config.admin, admin)
 
     def test_reload_refused(self) -> None:
         """
