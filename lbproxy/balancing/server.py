@@ -11,6 +11,7 @@ here does I/O or reads a clock: times are given.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 from collections.abc import Sequence
@@ -65,7 +66,8 @@ class LatencyWindow:
             self._seconds[slot] = second
             for i in range(len(counts)):
                 counts[i] = 0
-        counts[_bucket(seconds)] += 1
+        # The first bound at or above it (bisect: this runs per answer).
+        counts[bisect.bisect_left(_BOUNDS, seconds)] += 1
 
     def percentiles(self, now: float, wanted: Sequence[float]) -> list[float | None]:
         """
@@ -92,13 +94,6 @@ class LatencyWindow:
                     results.append(_BOUNDS[i] if i < len(_BOUNDS) else math.inf)
                     break
         return results
-
-
-def _bucket(seconds: float) -> int:
-    for i, bound in enumerate(_BOUNDS):
-        if seconds <= bound:
-            return i
-    return len(_BOUNDS)
 
 
 class ServerStats:
