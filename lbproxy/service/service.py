@@ -40,8 +40,8 @@ from twisted.python.failure import Failure
 
 from lbproxy.balancing.health import HealthChecker, agent_probe
 from lbproxy.balancing.pool import Pool, Server
+from lbproxy.balancing.registry import installed_strategies, make_balancer, unknown_strategy
 from lbproxy.balancing.routes import Router
-from lbproxy.balancing.strategies import STRATEGIES, make_balancer, unknown_strategy
 from lbproxy.config.model import Config
 from lbproxy.errors import ConfigError
 from lbproxy.http import accesslog
@@ -347,7 +347,7 @@ class ProxyService(MultiService):
         problems += [
             f"upstream.{pool.name}.balance: {unknown_strategy(pool.balance)}"
             for pool in config.pools
-            if pool.balance not in STRATEGIES
+            if pool.balance not in installed_strategies()
         ]
         added: dict[str, tuple[IService, ReloadableTLS | None]] = {}
         binding: list[Deferred[Any]] = []
