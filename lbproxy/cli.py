@@ -116,13 +116,12 @@ def simulate(path: str, as_json: bool = False, plot_path: str | None = None, job
     """
     from lbproxy.errors import ConfigError
     from lbproxy.simulation.arrivals import log_times, poisson_times
-    from lbproxy.simulation.driver import simulate_all
+    from lbproxy.simulation.compare import compare
     from lbproxy.simulation.report import (
         MissingPlotter,
         format_table,
         plot,
         pyplot,
-        summarize,
         to_json,
     )
     from lbproxy.simulation.scenario import load_scenario
@@ -139,8 +138,14 @@ def simulate(path: str, as_json: bool = False, plot_path: str | None = None, job
     except (ConfigError, MissingPlotter) as e:
         print(f"lbproxy simulate: {e}", file=sys.stderr)
         return 1
-    runs = simulate_all(scenario.contenders, scenario.servers, arrivals, scenario.seed, jobs)
-    summaries = [summarize(run) for run in runs]
+    summaries, runs = compare(
+        scenario.contenders,
+        scenario.servers,
+        arrivals,
+        scenario.seed,
+        jobs,
+        keep_runs=plot_path is not None,
+    )
     print(to_json(len(arrivals), summaries) if as_json else format_table(summaries))
     if plot_path is not None:
         try:

@@ -18,11 +18,9 @@ and its end), so a million run in seconds.
 from __future__ import annotations
 
 import math
-import multiprocessing
 from array import array
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from random import Random
 
 from twisted.internet.defer import Deferred
@@ -37,7 +35,7 @@ from lbproxy.proxy.retry import Next, after_failure
 from lbproxy.simulation.clock import VirtualClock
 from lbproxy.simulation.scenario import Contender, ServerModel
 
-__all__ = ["Run", "simulate", "simulate_all"]
+__all__ = ["Run", "simulate"]
 
 _OK = 0
 _REFUSED = 1
@@ -349,38 +347,3 @@ def simulate(
         attempts={simulation.names[s]: s.stats.requests for s in pool.servers},
         picks=simulation.picks,
     )
-
-
-def simulate_all(
-    contenders: Sequence[Contender],
-    models: Sequence[ServerModel],
-    arrivals: Sequence[float],
-    seed: int,
-    jobs: int = 1,
-) -> list[Run]:
-    """
-    Run every contender (L{simulate}), in up to C{jobs} processes at once:
-    the runs share nothing, so they may use every CPU, and each gives the
-    same figures wherever it runs.
-    """
-    if jobs <= 1 or len(contenders) <= 1:
-        return [simulate(contender, models, arrivals, seed) for contender in contenders]
-    # Forked workers inherit the plugins found (and sys.path) as they are.
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with ProcessPoolExecutor(min(jobs, len(contenders)), mp_context=context) as executor:
-        futures = [
-            executor.submit(_simulate_in_worker, contender, models, arrivals, seed)
-            for contender in contenders
-        ]
-        return [replace(future.result(), arrivals=arrivals) for future in futures]
-
-
-def _simulate_in_worker(
-    contender: Contender, models: Sequence[ServerModel], arrivals: Sequence[float], seed: int
-) -> Run:
-    """
-    L{simulate} in a worker process, sending back all but the arrivals
-    (the parent has them).
-    """
-    return replace(simulate(contender, models, arrivals, seed), arrivals=())

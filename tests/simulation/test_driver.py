@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy.simulation.driver import Run, simulate, simulate_all
+from lbproxy.simulation.driver import Run, simulate
 from lbproxy.simulation.scenario import parse_scenario
 
 
@@ -122,23 +122,3 @@ class DriverTests(SynchronousTestCase):
         # oldest of those that waited less than 0.5 s; the rest time out.
         self.assertEqual(run.attempts["a"], 11)
         self.assertEqual(run.errors, 989)
-
-    def test_parallel(self) -> None:
-        """
-        Runs in worker processes give what runs in this one do.
-        """
-        scenario = parse_scenario(
-            {
-                "requests": 2000,
-                "strategies": ["random2", "ewma"],
-                "arrivals": {"rate": 1000},
-                "server": [
-                    {"name": "a", "latency": {"lognormal": 5}},
-                    {"name": "b", "latency": {"lognormal": 8}},
-                ],
-            }
-        )
-        arrivals = [i / 1000 for i in range(2000)]
-        here = simulate_all(scenario.contenders, scenario.servers, arrivals, 3, jobs=1)
-        there = simulate_all(scenario.contenders, scenario.servers, arrivals, 3, jobs=2)
-        self.assertEqual(here, there)
