@@ -48,8 +48,8 @@ from lbproxy.admin.core import AdminCore
 from lbproxy.admin.resource import AdminResource, AdminSite
 from lbproxy.balancing.health import HealthChecker, agent_probe
 from lbproxy.balancing.pool import Pool, Server, ServerChange
+from lbproxy.balancing.registry import installed_strategies, make_balancer, unknown_strategy
 from lbproxy.balancing.routes import Router
-from lbproxy.balancing.strategies import STRATEGIES, make_balancer, unknown_strategy
 from lbproxy.config.model import Config
 from lbproxy.config.options import Scope, needs_restart
 from lbproxy.discovery.service import DiscoveryService
@@ -458,7 +458,7 @@ class ProxyService(MultiService):
         problems += [
             f"upstream.{pool.name}.balance: {unknown_strategy(pool.balance)}"
             for pool in config.pools
-            if pool.balance not in STRATEGIES
+            if pool.balance not in installed_strategies()
         ]
         added: dict[str, tuple[IService, ReloadableTLS | None]] = {}
         binding: list[Deferred[Any]] = []

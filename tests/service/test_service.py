@@ -968,6 +968,6 @@ class BalancingReloadTests(TestCase):
             _errors(events),
             [
                 "reload failed, configuration kept: upstream.web.balance: unknown strategy "
-                "'fastest' (expected one of roundrobin, leastconn, random2, ewma, hash)"
+                "'fastest' (expected one of ewma, hash, leastconn, random2, roundrobin)"
             ],
         )
