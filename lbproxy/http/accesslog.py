@@ -569,7 +569,9 @@ def open_sink(setting: str, twistd: TwistdLog | None) -> LineSink | None:
     @param setting: C{"off"}, C{"-"} (the twistd log) or a file path.
     @param twistd: where twistd logs; L{None} if it is not a file or
         standard output (or there is no twistd): then lines go through
-        Twisted's logger, one event each.
+        Twisted's logger, one event each.  If it carries a descriptor
+        (L{TwistdLog.opened}), twistd's file is written through a
+        duplicate of it, not opened again.
     @raise OSError: if a file cannot be opened.
     """
     if setting == "off":
