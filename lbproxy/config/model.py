@@ -575,9 +575,11 @@ class Config:
         "Where the access line of each request goes, in --access-log-format "
         "(nginx: access_log): '-' is where twistd logs (standard "
         "output under twistd -n, else twistd's log file, followed when twistd "
-        "rotates it), 'off' is nowhere, anything else a file of its own, "
-        "reopened on reload for logrotate. Lines are written in batches, at "
-        "least once a second (nginx's buffer=64k flush=1s).",
+        "rotates it, and opened as root, before twistd drops privileges with "
+        "--uid, as twistd opens it), 'off' is nowhere, anything else a file of "
+        "its own, opened as the --uid user (who must be able to create or "
+        "write it) and reopened on reload for logrotate. Lines are written in "
+        "batches, at least once a second (nginx's buffer=64k flush=1s).",
     )
     access_log_format: str = option(
         "combined",
