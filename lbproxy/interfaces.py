@@ -1,9 +1,13 @@
 """
 The contracts several lbproxy classes implement; this module imports
-nothing of lbproxy, so that any layer may use it.
+nothing of lbproxy at run time (the configuration's types only for
+annotations), so that any layer may use it.
 
   - L{IBalancer}: a balancing strategy (zope interface, checked with
     C{verifyObject} in tests).
+  - L{IBalancerFactory}: a strategy as a plugin: its C{--balance} name
+    and what makes it for a pool, found with C{twisted.plugin} in
+    L{lbproxy.plugins} (see L{lbproxy.balancing.registry}).
   - L{Candidate}: what a strategy reads of a server (a typing protocol:
     the balancing layer's C{Server} is one, and so are the simulator's).
   - L{BalancedRequest}: what a strategy reads of a request (a typing
@@ -19,16 +23,21 @@ nothing of lbproxy, so that any layer may use it.
 from __future__ import annotations
 
 from collections.abc import Container, Sequence
-from typing import Protocol
+from random import Random
+from typing import TYPE_CHECKING, Protocol
 
-from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime, ITCPTransport
 from twisted.python.failure import Failure
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from lbproxy.config.model import PoolConfig
 
 __all__ = [
     "BalancedRequest",
     "Candidate",
     "IBalancer",
+    "IBalancerFactory",
     "IStreamTransport",
     "TunnelEnd",
     "TunnelReceiver",
@@ -116,6 +125,37 @@ class IBalancer(Interface):
 
         @param elapsed: seconds from sending the request to the head of the
             answer, or L{None} if no answer came.
+        """
+
+
+class IBalancerFactory(Interface):
+    """
+    A balancing strategy as installed: what C{--balance NAME} names and
+    what makes one for a pool.  lbproxy finds these with
+    C{getPlugins(IBalancerFactory, lbproxy.plugins)}, the built-in
+    strategies as well as a user's (a module in an C{lbproxy/plugins/}
+    directory on C{sys.path}; see README.rst, "Writing a strategy").
+    Plugin objects provide C{twisted.plugin.IPlugin} too, as every
+    C{twisted.plugin} plugin does.
+    """
+
+    name = Attribute(
+        "The --balance name (str): a lower-case letter, then lower-case "
+        "letters, digits, '-' or '_'."
+    )
+    description = Attribute("One line for people (str), shown by lbproxy balancers.")
+
+    def make(config: PoolConfig, clock: IReactorTime, rng: Random) -> IBalancer:
+        """
+        The strategy of one pool (one instance per pool: it keeps the
+        pool's rotation state).
+
+        @param config: the pool's configuration (its options, such as
+            C{ewma_decay}).
+        @param clock: the only clock the strategy may read: the reactor
+            in the proxy, a virtual clock in the simulator.
+        @param rng: the only randomness it may draw from (seeded by tests
+            and the simulator).
         """
 
 

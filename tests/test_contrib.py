@@ -68,21 +68,37 @@ class KubernetesTests(_Checking):
 
     def test_config_checks(self) -> None:
         """
-        The ConfigMap's C{lbproxy.toml} passes C{lbproxy check}, with one
-        DNS source.
+        The ConfigMap's C{lbproxy.toml} passes C{lbproxy check} (its admin
+        token file where the Secret would be, here a file of the test's),
+        with one DNS source and the admin on the pod's addresses.
         """
         text = self.objects["ConfigMap", "lbproxy"]["data"]["lbproxy.toml"]
-        config = load_config(self.check(text))
+        token_file = tomllib.loads(text)["admin-token-file"]
+        ours = self.mktemp()
+        with open(ours, "w") as f:
+            f.write("0123456789abcdef\n")
+        config = load_config(self.check(text.replace(token_file, ours)))
         self.assertEqual(
             [source for pool in config.pools for source in pool.sources],
             [DnsSource("a", "web-app.default.svc.cluster.local", 3000)],
         )
+        self.assertEqual(config.admin_token_file, ours)
+        # Without the token file, the check refuses an admin off loopback.
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text.replace(f'admin-token-file = "{token_file}"', ""))
+        err = io.StringIO()
+        self.patch(sys, "stdout", io.StringIO())
+        self.patch(sys, "stderr", err)
+        self.assertNotEqual(main(["check", path]), 0)
+        self.assertIn("neither on loopback nor a unix socket", err.getvalue())
 
     def test_deployment_runs_the_config(self) -> None:
         """
         The Deployment runs C{twistd -n lbproxy --config} on the file the
-        ConfigMap is mounted as, and its probes and Service use the port
-        lbproxy listens on.
+        ConfigMap is mounted as; its Service and liveness probe use the
+        port lbproxy listens on, its readiness probe the admin's
+        C{/healthz}, whose token file is the Secret's.
         """
         pod = self.objects["Deployment", "lbproxy"]["spec"]["template"]["spec"]
         [container] = pod["containers"]
@@ -90,17 +106,34 @@ class KubernetesTests(_Checking):
         self.assertEqual(command[:2], ["twistd", "-n"])
         self.assertEqual(command[command.index("lbproxy") + 1], "--config")
         config_path = command[command.index("--config") + 1]
-        [mount] = container["volumeMounts"]
-        [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-        data = self.objects["ConfigMap", volume["configMap"]["name"]]["data"]
-        self.assertIn(os.path.relpath(config_path, mount["mountPath"]), data)
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        self.assertEqual(set(mounts), set(volumes))
+        [config_volume] = [v for v in volumes.values() if "configMap" in v]
+        data = self.objects["ConfigMap", config_volume["configMap"]["name"]]["data"]
+        self.assertIn(os.path.relpath(config_path, mounts[config_volume["name"]]), data)
 
         config = tomllib.loads(data["lbproxy.toml"])
-        [port] = container["ports"]
-        self.assertEqual(config["listen"], [f"tcp:{port['containerPort']}"])
-        self.assertEqual(container["readinessProbe"]["tcpSocket"]["port"], port["name"])
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        self.assertEqual(config["listen"], [f"tcp:{ports['http']}"])
+        self.assertEqual(container["livenessProbe"]["tcpSocket"]["port"], "http")
         [service_port] = self.objects["Service", "lbproxy"]["spec"]["ports"]
-        self.assertEqual(service_port["targetPort"], port["name"])
+        self.assertEqual(service_port["targetPort"], "http")
+        # The kubelet probes the pod's IP: the admin listens on every
+        # address (no interface=), on the probe's port.
+        self.assertEqual(config["admin"], f"tcp:{ports['admin']}")
+        self.assertEqual(
+            container["readinessProbe"]["httpGet"], {"path": "/healthz", "port": "admin"}
+        )
+        # The token file is the Secret's key "token", in its mount; the
+        # file's header says how to make that Secret.
+        [secret_volume] = [v for v in volumes.values() if "secret" in v]
+        self.assertEqual(secret_volume["secret"]["secretName"], "lbproxy-admin")
+        with open(_path("kubernetes", "lbproxy.yaml")) as f:
+            self.assertIn("create secret generic lbproxy-admin --from-literal=token=", f.read())
+        self.assertEqual(
+            config["admin-token-file"], os.path.join(mounts[secret_volume["name"]], "token")
+        )
         # SIGTERM's drain ends before Kubernetes kills the pod.
         sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
         self.assertLess(sleep + config["drain-timeout"], pod["terminationGracePeriodSeconds"])

@@ -20,11 +20,13 @@ for the same reason.  Its shape::
      "upstreams": {"default": {"balance": "roundrobin",
                                "health_check": {"path": "/", "interval": 2.0},
                                "waiting": 0,
+                               "discovery": [{"url": "dns+a://app:3000",
+                                              "last_outcome": "ok", ...}],
                                "servers": [{"address": "127.0.0.1:3000",
                                             "state": "up", ...}, ...]}}}
 
 C{upstreams} is what C{GET /api/upstreams} answers; L{server_data} lists
-a server's fields.
+a server's fields, L{source_data} a DNS source's.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ from twisted.internet.interfaces import IReactorTime
 from lbproxy import __version__
 from lbproxy.balancing.pool import Pool
 from lbproxy.balancing.server import BOUNDS, AdminState, Server, bucket_percentiles
+from lbproxy.balancing.sources import SourceStatus
 from lbproxy.http.site import ProxySite
 from lbproxy.proxy.resource import BalancingProxyResource
 
-__all__ = ["ACTIONS", "AdminCore", "AdminError", "Snapshot", "server_data"]
+__all__ = ["ACTIONS", "AdminCore", "AdminError", "Snapshot", "server_data", "source_data"]
 
 #: A snapshot: JSON-ready data (see the module docstring).
 Snapshot = dict[str, Any]
@@ -129,6 +132,37 @@ def server_data(server: Server, idle_connections: int, now: float) -> dict[str, 
     }
 
 
+def source_data(status: SourceStatus) -> dict[str, Any]:
+    """
+    One DNS source of a pool (L{SourceStatus}) as JSON-ready data.
+
+    @return: C{url} (as configured), C{kind} (C{dns+a} or C{dns+srv}),
+        C{name}, C{resolver} (C{HOST:PORT} or C{system}); the last lookup:
+        C{last_lookup} (when it ended, the clock's seconds, or L{None}
+        before the first), C{last_outcome} (C{ok}, C{empty}, C{failed}, or
+        C{""} before the first), C{last_error} (why, for people, or C{""}),
+        C{records} (how many it gave), C{ttl} (seconds, of the last good
+        answer, or L{None}); C{next_lookup} (when, or L{None} while one
+        runs); C{failing_since} (when the current outage began, or
+        L{None}); C{servers} (the C{HOST:PORT} it gives the pool now, those
+        of its last good answer).
+    """
+    return {
+        "url": status.url,
+        "kind": status.kind,
+        "name": status.name,
+        "resolver": status.resolver,
+        "last_lookup": status.last_lookup,
+        "last_outcome": status.last_outcome,
+        "last_error": status.last_error,
+        "records": status.last_records,
+        "ttl": status.ttl,
+        "next_lookup": status.next_lookup,
+        "failing_since": status.failing_since,
+        "servers": list(status.servers),
+    }
+
+
 class AdminCore:
     """
     The running proxy as the admin sees it: read with L{snapshot}, acted on
@@ -188,7 +222,7 @@ class AdminCore:
 
     def upstreams(self, now: float | None = None) -> dict[str, Any]:
         """
-        The pools and their servers, by pool name: what C{GET
+        The pools, by name, with their servers and DNS sources: what C{GET
         /api/upstreams} answers.
 
         @param now: the clock's seconds; read from the clock if L{None}.
@@ -206,6 +240,7 @@ class AdminCore:
                 "balance": config.balance,
                 "health_check": check,
                 "waiting": pool.waiting,
+                "discovery": [source_data(s) for s in pool.discovery.values()],
                 "servers": [server_data(s, idle(s), now) for s in pool.servers],
             }
         return upstreams

@@ -34,7 +34,14 @@ one process (tests) do not collide.  Every series is named C{lbproxy_*}:
     rotation), C{lbproxy_upstream_state{state}} (1 for its one state of
     C{up}, C{down}, C{draining}, C{maintenance}),
     C{lbproxy_upstream_health_checks_total{result}} (C{passed},
-    C{failed}).
+    C{failed});
+  - per pool, C{lbproxy_upstream_queue_waiting};
+  - per DNS source of a pool, labelled C{pool} and C{source} (its URL as
+    configured): C{lbproxy_dns_lookup_ok} (1 if its last lookup answered,
+    0 if it failed or found no records, or before the first),
+    C{lbproxy_dns_last_lookup_timestamp_seconds} (when the last lookup
+    ended, Unix time; no sample before the first) and
+    C{lbproxy_dns_servers} (servers it gives the pool now).
 """
 
 from __future__ import annotations
@@ -97,6 +104,7 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         refused.add_metric([status], count)
     yield refused
     yield from _server_families(snapshot["upstreams"], process["latency_bounds"])
+    yield from _dns_families(snapshot["upstreams"])
 
 
 def _server_families(upstreams: dict[str, Any], bounds: list[float]) -> Iterator[Metric]:
@@ -189,6 +197,33 @@ def _server_families(upstreams: dict[str, Any], bounds: list[float]) -> Iterator
         checks,
         waiting,
     )
+
+
+def _dns_families(upstreams: dict[str, Any]) -> Iterator[Metric]:
+    labels = ["pool", "source"]
+    ok = GaugeMetricFamily(
+        "lbproxy_dns_lookup_ok",
+        "1 if the DNS source's last lookup answered; 0 if it failed or found no records.",
+        labels=labels,
+    )
+    last = GaugeMetricFamily(
+        "lbproxy_dns_last_lookup_timestamp_seconds",
+        "When the DNS source's last lookup ended, in seconds since the epoch.",
+        labels=labels,
+    )
+    servers = GaugeMetricFamily(
+        "lbproxy_dns_servers",
+        "Servers the DNS source gives the pool now (its last good answer's).",
+        labels=labels,
+    )
+    for pool, data in upstreams.items():
+        for source in data["discovery"]:
+            each = [pool, source["url"]]
+            ok.add_metric(each, 1 if source["last_outcome"] == "ok" else 0)
+            if source["last_lookup"] is not None:
+                last.add_metric(each, source["last_lookup"])
+            servers.add_metric(each, len(source["servers"]))
+    yield from (ok, last, servers)
 
 
 class SnapshotCollector:

@@ -140,7 +140,8 @@ class AdminResource(Resource):
     def _page(self, request: server.Request) -> bytes:
         for name, value in PAGE_HEADERS.items():
             request.setHeader(name, value)
-        return render_page(self.core.upstreams())
+        snapshot = self.core.snapshot()
+        return render_page(snapshot["upstreams"], snapshot["lbproxy"]["time"])
 
     def _healthz(self, request: server.Request) -> bytes:
         ready, line = self.core.readiness()

@@ -520,5 +520,9 @@ def status_class(status: int) -> str:
     C{"2xx"} for 200-299 and so on (C{"5xx"} for anything odd).
     """
     if 100 <= status < 600:
-        return f"{status // 100}xx"
+        return _CLASSES[status // 100]
     return "5xx"
+
+
+#: The class names by hundreds (looked up, not formatted: once per answer).
+_CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")

@@ -11,6 +11,7 @@ here does I/O or reads a clock: times are given.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 from collections.abc import Sequence
@@ -75,7 +76,8 @@ class LatencyWindow:
             self._seconds[slot] = second
             for i in range(len(counts)):
                 counts[i] = 0
-        bucket = _bucket(seconds)
+        # The first bound at or above it (bisect: this runs per answer).
+        bucket = bisect.bisect_left(_BOUNDS, seconds)
         counts[bucket] += 1
         self.counts_since_start[bucket] += 1
         self.sum_since_start += seconds
@@ -121,13 +123,6 @@ def bucket_percentiles(totals: Sequence[int], wanted: Sequence[float]) -> list[f
                 results.append(_BOUNDS[i] if i < len(_BOUNDS) else math.inf)
                 break
     return results
-
-
-def _bucket(seconds: float) -> int:
-    for i, bound in enumerate(_BOUNDS):
-        if seconds <= bound:
-            return i
-    return len(_BOUNDS)
 
 
 class ServerStats:

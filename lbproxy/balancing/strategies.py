@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.balancing.test_strategies -*-
 """
-Load-balancing strategies, one small class each, behind L{IBalancer}, and
-the one table that names them (L{STRATEGIES}, C{--balance NAME}).
+Load-balancing strategies, one small class each, behind L{IBalancer};
+they are registered under their C{--balance} names as plugins
+(L{lbproxy.plugins.lbproxy_balancers}, L{lbproxy.balancing.registry}).
 
   - L{RoundRobin} (C{roundrobin}, the default): nginx's smooth weighted
     round robin.
@@ -14,8 +15,8 @@ the one table that names them (L{STRATEGIES}, C{--balance NAME}).
   - L{ConsistentHash} (C{hash}): a key of the request on a hash ring
     (L{lbproxy.balancing.hashing}).
 
-Adding a strategy is one class here (or in a module of its own) and one
-entry in L{STRATEGIES}.  Every strategy keeps its per-server state in
+Adding a strategy is one class and one plugin naming it, here or in
+another distribution (L{lbproxy.balancing.registry}).  Every strategy keeps its per-server state in
 dicts keyed by server and tolerates servers it has never seen, reads time
 only from the clock it is given and randomness only from the L{Random} it
 is given, and does no I/O.  A server's weight divides its load in every
@@ -26,7 +27,7 @@ same whatever the strategy.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Container, Sequence
 from random import Random
 
 from twisted.internet.interfaces import IReactorTime
@@ -34,24 +35,15 @@ from zope.interface import implementer
 
 from lbproxy.balancing.hashing import HashRing, request_key, stable_hash
 from lbproxy.config.model import PoolConfig
-from lbproxy.errors import ConfigError
 from lbproxy.interfaces import BalancedRequest, Candidate, IBalancer
 
 __all__ = [
-    "STRATEGIES",
-    "BalancerFactory",
     "ConsistentHash",
     "LeastConn",
     "PeakEwma",
     "RandomTwo",
     "RoundRobin",
-    "make_balancer",
 ]
-
-#: Makes a pool's strategy from the pool's configuration, the clock the
-#: pool runs on and a source of randomness (seeded by tests and a
-#: simulator).
-BalancerFactory = Callable[[PoolConfig, IReactorTime, Random], IBalancer]
 
 
 @implementer(IBalancer)
@@ -73,7 +65,7 @@ class RoundRobin:
     @classmethod
     def from_config(cls, config: PoolConfig, clock: IReactorTime, rng: Random) -> RoundRobin:
         """
-        The strategy of a pool (a L{BalancerFactory}).
+        The strategy of a pool (what its plugin makes).
         """
         return cls()
 
@@ -127,7 +119,7 @@ class LeastConn(RoundRobin):
     @classmethod
     def from_config(cls, config: PoolConfig, clock: IReactorTime, rng: Random) -> LeastConn:
         """
-        The strategy of a pool (a L{BalancerFactory}).
+        The strategy of a pool (what its plugin makes).
         """
         return cls()
 
@@ -245,7 +237,7 @@ class RandomTwo:
     @classmethod
     def from_config(cls, config: PoolConfig, clock: IReactorTime, rng: Random) -> RandomTwo:
         """
-        The strategy of a pool (a L{BalancerFactory}).
+        The strategy of a pool (what its plugin makes).
         """
         return cls(rng)
 
@@ -277,6 +269,8 @@ class RandomTwo:
         """
 
 
+_exp = math.exp
+
 #: The cost of a server with requests in flight that has never answered:
 #: high enough that it gets no more until it does (Finagle's penalty).
 _PENALTY = 1e9
@@ -301,13 +295,19 @@ class _Estimate:
         weight that depends on the time since the last update, since
         answers do not come at even intervals (Finagle's C{PeakEwma}).
         """
-        if elapsed > self.cost:
-            self.cost = elapsed
+        cost = self.cost
+        if elapsed > cost:
+            cost = elapsed
         else:
-            weight = math.exp(-max(now - self.stamp, 0.0) / decay)
-            self.cost = self.cost * weight + elapsed * (1.0 - weight)
+            age = now - self.stamp
+            # No time passed: the weight would be 1 and the cost the same
+            # (skipping exp matters: this runs twice per pick).
+            if age > 0.0:
+                weight = _exp(-age / decay)
+                cost = cost * weight + elapsed * (1.0 - weight)
+        self.cost = cost
         self.stamp = now
-        return self.cost
+        return cost
 
 
 @implementer(IBalancer)
@@ -345,7 +345,7 @@ class PeakEwma:
     @classmethod
     def from_config(cls, config: PoolConfig, clock: IReactorTime, rng: Random) -> PeakEwma:
         """
-        The strategy of a pool (a L{BalancerFactory}).
+        The strategy of a pool (what its plugin makes).
         """
         return cls(clock, config.ewma_decay, rng)
 
@@ -426,7 +426,7 @@ class ConsistentHash:
     @classmethod
     def from_config(cls, config: PoolConfig, clock: IReactorTime, rng: Random) -> ConsistentHash:
         """
-        The strategy of a pool (a L{BalancerFactory}).
+        The strategy of a pool (what its plugin makes).
         """
         return cls(config.hash_key)
 
@@ -463,35 +463,3 @@ class ConsistentHash:
         """
         Nothing to learn; see L{IBalancer.finished}.
         """
-
-
-#: Every strategy by its C{--balance} name: adding one is a class and a
-#: line here.
-STRATEGIES: dict[str, BalancerFactory] = {
-    "roundrobin": RoundRobin.from_config,
-    "leastconn": LeastConn.from_config,
-    "random2": RandomTwo.from_config,
-    "ewma": PeakEwma.from_config,
-    "hash": ConsistentHash.from_config,
-}
-
-
-def make_balancer(config: PoolConfig, clock: IReactorTime, rng: Random | None = None) -> IBalancer:
-    """
-    The strategy C{config.balance} names, for one pool.
-
-    @param rng: the randomness the strategy draws from; a new one if
-        L{None}.
-    @raise ConfigError: if no strategy has that name.
-    """
-    factory = STRATEGIES.get(config.balance)
-    if factory is None:
-        raise ConfigError(unknown_strategy(config.balance))
-    return factory(config, clock, rng or Random())
-
-
-def unknown_strategy(name: str) -> str:
-    """
-    The message for a C{--balance} no strategy answers to.
-    """
-    return f"unknown strategy {name!r} (expected one of {', '.join(STRATEGIES)})"

@@ -187,14 +187,14 @@ def _endpoint_or_off(value: str) -> str | None:
 #: An HTTP token (RFC 9110 section 5.6.2): header and cookie names.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: A strategy's name; which names exist is the balancing layer's table
-#: (L{lbproxy.balancing.strategies.STRATEGIES}), checked with the rest of
+#: (L{lbproxy.balancing.registry.installed_strategies}, plugins), checked with the rest of
 #: what start and reload need (L{lbproxy.service.validate}).
 _NAME = re.compile(r"[a-z][a-z0-9_-]*")
 
 
 def _strategy(value: str) -> str | None:
     if _NAME.fullmatch(value) is None:
-        return "expected a strategy name (roundrobin, leastconn, random2, ewma, hash)"
+        return "expected a strategy name such as roundrobin or leastconn (see lbproxy balancers)"
     return None
 
 
@@ -575,9 +575,11 @@ class Config:
         "Where the access line of each request goes, in --access-log-format "
         "(nginx: access_log): '-' is where twistd logs (standard "
         "output under twistd -n, else twistd's log file, followed when twistd "
-        "rotates it), 'off' is nowhere, anything else a file of its own, "
-        "reopened on reload for logrotate. Lines are written in batches, at "
-        "least once a second (nginx's buffer=64k flush=1s).",
+        "rotates it, and opened as root, before twistd drops privileges with "
+        "--uid, as twistd opens it), 'off' is nowhere, anything else a file of "
+        "its own, opened as the --uid user (who must be able to create or "
+        "write it) and reopened on reload for logrotate. Lines are written in "
+        "batches, at least once a second (nginx's buffer=64k flush=1s).",
     )
     access_log_format: str = option(
         "combined",

@@ -24,7 +24,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -39,6 +39,7 @@ __all__ = [
     "AccessLog",
     "EventSink",
     "FileSink",
+    "KeptSink",
     "LineFormat",
     "LineSink",
     "LoggedRequest",
@@ -265,12 +266,23 @@ class FileSink:
     rotation does), checked at most once per batch.
     """
 
-    def __init__(self, path: str, follow: bool = False) -> None:
+    def __init__(self, path: str, follow: bool = False, fd: int | None = None) -> None:
+        """
+        @param path: the file.
+        @param follow: reopen the path when it names another file.
+        @param fd: a descriptor already open on the file, for appending
+            (a worker's, from its supervisor: the file is root's): a
+            duplicate is used rather than the path opened now.
+        """
         self.path = path
         self._follow = follow
         self._fd = -1
         self._inode = 0
-        self.reopen()
+        if fd is None:
+            self.reopen()
+        else:
+            self._fd = os.dup(fd)
+            self._inode = os.fstat(self._fd).st_ino
 
     def reopen(self) -> None:
         """
@@ -302,6 +314,44 @@ class FileSink:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class KeptSink:
+    """
+    A sink opened once and kept by its owner while the access log comes
+    and goes: its C{close} leaves it open (a reload that replaces it, or
+    one that fails, does not end it); L{release} closes it.
+
+    lbproxy keeps the sink of C{access-log = "-"} so: twistd's log file is
+    opened as root, before twistd drops privileges (C{--uid}), and the
+    user it switches to could not open it again.
+    """
+
+    def __init__(self, sink: LineSink) -> None:
+        self.sink = sink
+
+    def write_lines(self, data: bytes) -> None:
+        """
+        Write C{data} to the kept sink.
+        """
+        self.sink.write_lines(data)
+
+    def reopen(self) -> None:
+        """
+        Reopen the kept sink.
+        """
+        self.sink.reopen()
+
+    def close(self) -> None:
+        """
+        Leave it open: its owner releases it.
+        """
+
+    def release(self) -> None:
+        """
+        Close the kept sink (its owner stops).
+        """
+        self.sink.close()
 
 
 class StreamSink:
@@ -476,10 +526,26 @@ class TwistdLog:
     @ivar path: the log file (an absolute path), if it is a file.
     @ivar stdout: it is standard output (C{twistd -n} without
         C{--logfile}, or C{--logfile -}).
+    @ivar fd: a descriptor open on the file for appending, if one was
+        opened before twistd dropped privileges (L{opened}): a worker
+        process inherits it.
     """
 
     path: str | None = None
     stdout: bool = False
+    fd: int | None = None
+
+    def opened(self) -> TwistdLog:
+        """
+        This, with a descriptor open on the file (appending): to be called
+        before twistd drops privileges, as twistd opened the file as root.
+
+        @raise OSError: if the file cannot be opened.
+        """
+        if self.path is None or self.fd is not None:
+            return self
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        return replace(self, fd=fd)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None) -> TwistdLog | None:
@@ -503,7 +569,9 @@ def open_sink(setting: str, twistd: TwistdLog | None) -> LineSink | None:
     @param setting: C{"off"}, C{"-"} (the twistd log) or a file path.
     @param twistd: where twistd logs; L{None} if it is not a file or
         standard output (or there is no twistd): then lines go through
-        Twisted's logger, one event each.
+        Twisted's logger, one event each.  If it carries a descriptor
+        (L{TwistdLog.opened}), twistd's file is written through a
+        duplicate of it, not opened again.
     @raise OSError: if a file cannot be opened.
     """
     if setting == "off":
@@ -514,5 +582,5 @@ def open_sink(setting: str, twistd: TwistdLog | None) -> LineSink | None:
         return EventSink()
     if twistd.path is not None:
         # twistd's LogFile rotates by renaming: follow the path.
-        return FileSink(twistd.path, follow=True)
+        return FileSink(twistd.path, follow=True, fd=twistd.fd)
     return StreamSink(1)

@@ -48,14 +48,14 @@ from lbproxy.admin.core import AdminCore
 from lbproxy.admin.resource import AdminResource, AdminSite
 from lbproxy.balancing.health import HealthChecker, agent_probe
 from lbproxy.balancing.pool import Pool, Server, ServerChange
+from lbproxy.balancing.registry import installed_strategies, make_balancer, unknown_strategy
 from lbproxy.balancing.routes import Router
-from lbproxy.balancing.strategies import STRATEGIES, make_balancer, unknown_strategy
 from lbproxy.config.model import Config
 from lbproxy.config.options import Scope, needs_restart
 from lbproxy.discovery.service import DiscoveryService
 from lbproxy.errors import ConfigError
 from lbproxy.http import accesslog
-from lbproxy.http.accesslog import LineSink
+from lbproxy.http.accesslog import KeptSink, LineSink
 from lbproxy.http.servertls import ReloadableTLS
 from lbproxy.http.site import ProxySite
 from lbproxy.service.listeners import (
@@ -188,6 +188,9 @@ class ProxyService(MultiService):
         self._reloading = DeferredLock()
         self._listeners_bound = False
         self._open_sink = open_sink or (lambda setting: accesslog.open_sink(setting, None))
+        # The sink of access-log "-", opened before privileges are dropped
+        # and kept until the service stops; see _access_sink.
+        self._twistd_sink: KeptSink | None = None
         # DNS sources (lbproxy.discovery): started and stopped with this
         # service, carried across reloads by _switch.
         self._discovery = DiscoveryService(reactor)
@@ -309,10 +312,52 @@ class ProxyService(MultiService):
             when twistd daemonises.)
         """
         super().privilegedStartService()
-        # The access log is opened in startService, as the user twistd
-        # switches to: a file created as root could not be reopened by that
-        # user on SIGHUP.  (No request is accepted before the reactor runs.)
+        # Where "-" goes (twistd's log file) is opened now, as root: twistd
+        # opened that file as root, and the user it switches to may not be
+        # able to open it (see _access_sink).  An access log file of its own
+        # (a path) is opened in startService instead, as that user: a file
+        # created as root could not be reopened by that user on SIGHUP.
+        # (No request is accepted before the reactor runs.)  Opened whatever
+        # the setting: a reload may choose "-" later.
+        try:
+            self._open_twistd_sink()
+        except OSError as e:
+            if self.config.access_log == "-":
+                self._cannot_start(f"cannot open access log -: {e.strerror}")
         self._bind()
+
+    def _open_twistd_sink(self) -> None:
+        """
+        Open the sink of C{access-log = "-"}, unless it is open.
+
+        @raise OSError: if it cannot be opened.
+        """
+        if self._twistd_sink is None:
+            sink = self._open_sink("-")
+            if sink is not None:
+                self._twistd_sink = KeptSink(sink)
+
+    def _access_sink(self, setting: str) -> LineSink | None:
+        """
+        Where the access lines of C{setting} go.
+
+        C{-} is always the sink L{_open_twistd_sink} opened before twistd
+        dropped privileges, kept across reloads (as nginx's master opens its
+        log files as root and its workers inherit them): the user twistd
+        switched to could not open twistd's root-owned log file again.  It
+        needs no reopening: it follows twistd's own rotation, and a file
+        twistd creates when it rotates is created by that user (twistd
+        rotates only if that user may write the file and its directory).
+        A path is opened anew, as the user lbproxy runs as, even if it is
+        the same, so that logrotate can move the file away and then send
+        SIGHUP.
+
+        @raise OSError: if a file cannot be opened.
+        """
+        if setting == "-":
+            self._open_twistd_sink()
+            return self._twistd_sink
+        return self._open_sink(setting)
 
     def _bind(self) -> None:
         if self._listeners_bound:
@@ -357,7 +402,7 @@ class ProxyService(MultiService):
         """
         self._bind()
         try:
-            self.site.access_log.replace_sink(self._open_sink(self.config.access_log))
+            self.site.access_log.replace_sink(self._access_sink(self.config.access_log))
         except OSError as e:
             self._cannot_start(f"cannot open access log {self.config.access_log}: {e.strerror}")
         super().startService()
@@ -465,7 +510,7 @@ class ProxyService(MultiService):
         problems += [
             f"upstream.{pool.name}.balance: {unknown_strategy(pool.balance)}"
             for pool in config.pools
-            if pool.balance not in STRATEGIES
+            if pool.balance not in installed_strategies()
         ]
         added: dict[str, tuple[IService, ReloadableTLS | None]] = {}
         binding: list[Deferred[Any]] = []
@@ -500,9 +545,8 @@ class ProxyService(MultiService):
             problems.append(str(e))
         log_file: LineSink | None = None
         try:
-            # Opened anew even if the path is the same, so that logrotate
-            # can move the file away and then send SIGHUP.
-            log_file = self._open_sink(config.access_log)
+            # A path is opened anew (for logrotate), "-" kept: _access_sink.
+            log_file = self._access_sink(config.access_log)
         except OSError as e:
             problems.append(f"access log {config.access_log!r}: {e.strerror}")
         # The admin listener: a new one bound if its endpoint changed, its
@@ -655,6 +699,7 @@ class ProxyService(MultiService):
             [d for d in stopping if isinstance(d, Deferred)], consumeErrors=True
         )
         if not self.running:
+            self._release_twistd_sink()
             return listening.addCallback(lambda _: None)
         listening.addCallback(lambda _: self._drain())
         listening.addCallback(lambda _: self._stop_rest())
@@ -695,8 +740,14 @@ class ProxyService(MultiService):
         closing.addErrback(lambda reason: reason.trap(TimeoutError))
         closing.addCallback(lambda _: admin_closed)
         closing.addCallback(lambda _: self.site.access_log.close())
+        closing.addCallback(lambda _: self._release_twistd_sink())
         closing.addCallback(lambda _: super(ProxyService, self).stopService())
         return closing
+
+    def _release_twistd_sink(self) -> None:
+        sink, self._twistd_sink = self._twistd_sink, None
+        if sink is not None:
+            sink.release()
 
 
 def admin_token(config: Config) -> str:

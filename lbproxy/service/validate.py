@@ -20,7 +20,7 @@ what only the system can say, without changing anything:
     listener that is neither on loopback nor a unix socket has a token
     (anyone who reaches it could otherwise drain every server).
   - every pool's C{balance} names an installed strategy
-    (L{lbproxy.balancing.strategies.STRATEGIES}).
+    (L{lbproxy.balancing.registry.installed_strategies}).
 
 What it cannot know in advance (a port in use, a directory that vanishes
 in between) fails when the listener is bound; a reload then changes
@@ -36,7 +36,7 @@ from typing import Any
 
 from twisted.internet.endpoints import SSL4ServerEndpoint, UNIXServerEndpoint, serverFromString
 
-from lbproxy.balancing.strategies import STRATEGIES, unknown_strategy
+from lbproxy.balancing.registry import installed_strategies, unknown_strategy
 from lbproxy.config.file import ConfigFileError, load_config
 from lbproxy.config.model import Config, admin_token_problem
 from lbproxy.errors import ConfigError
@@ -113,7 +113,7 @@ def check_config(config: Config, reactor: Any) -> list[Problem]:
             "upstream-client-cert", _load_client_cert, config.upstream_client_cert
         )
     for pool in config.pools:
-        if pool.balance not in STRATEGIES:
+        if pool.balance not in installed_strategies():
             # The command line's pool is "default": --balance names it.
             key = "balance" if pool.name == "default" else f"upstream.{pool.name}.balance"
             problems.append(Problem(key, None, unknown_strategy(pool.balance)))

@@ -34,7 +34,10 @@ actions to; the page, the JSON and C{/metrics} are the workers' combined.
 What a worker logs reaches the supervisor's log through a pipe (its
 standard error), each line prefixed with C{worker N:}; access lines do
 not: each worker appends them to the access log (or twistd's log file, or
-standard output) itself, in batches.
+standard output) itself, in batches.  twistd's log file (C{access-log =
+"-"}) is opened by the supervisor before twistd drops root, as twistd
+opened it, and the workers inherit the descriptor (as nginx's workers do
+their master's log files): the user they run as may not open that file.
 """
 
 from __future__ import annotations
@@ -272,6 +275,20 @@ class WorkerSupervisor(MultiService):
             (L{StartError} when twistd daemonises).
         """
         super().privilegedStartService()  # type: ignore[no-untyped-call]
+        # twistd opened its log file as root: the workers, run as the user
+        # twistd switches to, may not open it themselves.  Opened here, as
+        # root, and inherited by them, as the listening sockets are (nginx's
+        # workers inherit their master's log files so), rather than access
+        # lines sent through a pipe to this process: that would cost a copy
+        # of each line and this process's time, which serves nothing and
+        # must stay quick to handle signals.  Opened whatever the setting:
+        # a reload may choose "-" later.
+        if self._twistd_log is not None:
+            try:
+                self._twistd_log = self._twistd_log.opened()
+            except OSError as e:
+                if self.config.access_log == "-":
+                    self._cannot_start(f"cannot open access log -: {e.strerror}")
         self._bind()
 
     def _bind(self) -> None:
@@ -396,9 +413,12 @@ class WorkerSupervisor(MultiService):
         )
         # Standard input: the setup, then open until the supervisor goes;
         # standard output shared (access-log "-" under twistd -n); standard
-        # error: the worker's log lines; the listening sockets as they are.
+        # error: the worker's log lines; the listening sockets and twistd's
+        # log file (opened before privileges were dropped) as they are.
         fds: dict[int, Any] = {0: "w", 1: 1, 2: "r"}
         fds.update({fd: fd for fd in setup.sockets.values()})
+        if self._twistd_log is not None and self._twistd_log.fd is not None:
+            fds[self._twistd_log.fd] = self._twistd_log.fd
         env = dict(os.environ)
         # The worker imports lbproxy from where this process did, whatever
         # directory twistd runs in.
@@ -571,6 +591,11 @@ class WorkerSupervisor(MultiService):
             worker.signal("KILL")
 
     def _close_ports(self) -> Deferred[Any]:
+        # (And twistd's log file, which the workers inherit with them.)
+        log = self._twistd_log
+        if log is not None and log.fd is not None:
+            os.close(log.fd)
+            self._twistd_log = replace(log, fd=None)
         ports, self._ports = self._ports, {}
         closing = [d for p in ports.values() if (d := p.stopListening()) is not None]
         # The admin listener answers (503 on /healthz) until the workers end.

@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet.task import Clock
 
 from lbproxy.admin.core import AdminCore
+from lbproxy.balancing.sources import SourceStatus
 from lbproxy.config.model import Config, PoolConfig, ServerConfig
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.site import ProxySite
@@ -61,3 +62,27 @@ class FakeProxy:
         self.clock.advance(seconds)
         sent.sink.response_headers(status, b"X", [(b"Content-Length", b"0")], FakeProducer())
         sent.sink.response_done()
+
+    def add_sources(self) -> list[SourceStatus]:
+        """
+        Give the pool three DNS sources' statuses, as L{lbproxy.discovery}
+        fills them in (the clock is at 1,000,000): one whose last lookup,
+        3 s ago, answered; one failing for 2 minutes, keeping a server; one
+        not looked up yet.
+        """
+        ok = SourceStatus("dns+a://app.internal:3000", "dns+a", "app.internal", "127.0.0.1:53")
+        ok.last_lookup, ok.last_outcome, ok.last_records = 999_997.0, "ok", 2
+        ok.ttl, ok.next_lookup = 9.0, 1_000_006.0
+        ok.servers = ("10.0.0.5:3000", "10.0.0.6:3000")
+        failing = SourceStatus(
+            "dns+srv://_web._tcp.service.consul", "dns+srv", "_web._tcp.service.consul", "system"
+        )
+        failing.last_lookup, failing.last_outcome = 999_996.0, "failed"
+        failing.last_error, failing.ttl = "timed out", 5.0
+        failing.next_lookup, failing.failing_since = 1_000_004.0, 999_880.0
+        failing.servers = ("10.0.0.9:8080",)
+        fresh = SourceStatus("dns+a://new.internal:80", "dns+a", "new.internal", "system")
+        sources = [ok, failing, fresh]
+        for source in sources:
+            self.pool.discovery[source.url] = source
+        return sources

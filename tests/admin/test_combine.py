@@ -78,6 +78,7 @@ def _snapshot(
                 "balance": "roundrobin",
                 "health_check": None,
                 "waiting": 1,
+                "discovery": [],
                 "servers": servers,
                 **pool,
             }

@@ -105,6 +105,45 @@ class SnapshotTests(SynchronousTestCase):
         self.assertAlmostEqual(first["response_times"]["sum"], 0.003)
         self.assertTrue(pool["servers"][2]["backup"])
 
+    def test_discovery(self) -> None:
+        """
+        A pool's DNS sources, in order, each with its last lookup and the
+        servers it gives; none for a pool without.
+        """
+        self.assertEqual(self.proxy.core.upstreams()["web"]["discovery"], [])
+        self.proxy.add_sources()
+        ok, failing, fresh = self.proxy.core.upstreams()["web"]["discovery"]
+        self.assertEqual(
+            ok,
+            {
+                "url": "dns+a://app.internal:3000",
+                "kind": "dns+a",
+                "name": "app.internal",
+                "resolver": "127.0.0.1:53",
+                "last_lookup": 999_997.0,
+                "last_outcome": "ok",
+                "last_error": "",
+                "records": 2,
+                "ttl": 9.0,
+                "next_lookup": 1_000_006.0,
+                "failing_since": None,
+                "servers": ["10.0.0.5:3000", "10.0.0.6:3000"],
+            },
+        )
+        self.assertEqual(
+            (failing["kind"], failing["last_outcome"], failing["last_error"]),
+            ("dns+srv", "failed", "timed out"),
+        )
+        self.assertEqual(
+            (failing["failing_since"], failing["servers"]), (999_880.0, ["10.0.0.9:8080"])
+        )
+        self.assertEqual(
+            (fresh["last_lookup"], fresh["last_outcome"], fresh["ttl"], fresh["servers"]),
+            (None, "", None, []),
+        )
+        snapshot = self.proxy.core.snapshot()
+        self.assertEqual(json.loads(json.dumps(snapshot, allow_nan=False)), snapshot)
+
     def test_down_and_why(self) -> None:
         """
         A server taken out by health checks is C{down}, with why, and its

@@ -162,6 +162,52 @@ class KnownSequenceTests(SynchronousTestCase):
             self.assertTrue(name.startswith("lbproxy_"), name)
 
 
+class DnsTests(SynchronousTestCase):
+    """
+    Each DNS source of a pool: whether its last lookup answered, when it
+    ended, how many servers it gives.
+    """
+
+    def test_sources(self) -> None:
+        """
+        The three series per source, labelled with the pool and the
+        source's URL; no timestamp before the first lookup.
+        """
+        proxy = FakeProxy()
+        proxy.add_sources()
+        samples = _samples(exposition(metrics_registry(proxy.core.snapshot)))
+        got = {
+            (name, dict(labels)["source"]): value
+            for (name, labels), value in samples.items()
+            if name.startswith("lbproxy_dns_") and dict(labels)["pool"] == "web"
+        }
+        ok, failing, fresh = (
+            "dns+a://app.internal:3000",
+            "dns+srv://_web._tcp.service.consul",
+            "dns+a://new.internal:80",
+        )
+        self.assertEqual(
+            got,
+            {
+                ("lbproxy_dns_lookup_ok", ok): 1,
+                ("lbproxy_dns_lookup_ok", failing): 0,
+                ("lbproxy_dns_lookup_ok", fresh): 0,
+                ("lbproxy_dns_last_lookup_timestamp_seconds", ok): 999_997,
+                ("lbproxy_dns_last_lookup_timestamp_seconds", failing): 999_996,
+                ("lbproxy_dns_servers", ok): 2,
+                ("lbproxy_dns_servers", failing): 1,
+                ("lbproxy_dns_servers", fresh): 0,
+            },
+        )
+
+    def test_none(self) -> None:
+        """
+        A pool without DNS sources has no DNS series.
+        """
+        samples = _samples(exposition(metrics_registry(FakeProxy().core.snapshot)))
+        self.assertEqual([name for name, _ in samples if name.startswith("lbproxy_dns_")], [])
+
+
 class FamiliesTests(SynchronousTestCase):
     """
     L{families} reads nothing but a snapshot, so a snapshot from elsewhere
@@ -175,6 +221,7 @@ class FamiliesTests(SynchronousTestCase):
         import json
 
         proxy = FakeProxy()
+        proxy.add_sources()
         _, sent = proxy.request()
         proxy.answer(sent, 200, 0.01)
         snapshot = proxy.core.snapshot()

@@ -74,7 +74,9 @@ class ReadTests(_AdminTestCase):
         answer = yield self.request(b"GET", b"/")
         self.assertEqual(answer.status, 200)
         self.assertEqual(answer.header(b"content-type"), [b"text/html; charset=utf-8"])
-        self.assertEqual(answer.body, render_page(self.proxy.core.upstreams()))
+        self.assertEqual(
+            answer.body, render_page(self.proxy.core.upstreams(), self.proxy.clock.seconds())
+        )
         self.assertIn(b"<li>10.0.0.1:80 up</li><li>10.0.0.2:80 up</li>", answer.body)
         [policy] = answer.header(b"content-security-policy")
         [script] = re.findall(rb"<script>(.*?)</script>", PAGE, re.DOTALL)
@@ -101,6 +103,15 @@ class ReadTests(_AdminTestCase):
             [(s["address"], s["state"]) for s in upstreams["web"]["servers"]],
             [("10.0.0.1:80", "up"), ("10.0.0.2:80", "up")],
         )
+        self.assertEqual(upstreams["web"]["discovery"], [])
+        [source, *_] = self.proxy.add_sources()
+        answer = yield self.request(b"GET", b"/api/upstreams")
+        upstreams = json.loads(answer.body)
+        [ok, _, _] = upstreams["web"]["discovery"]
+        self.assertEqual(
+            (ok["url"], ok["last_outcome"], ok["last_lookup"], ok["servers"]),
+            (source.url, "ok", 999_997.0, ["10.0.0.5:3000", "10.0.0.6:3000"]),
+        )
         answer = yield self.request(b"GET", b"/api/status")
         status = json.loads(answer.body)
         self.assertEqual(status["upstreams"], upstreams)
@@ -123,6 +134,11 @@ class ReadTests(_AdminTestCase):
             self.assertIn(
                 b'lbproxy_upstream_up{pool="web",server="' + address + b'"} 1.0', answer.body
             )
+        self.proxy.add_sources()
+        answer = yield self.request(b"GET", b"/metrics")
+        self.assertIn(
+            b'lbproxy_dns_servers{pool="web",source="dns+a://app.internal:3000"} 2.0', answer.body
+        )
 
     @inlineCallbacks
     def test_healthz(self):

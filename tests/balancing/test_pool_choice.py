@@ -15,9 +15,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from lbproxy.balancing.pool import Pool, Server
+from lbproxy.balancing.registry import make_balancer
 from lbproxy.balancing.server import AdminState
 from lbproxy.balancing.sticky import sticky_id
-from lbproxy.balancing.strategies import RoundRobin, make_balancer
+from lbproxy.balancing.strategies import RoundRobin
 from lbproxy.config.model import PoolConfig, ServerConfig
 from lbproxy.interfaces import BalancedRequest, Candidate, IBalancer
 from tests.balancing.fakes import FakeRequest

@@ -16,16 +16,13 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.balancing.pool import Server
 from lbproxy.balancing.strategies import (
-    STRATEGIES,
     ConsistentHash,
     LeastConn,
     PeakEwma,
     RandomTwo,
     RoundRobin,
-    make_balancer,
 )
-from lbproxy.config.model import PoolConfig, ServerConfig
-from lbproxy.errors import ConfigError
+from lbproxy.config.model import ServerConfig
 from lbproxy.interfaces import IBalancer
 from tests.balancing.fakes import FakeRequest, FakeServer, servers, shares
 
@@ -136,54 +133,6 @@ class RoundRobinTests(SynchronousTestCase):
         An empty candidate list gives L{None}.
         """
         self.assertIsNone(RoundRobin().pick([], ()))
-
-
-def _pool_config(balance: str, **options: object) -> PoolConfig:
-    return PoolConfig("web", (ServerConfig("a", 1),), balance=balance, **options)  # type: ignore[arg-type]
-
-
-class TableTests(SynchronousTestCase):
-    """
-    L{STRATEGIES} names every strategy; L{make_balancer} makes a pool's.
-    """
-
-    def test_names(self) -> None:
-        """
-        The strategies are named as C{--balance} spells them.
-        """
-        self.assertEqual(list(STRATEGIES), ["roundrobin", "leastconn", "random2", "ewma", "hash"])
-
-    def test_every_strategy_is_a_balancer(self) -> None:
-        """
-        Every factory of the table makes an L{IBalancer}.
-        """
-        for name in STRATEGIES:
-            balancer = make_balancer(_pool_config(name), Clock(), Random(1))
-            self.assertTrue(verifyObject(IBalancer, balancer), name)
-
-    def test_made_by_name(self) -> None:
-        """
-        C{balance} chooses the class; the pool's other options reach it.
-        """
-        clock = Clock()
-        kinds = {
-            "roundrobin": RoundRobin,
-            "leastconn": LeastConn,
-            "random2": RandomTwo,
-            "ewma": PeakEwma,
-            "hash": ConsistentHash,
-        }
-        for name, kind in kinds.items():
-            self.assertIs(type(make_balancer(_pool_config(name), clock)), kind)
-
-    def test_unknown(self) -> None:
-        """
-        A name no strategy answers to is a L{ConfigError} naming the known
-        ones.
-        """
-        error = self.assertRaises(ConfigError, make_balancer, _pool_config("fastest"), Clock())
-        self.assertIn("'fastest'", str(error))
-        self.assertIn("roundrobin, leastconn, random2, ewma, hash", str(error))
 
 
 class WeightTests(SynchronousTestCase):

@@ -5,8 +5,11 @@ a L{Clock}), the sinks, and where twistd's own log is.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
@@ -20,6 +23,7 @@ from lbproxy.http.accesslog import (
     AccessLog,
     EventSink,
     FileSink,
+    KeptSink,
     StreamSink,
     TwistdLog,
     combined_line,
@@ -438,6 +442,93 @@ class FileSinkTests(SynchronousTestCase):
         sink.write_lines(b"two\n")
         self.assertEqual(self._read(self.path + ".1"), b"one\n")
         self.assertEqual(self._read(self.path), b"two\n")
+
+
+class KeptSinkTests(SynchronousTestCase):
+    """
+    L{KeptSink} outlives the access log's use of it.
+    """
+
+    def test_close_keeps(self) -> None:
+        """
+        Replaced, or closed with the access log, it stays open; lines go
+        through; L{KeptSink.release} closes it.
+        """
+        inner = MemorySink()
+        kept = KeptSink(inner)
+        log = AccessLog(Clock(), kept)
+        log.replace_sink(MemorySink())
+        log.replace_sink(kept)
+        kept.write_lines(b"one\n")
+        kept.reopen()
+        log.close()
+        self.assertEqual((inner.lines, inner.reopened, inner.closed), (["one"], 1, False))
+        kept.release()
+        self.assertTrue(inner.closed)
+
+
+def _refuse_open(*args: Any, **kwargs: Any) -> int:
+    """
+    C{os.open} as the user twistd switched to sees twistd's log file, which
+    is root's.
+    """
+    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+
+class InheritedFileSinkTests(SynchronousTestCase):
+    """
+    L{FileSink} over a descriptor already open (a worker's, opened by its
+    supervisor before twistd dropped privileges), and L{TwistdLog.opened},
+    which opens it.
+    """
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.twistd = TwistdLog(path=self.path).opened()
+        assert self.twistd.fd is not None
+        self.addCleanup(os.close, self.twistd.fd)
+
+    def _read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    def test_opened(self) -> None:
+        """
+        L{TwistdLog.opened} opens the file for appending, once; a twistd
+        logging elsewhere has nothing to open.
+        """
+        fd = self.twistd.fd
+        assert fd is not None
+        self.assertEqual(os.fstat(fd).st_ino, os.stat(self.path).st_ino)
+        self.assertTrue(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
+        self.assertIs(self.twistd.opened(), self.twistd)
+        stdout = TwistdLog(stdout=True)
+        self.assertIs(stdout.opened(), stdout)
+
+    def test_no_open(self) -> None:
+        """
+        C{-} with a descriptor writes through it (a duplicate, the sink's
+        own to close) without opening the path, which the user could not.
+        """
+        self.patch(os, "open", _refuse_open)
+        sink = open_sink("-", self.twistd)
+        sink.write_lines(b"one\n")
+        sink.close()
+        self.assertEqual(self._read(), b"one\n")
+        assert self.twistd.fd is not None
+        os.fstat(self.twistd.fd)  # still open
+
+    def test_follows_rotated_file(self) -> None:
+        """
+        It still follows twistd's rotation: the new file twistd made (as
+        the user it switched to) is opened.
+        """
+        sink = open_sink("-", self.twistd)
+        self.addCleanup(sink.close)
+        sink.write_lines(b"one\n")
+        os.rename(self.path, self.path + ".1")
+        sink.write_lines(b"two\n")
+        self.assertEqual(self._read(), b"two\n")
 
 
 def _twistd(*arguments: str) -> TwistdLog | None:

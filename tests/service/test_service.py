@@ -5,8 +5,10 @@ graceful stop, with real app servers on loopback.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -18,6 +20,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbproxy.config.file import load_config
+from lbproxy.http.accesslog import LineSink, TwistdLog, open_sink
 from lbproxy.tap import make_proxy_service
 from tests.support import (
     free_port,
@@ -865,6 +868,137 @@ class PrivilegedStartTests(TestCase):
             self.assertIn('"GET / HTTP/1.1" 200', f.read())
 
 
+class _DroppingOpener:
+    """
+    Opens access log sinks as L{make_proxy_service} does, twistd logging
+    to the file C{twistd_path}; once C{dropped} (twistd switched to the
+    C{--uid} user), opening C{-} fails as it does for that user: twistd
+    opened its log file as root.
+
+    @ivar opened: the settings opened, in order.
+    """
+
+    def __init__(self, twistd_path: str) -> None:
+        self.twistd = TwistdLog(path=twistd_path)
+        self.dropped = False
+        self.opened: list[str] = []
+
+    def __call__(self, setting: str) -> LineSink | None:
+        if self.dropped and setting == "-":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        self.opened.append(setting)
+        return open_sink(setting, self.twistd)
+
+
+def _descriptors_on(path: str) -> int:
+    """
+    How many descriptors this process has open on the file at C{path}.
+    """
+    target = os.stat(path)
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        count += (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino)
+    return count
+
+
+class TwistdLogPrivilegesTests(TestCase):
+    """
+    C{access-log = "-"} with twistd logging to a file under C{--uid}:
+    twistd opened that file as root, so lbproxy opens it before twistd
+    drops privileges, and keeps it.
+    """
+
+    def _service(self, access_log: str) -> Any:
+        """
+        A service over an app server, with C{access-log} set so, started as
+        twistd does with C{--uid}: privileges are dropped between
+        C{privilegedStartService} and C{startService}.
+        """
+        _, _, app_port = start_app(self, "A")
+        self.path = self.mktemp()
+        self._write(app_port, access_log)
+        self.twistd_path = os.path.abspath(self.mktemp())
+        open(self.twistd_path, "w").close()
+        service, self.site = make_proxy_service(load_config(self.path), reactor, self.path)
+        self.opener = _DroppingOpener(self.twistd_path)
+        service._open_sink = self.opener
+        self.app_port = app_port
+        service.privilegedStartService()
+        self.addCleanup(service.stopService)
+        self.opener.dropped = True
+        service.startService()
+        return service
+
+    def _write(self, app_port: int, access_log: str, extra: str = "") -> None:
+        with open(self.path, "w") as f:
+            f.write(
+                _toml([app_port], extra=extra).replace(
+                    'access-log = "off"', f'access-log = "{access_log}"'
+                )
+            )
+
+    @inlineCallbacks
+    def _request_logged(self, service: Any, target: str) -> Any:
+        """
+        Request C{target}; its access line is in twistd's log file.
+        """
+        port = (yield service.listening_ports())[0].getHost().port
+        self.assertEqual((yield get(port, target.encode())).body, b"PORT A")
+        self.site.access_log.flush()
+        with open(self.twistd_path) as f:
+            self.assertIn(f'"GET {target} HTTP/1.1" 200', f.read())
+
+    @inlineCallbacks
+    def test_opened_before_privileges(self):
+        """
+        The start succeeds, and access lines reach twistd's log file.
+        """
+        service = self._service("-")
+        self.assertEqual(self.opener.opened, ["-"])
+        yield self._request_logged(service, "/?first")
+
+    @inlineCallbacks
+    def test_reload_keeps_it(self):
+        """
+        A reload that keeps C{-} keeps the sink: it cannot be opened again.
+        """
+        service = self._service("-")
+        sink = self.site.access_log.sink
+        self._write(self.app_port, "-", extra="send-timeout = 7\n")
+        self.assertTrue((yield service.reload()))
+        self.assertEqual(service.config.send_timeout, 7.0)
+        self.assertIs(self.site.access_log.sink, sink)
+        self.assertEqual(self.opener.opened, ["-"])
+        yield self._request_logged(service, "/?after")
+
+    @inlineCallbacks
+    def test_reload_back_to_it(self):
+        """
+        Opened even if the setting is a path (opened as the user, after the
+        drop), a reload may choose C{-} later.
+        """
+        access_log = os.path.abspath(self.mktemp())
+        service = self._service(access_log)
+        self.assertEqual(self.opener.opened, ["-", access_log])
+        self._write(self.app_port, "-")
+        self.assertTrue((yield service.reload()))
+        yield self._request_logged(service, "/?back")
+
+    @inlineCallbacks
+    def test_stop_closes_it(self):
+        """
+        Stopping closes twistd's log file (lbproxy's descriptor on it).
+        """
+        service = self._service("-")
+        self.assertEqual(_descriptors_on(self.twistd_path), 1)
+        yield service.stopService()
+        self.assertEqual(_descriptors_on(self.twistd_path), 0)
+
+
 class ReloadUpstreamSettingsTests(TestCase):
     """
     A reload applies the settings about upstream answers.
@@ -968,6 +1102,6 @@ class BalancingReloadTests(TestCase):
             _errors(events),
             [
                 "reload failed, configuration kept: upstream.web.balance: unknown strategy "
-                "'fastest' (expected one of roundrobin, leastconn, random2, ewma, hash)"
+                "'fastest' (expected one of ewma, hash, leastconn, random2, roundrobin)"
             ],
         )

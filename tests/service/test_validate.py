@@ -429,8 +429,8 @@ class StrategyNameTests(SynchronousTestCase):
         )
         self.assertEqual(
             str(error),
-            "--balance: unknown strategy 'fastest' (expected one of roundrobin, leastconn, "
-            "random2, ewma, hash)",
+            "--balance: unknown strategy 'fastest' (expected one of ewma, hash, leastconn, "
+            "random2, roundrobin)",
         )
 
     def test_file(self) -> None:
@@ -445,7 +445,7 @@ class StrategyNameTests(SynchronousTestCase):
             error.problems,
             [
                 f"{path}: upstream.web.balance: unknown strategy 'fastest' (expected one of "
-                "roundrobin, leastconn, random2, ewma, hash)"
+                "ewma, hash, leastconn, random2, roundrobin)"
             ],
         )
 

@@ -5,6 +5,7 @@ a supervisor and worker processes sharing the listening sockets.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -30,7 +31,7 @@ from zope.interface import implementer
 
 from lbproxy.config.file import load_config
 from lbproxy.config.model import Config, PoolConfig, ServerConfig
-from lbproxy.http.accesslog import TwistdLog
+from lbproxy.http.accesslog import TwistdLog, open_sink
 from lbproxy.service.listeners import bind_shared, inherited_endpoint, listener_kind
 from lbproxy.service.validate import check_config
 from lbproxy.service.workers import (
@@ -261,6 +262,14 @@ class _ProcessReactor(MemoryReactorClock):
 def _end(protocol: Any, process: _FakeProcess, reason: Exception) -> None:
     process.ended = True
     protocol.processEnded(Failure(reason))
+
+
+def _refuse_open(*args: Any, **kwargs: Any) -> int:
+    """
+    C{os.open} as the user twistd switched to sees twistd's log file, which
+    is root's.
+    """
+    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
 
 class SupervisorTests(SynchronousTestCase):
@@ -501,6 +510,44 @@ class SupervisorTests(SynchronousTestCase):
         self.reactor.advance(60)
         self.assertEqual(len(self.reactor.spawned), 1)
 
+    def test_twistd_log_inherited(self) -> None:
+        """
+        With C{access-log = "-"} and twistd logging to a file, the
+        supervisor opens that file before twistd drops privileges (the
+        user it switches to could not: twistd opened it as root) and each
+        worker inherits the descriptor and appends through it, never
+        opening the path; stopping closes it.
+        """
+        path = os.path.abspath(self.mktemp())
+        open(path, "w").close()
+        supervisor = WorkerSupervisor(
+            _config(access_log="-"), self.reactor, twistd_log=TwistdLog(path=path)
+        )
+        supervisor._bound = True
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+        supervisor.privilegedStartService()
+        self.patch(os, "open", _refuse_open)  # privileges dropped
+        supervisor.startService()
+        for _, process, fds in self.reactor.spawned:
+            read, write = os.pipe()
+            os.write(write, process.written)
+            os.close(write)
+            twistd_log = read_setup(read).twistd_log
+            os.close(read)
+            assert twistd_log is not None and twistd_log.fd is not None
+            self.assertEqual(fds[twistd_log.fd], twistd_log.fd)
+            # What a worker does with it.
+            sink = open_sink("-", twistd_log)
+            sink.write_lines(b"line\n")
+            sink.close()
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"line\nline\n")
+        stopped = supervisor.stopService()
+        for protocol, process, _ in self.reactor.spawned:
+            _end(protocol, process, ProcessDone(0))
+        self.successResultOf(stopped)
+        self.assertRaises(OSError, os.fstat, twistd_log.fd)
+
     def test_spawn_fails(self) -> None:
         """
         A worker that cannot be started at all ends the start with one
@@ -650,6 +697,42 @@ class WorkerProcessTests(TestCase):
         stops = [formatEvent(e) for e in self.events if "stopped:" in formatEvent(e)]
         self.assertEqual(len(stops), 2, stops)
         self.assertEqual(self._logged("stopped: exited with status 0"), 2, stops)
+
+    @inlineCallbacks
+    def test_access_lines_in_twistd_log(self):
+        """
+        With C{access-log = "-"}, the workers append their access lines to
+        twistd's log file through the descriptor the supervisor opened.
+        """
+        _, _, app_port = start_app(self, "A")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(_toml([app_port], extra="workers = 2\n").replace('"off"', '"-"'))
+        twistd_path = os.path.abspath(self.mktemp())
+        supervisor = WorkerSupervisor(
+            load_config(path), reactor, twistd_log=TwistdLog(path=twistd_path)
+        )
+        supervisor.privilegedStartService()
+        previous = signal.getsignal(signal.SIGHUP)
+        supervisor.startService()
+        stopped = False
+
+        def stop() -> Any:
+            if not stopped:
+                return supervisor.stopService()
+
+        self.addCleanup(stop)
+        self.addCleanup(signal.signal, signal.SIGHUP, previous)
+        yield self._until(" ready", 2)
+        port = next(iter(supervisor._ports.values())).getHost().port
+        for n in range(6):
+            self.assertEqual((yield get(port, b"/?n=%d" % n)).body, b"PORT A")
+        stopped = True
+        yield supervisor.stopService()  # the workers flush as they stop
+        with open(twistd_path) as f:
+            lines = sorted(line for line in f if '" 200 ' in line)
+        self.assertEqual(len(lines), 6, lines)
+        self.assertIn('"GET /?n=5 HTTP/1.1" 200', lines[-1])
 
     @inlineCallbacks
     def test_admin_covers_workers(self):
