@@ -21,6 +21,10 @@ operator's browser (cross-site request forgery), a C{POST} whose
 C{Origin} is not the admin's own is refused (403), and without a token a
 C{POST} must name a loopback host (C{Host: localhost}, C{127.0.0.1},
 C{[::1]}), which a DNS rebinding attack cannot.
+
+Under C{--workers}, the supervisor serves L{WorkersAdminResource}: the same
+URLs over L{lbproxy.admin.gather.WorkersCore}, which gathers its workers'
+snapshots before each read and sends each action to all of them.
 """
 
 from __future__ import annotations
@@ -28,20 +32,55 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from lbproxy.admin.core import AdminCore, AdminError
+from lbproxy.admin.core import AdminError, Snapshot
+from lbproxy.admin.gather import WorkersCore
 from lbproxy.admin.metrics import CONTENT_TYPE, exposition, metrics_registry
 from lbproxy.admin.page import PAGE_HEADERS, render_page
 
-__all__ = ["AdminResource", "AdminSite"]
+__all__ = ["AdminResource", "AdminSite", "Core", "WorkersAdminResource"]
 
 _READ = (b"GET", b"HEAD")
 _LOOPBACK_NAMES = (b"localhost",)
+
+
+class Core(Protocol):
+    """
+    What L{AdminResource} reads and acts on: an
+    L{lbproxy.admin.core.AdminCore}, or the supervisor's
+    L{lbproxy.admin.gather.WorkersCore}.
+    """
+
+    def snapshot(self) -> Snapshot:
+        """
+        The whole state.
+        """
+
+    def upstreams(self) -> dict[str, Any]:
+        """
+        The pools and their servers, by pool name.
+        """
+
+    def readiness(self) -> tuple[bool, str]:
+        """
+        Whether lbproxy is ready for traffic, and why.
+        """
+
+    def act(self, pool: str, address: str, action: str) -> Any:
+        """
+        Do an operator's action: the answer's data (status 200), or a
+        L{Deferred} firing with the answer's status and data.
+
+        @raise AdminError: for an action that cannot be done.
+        """
 
 
 class AdminResource(Resource):
@@ -54,7 +93,7 @@ class AdminResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, core: AdminCore, token: str = "") -> None:
+    def __init__(self, core: Core, token: str = "") -> None:
         """
         @param core: the state and actions.
         @param token: see L{token}.
@@ -64,9 +103,10 @@ class AdminResource(Resource):
         self.token = token
         self._metrics = metrics_registry(core.snapshot)
 
-    def render(self, request: server.Request) -> bytes:
+    def render(self, request: server.Request) -> bytes | int:
         """
-        Answer one request.
+        Answer one request (or return L{server.NOT_DONE_YET} and answer
+        later).
         """
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         request.setHeader(b"Cache-Control", b"no-store")
@@ -115,7 +155,7 @@ class AdminResource(Resource):
 
     def _action(
         self, request: server.Request, pool: str, _servers: str, address: str, action: str
-    ) -> bytes:
+    ) -> bytes | int:
         """
         C{POST /api/upstreams/POOL/servers/ADDRESS/ACTION}, once allowed.
         """
@@ -129,6 +169,8 @@ class AdminResource(Resource):
             done = self.core.act(pool, address, action)
         except AdminError as e:
             return _json(request, e.status, {"error": e.message})
+        if isinstance(done, Deferred):
+            return _later(request, done.addCallback(lambda answer: _json(request, *answer)))
         return _json(request, 200, done)
 
     def _refusal(self, request: server.Request) -> bytes | None:
@@ -202,6 +244,63 @@ def _json(request: server.Request, status: int, data: Any) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     return json.dumps(data, indent=1).encode("utf-8") + b"\n"
+
+
+def _later(request: server.Request, body: Deferred[bytes]) -> int:
+    """
+    Answer C{request} with C{body} once it fires (a 500 if it fails).
+
+    @return: L{server.NOT_DONE_YET}, for C{render} to return.
+    """
+    gone: list[Failure] = []
+    request.notifyFinish().addErrback(gone.append)
+
+    def write(data: bytes) -> None:
+        if gone:
+            return
+        request.setHeader(b"Content-Length", b"%d" % (len(data),))
+        request.write(data)
+        request.finish()
+
+    def failed(reason: Failure) -> bytes:
+        _log.failure("admin request failed", reason)
+        return _json(request, 500, {"error": "internal error (logged)"})
+
+    body.addErrback(failed).addCallback(write)
+    return server.NOT_DONE_YET
+
+
+_log = Logger()
+
+
+class WorkersAdminResource(AdminResource):
+    """
+    The supervisor's admin under C{--workers}: every URL of
+    L{AdminResource}, its reads answered once C{core} has gathered its
+    workers' snapshots (its actions go to every worker).
+    """
+
+    def __init__(self, core: WorkersCore, token: str = "") -> None:
+        """
+        @param core: the workers' combined state and actions.
+        @param token: see L{AdminResource.token}.
+        """
+        super().__init__(core, token)
+        self._workers = core
+
+    def render(self, request: server.Request) -> bytes | int:
+        """
+        Answer one request; a read once the workers have answered.
+        """
+        if request.method == b"POST":
+            return super().render(request)
+        return _later(request, self._workers.gather().addCallback(self._read_now, request))
+
+    def _read_now(self, _: None, request: server.Request) -> bytes:
+        body = super().render(request)
+        # (Only actions answer later, and this is not one.)
+        assert isinstance(body, bytes)
+        return body
 
 
 class AdminSite(server.Site):

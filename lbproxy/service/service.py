@@ -458,8 +458,15 @@ class ProxyService(MultiService):
             self._refused(getattr(e, "problems", [str(e)]))
             return succeed(False)
         if self._inherited is not None:
-            # The supervisor owns the sockets (and says a restart is needed).
-            config = replace(config, listen=self.config.listen)
+            # The supervisor owns the sockets and the admin listener (this
+            # worker's admin is its private one; see lbproxy.admin.gather).
+            config = replace(
+                config,
+                listen=self.config.listen,
+                admin=self.config.admin,
+                admin_token=self.config.admin_token,
+                admin_token_file=self.config.admin_token_file,
+            )
 
         restart = needs_restart(self.config, config, Scope.GLOBAL) if self._restart_notes else []
 

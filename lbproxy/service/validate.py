@@ -121,13 +121,7 @@ def check_config(config: Config, reactor: Any) -> list[Problem]:
         reason = _access_log_problem(config.access_log)
         if reason is not None:
             problems.append(Problem("access-log", None, f"{config.access_log!r}: {reason}"))
-    if config.admin and config.workers > 1:
-        # Each worker would bind it, and its numbers and actions would be one
-        # worker's: the supervisor is to gather them first (not yet).
-        problems.append(
-            Problem("admin", None, f"{config.admin!r}: not available with workers above 1 yet")
-        )
-    elif config.admin:
+    if config.admin:
         problems += _admin_problems(config, reactor)
     return problems
 

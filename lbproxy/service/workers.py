@@ -25,6 +25,12 @@ connection itself.
   - A worker stops by itself when its standard input (a pipe from the
     supervisor) closes: the supervisor is gone, even by SIGKILL.
 
+With C{--admin}, the supervisor binds the admin listener too and serves
+it (L{lbproxy.admin.gather}): each worker serves its own admin on a unix
+socket in a directory of the supervisor's (made at start, mode 0700,
+removed on stop), which the supervisor asks for snapshots and sends
+actions to; the page, the JSON and C{/metrics} are the workers' combined.
+
 What a worker logs reaches the supervisor's log through a pipe (its
 standard error), each line prefixed with C{worker N:}; access lines do
 not: each worker appends them to the access log (or twistd's log file, or
@@ -38,15 +44,18 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import struct
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.protocol import ProcessProtocol
@@ -54,11 +63,13 @@ from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from twisted.python.failure import Failure
 
 import lbproxy
+from lbproxy.admin.gather import WorkerAdmin, WorkersCore
+from lbproxy.admin.resource import AdminSite, WorkersAdminResource
 from lbproxy.config.model import Config
 from lbproxy.config.options import Scope, needs_restart
 from lbproxy.http.accesslog import TwistdLog, open_sink
 from lbproxy.service.listeners import bind_shared, listen_error
-from lbproxy.service.service import StartError
+from lbproxy.service.service import StartError, admin_token
 
 __all__ = [
     "READY",
@@ -242,6 +253,17 @@ class WorkerSupervisor(MultiService):
         self._restarts: dict[int, IDelayedCall] = {}
         self._all_ended: Deferred[None] | None = None
         self._previous_sighup: Any = None
+        # The admin listener (--admin): the workers' private admins live in
+        # _admin_dir, made in startService, as the user the workers run as.
+        self.admin = WorkersCore(reactor, self._worker_admins)
+        self._admin_resource = WorkersAdminResource(self.admin, admin_token(config))
+        self._admin_listener: IService | None = None
+        self._admin_dir: str | None = None
+        if config.admin:
+            site = AdminSite(self._admin_resource)  # type: ignore[no-untyped-call]
+            listener = strports.service(config.admin, site, reactor=reactor)
+            listener._raiseSynchronously = True
+            self._admin_listener = listener
 
     # Starting.
 
@@ -279,6 +301,12 @@ class WorkerSupervisor(MultiService):
             except CannotListenError as e:
                 self._close_ports()
                 self._cannot_start(listen_error(description, e))
+        if self._admin_listener is not None:
+            try:
+                self._admin_listener.privilegedStartService()
+            except CannotListenError as e:
+                self._close_ports()
+                self._cannot_start("admin: " + listen_error(self.config.admin, e))
 
     def _cannot_start(self, problem: str) -> NoReturn:
         message = f"lbproxy: {problem}"
@@ -305,6 +333,9 @@ class WorkerSupervisor(MultiService):
             if sink is not None:
                 sink.close()
         super().startService()  # type: ignore[no-untyped-call]
+        if self._admin_listener is not None:
+            self._admin_dir = tempfile.mkdtemp(prefix="lbproxy-admin-")
+            self._admin_listener.startService()
         self._log.info(
             "starting {count} workers on {listeners}",
             count=self.config.workers,
@@ -322,12 +353,60 @@ class WorkerSupervisor(MultiService):
         # leave the pidfile behind.
         self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
 
+    def _admin_path(self, index: int) -> str:
+        """
+        The unix socket of worker C{index}'s private admin.
+        """
+        assert self._admin_dir is not None
+        return os.path.join(self._admin_dir, f"worker-{index}.sock")
+
+    def _worker_config(self, index: int) -> Config:
+        """
+        The configuration worker C{index} gets: the supervisor's, its admin
+        on its private socket, without a token (none but this user can
+        reach it).
+        """
+        if self._admin_dir is None:
+            return self.config
+        path = self._admin_path(index)
+        if os.path.exists(path):
+            # Left by a worker that was killed: its replacement binds anew.
+            os.unlink(path)
+        return replace(self.config, admin=f"unix:{path}", admin_token="", admin_token_file="")
+
+    def _worker_admins(self) -> dict[int, WorkerAdmin]:
+        """
+        Every worker's private admin and whether it can be asked now, by
+        index (for L{WorkersCore}).
+        """
+        if self._admin_dir is None:
+            return {}
+        admins = {}
+        for index in range(1, self.config.workers + 1):
+            worker = self.workers.get(index)
+            if worker is None:
+                status = "stopped" if self._stopping else "restarting"
+            else:
+                status = "ready" if worker.ready else "starting"
+            admins[index] = WorkerAdmin(self._admin_path(index), status)
+        return admins
+
+    def admin_port(self) -> Deferred[Any]:
+        """
+        The admin listener's port once it listens (for C{tcp:0}).
+        """
+        assert self._admin_listener is not None
+        waiting = self._admin_listener._waitingForPort  # type: ignore[attr-defined]
+        # (Through gatherResults: a callback on the service's own Deferred
+        # would take the port it needs to stop listening.)
+        return gatherResults([waiting]).addCallback(lambda ports: ports[0])
+
     def _spawn(self, index: int) -> None:
         self._restarts.pop(index, None)
         worker = _Worker(self, index, self._reactor.seconds())
         setup = WorkerSetup(
             index,
-            self.config,
+            self._worker_config(index),
             self._config_path,
             {d: port.fileno() for d, port in self._ports.items()},  # type: ignore[attr-defined]
             self._twistd_log,
@@ -366,6 +445,8 @@ class WorkerSupervisor(MultiService):
             if worker.reload_pending:
                 worker.reload_pending = False
                 worker.signal("HUP")
+            if self._admin_dir is not None:
+                self.admin.worker_ready(worker.index, self._admin_path(worker.index))
             return
         name, _, text = line.partition(" ")
         try:
@@ -448,9 +529,17 @@ class WorkerSupervisor(MultiService):
         if config.listen != self.config.listen:
             # The sockets were bound at start, before twistd dropped root.
             changed.append("listen")
+        if config.admin != self.config.admin:
+            changed.append("admin")
+        try:
+            self._admin_resource.token = admin_token(config)
+        except ValueError as e:
+            self._log.error("reload: admin token kept: {error}", error=e)
         for name in changed:
             self._log.warn("{name} changed: restart to apply", name=name)
-        self.config = replace(config, workers=self.config.workers, listen=self.config.listen)
+        self.config = replace(
+            config, workers=self.config.workers, listen=self.config.listen, admin=self.config.admin
+        )
         self._log.info("reloading {count} workers (SIGHUP)", count=len(self.workers))
         for worker in self.workers.values():
             if worker.ready:
@@ -471,13 +560,13 @@ class WorkerSupervisor(MultiService):
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
         self._stopping = True
+        self.admin.stopping = True
         for call in self._restarts.values():
             call.cancel()
         self._restarts.clear()
         super().stopService()  # type: ignore[no-untyped-call]
         if not self.workers:
-            self._close_ports()
-            return succeed(None)
+            return self._close_ports().addCallback(lambda _: None)
         self._log.info("stopping {count} workers (SIGTERM)", count=len(self.workers))
         ended: Deferred[None] = Deferred()
         self._all_ended = ended
@@ -485,10 +574,10 @@ class WorkerSupervisor(MultiService):
             worker.signal("TERM")
         kill = self._reactor.callLater(self.config.drain_timeout + KILL_GRACE, self._kill_all)
 
-        def done(result: None) -> None:
+        def done(result: None) -> Deferred[Any]:
             if kill.active():
                 kill.cancel()
-            self._close_ports()
+            return self._close_ports()
 
         return ended.addCallback(done)
 
@@ -501,11 +590,18 @@ class WorkerSupervisor(MultiService):
             )
             worker.signal("KILL")
 
-    def _close_ports(self) -> None:
+    def _close_ports(self) -> Deferred[Any]:
         # (And twistd's log file, which the workers inherit with them.)
         log = self._twistd_log
         if log is not None and log.fd is not None:
             os.close(log.fd)
             self._twistd_log = replace(log, fd=None)
         ports, self._ports = self._ports, {}
-        DeferredList([d for p in ports.values() if (d := p.stopListening()) is not None])
+        closing = [d for p in ports.values() if (d := p.stopListening()) is not None]
+        # The admin listener answers (503 on /healthz) until the workers end.
+        if self._admin_listener is not None and self._admin_listener.running:
+            closing.append(self._admin_listener.stopService())
+        if self._admin_dir is not None:
+            shutil.rmtree(self._admin_dir, ignore_errors=True)
+            self._admin_dir = None
+        return DeferredList(closing)

@@ -7,20 +7,27 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
+import shutil
 import signal
 import socket
 from dataclasses import replace
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, readBody
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 from lbproxy.config.file import load_config
 from lbproxy.config.model import Config, PoolConfig, ServerConfig
@@ -36,6 +43,7 @@ from lbproxy.service.workers import (
 )
 from lbproxy.tap import Options, makeService
 from lbproxy.worker import stderr_observer
+from tests.admin.test_resource import admin_request
 from tests.service.test_service import _toml
 from tests.support import get, start_app
 
@@ -310,6 +318,36 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(indexes, [1, 2, 3])
         self.assertIn("worker 3 started (pid 1002)", self._logged())
 
+    def test_private_admins(self) -> None:
+        """
+        With C{--admin}, each worker gets its own admin on a unix socket in
+        a directory of the supervisor's (mode 0700), without a token; the
+        directory is removed on stop.
+        """
+        supervisor = self._start(admin="tcp:0:interface=127.0.0.1", admin_token="s3cret")
+        setups = []
+        for _, process, _ in self.reactor.spawned:
+            read, write = os.pipe()
+            os.write(write, process.written)
+            os.close(write)
+            setups.append(read_setup(read))
+            os.close(read)
+        directory = supervisor._admin_dir
+        assert directory is not None
+        self.assertEqual(os.stat(directory).st_mode & 0o777, 0o700)
+        self.assertEqual(
+            [(s.config.admin, s.config.admin_token) for s in setups],
+            [(f"unix:{directory}/worker-1.sock", ""), (f"unix:{directory}/worker-2.sock", "")],
+        )
+        self.assertEqual(
+            {i: a.status for i, a in supervisor._worker_admins().items()},
+            {1: "starting", 2: "starting"},
+        )
+        for protocol, process, _ in self.reactor.spawned:
+            _end(protocol, process, ProcessDone(0))
+        supervisor.stopService()
+        self.assertFalse(os.path.exists(directory))
+
     def test_relays_log(self) -> None:
         """
         A worker's C{LEVEL text} lines are logged at that level, prefixed
@@ -376,6 +414,20 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(supervisor.config.read_timeout, 9)
         self.assertEqual(supervisor.config.workers, 2)
         self.assertEqual(supervisor.config.listen, ("tcp:0:interface=127.0.0.1",))
+
+    def test_reload_admin(self) -> None:
+        """
+        SIGHUP: a new admin token is in force at once; a new admin
+        endpoint needs a restart (it was bound at start, as root).
+        """
+        admin = "tcp:0:interface=127.0.0.1"
+        supervisor = self._start(admin=admin, admin_token="old")
+        self.addCleanup(shutil.rmtree, supervisor._admin_dir)
+        self.loads.append(_config(admin="tcp:1:interface=127.0.0.1", admin_token="new"))
+        self.assertTrue(supervisor.reload())
+        self.assertEqual(supervisor._admin_resource.token, "new")
+        self.assertIn("admin changed: restart to apply", self._logged())
+        self.assertEqual(supervisor.config.admin, admin)
 
     def test_reload_refused(self) -> None:
         """
@@ -536,18 +588,15 @@ class ConfigTests(SynchronousTestCase):
         alone = check_config(replace(config, workers=1), MemoryReactorClock())
         self.assertNotIn("workers share", alone[0].reason)
 
-    def test_no_admin_yet(self) -> None:
+    def test_admin(self) -> None:
         """
-        The admin listener is refused with workers: each worker would bind
-        it, and answer for itself only.
+        The admin listener is checked with workers as without: one on
+        loopback is fine, one elsewhere without a token is refused.
         """
         config = _config(admin="tcp:9000:interface=127.0.0.1")
-        problems = [p.as_option() for p in check_config(config, MemoryReactorClock())]
-        self.assertEqual(
-            problems,
-            ["--admin: 'tcp:9000:interface=127.0.0.1': not available with workers above 1 yet"],
-        )
-        self.assertEqual(check_config(replace(config, workers=1), MemoryReactorClock()), [])
+        self.assertEqual(check_config(config, MemoryReactorClock()), [])
+        problems = check_config(replace(config, admin="tcp:9000"), MemoryReactorClock())
+        self.assertEqual([p.key for p in problems], ["admin"])
 
     def test_make_service(self) -> None:
         """
@@ -684,6 +733,93 @@ class WorkerProcessTests(TestCase):
             lines = sorted(line for line in f if '" 200 ' in line)
         self.assertEqual(len(lines), 6, lines)
         self.assertIn('"GET /?n=5 HTTP/1.1" 200', lines[-1])
+
+    @inlineCallbacks
+    def test_admin_covers_workers(self):
+        """
+        The supervisor's admin covers both workers: after 10 requests
+        C{/api/upstreams} and C{/metrics} count 10 answers, the sum of the
+        workers' own counts; a drain POST reaches both (every request then
+        goes to B); with one worker killed the admin answers with the
+        other, saying one is missing, and the one started again drains A
+        too.
+        """
+        _, _, port_a = start_app(self, "A")
+        _, _, port_b = start_app(self, "B")
+        path = self.mktemp()
+        extra = 'workers = 2\nadmin = "tcp:0:interface=127.0.0.1"\nadmin-token = "s3cret"\n'
+        with open(path, "w") as f:
+            f.write(_toml([port_a, port_b], extra=extra))
+        supervisor = WorkerSupervisor(load_config(path), reactor, lambda: load_config(path), path)
+        supervisor.privilegedStartService()
+        previous = signal.getsignal(signal.SIGHUP)
+        supervisor.startService()
+        self.addCleanup(supervisor.stopService)
+        self.addCleanup(signal.signal, signal.SIGHUP, previous)
+        yield self._until(" ready", 2)
+        port = next(iter(supervisor._ports.values())).getHost().port
+        admin = (yield supervisor.admin_port()).getHost().port
+        for _ in range(10):
+            self.assertEqual((yield get(port)).status, 200)
+
+        def served(upstreams: dict) -> dict[str, int]:
+            return {s["address"]: s["responses"]["2xx"] for s in upstreams["web"]["servers"]}
+
+        a, b = f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"
+        combined = served(json.loads((yield admin_request(admin, b"GET", b"/api/upstreams")).body))
+        self.assertEqual(sum(combined.values()), 10)
+        own = []
+        for index in (1, 2):
+            own.append(served((yield _private(supervisor, index, "/api/upstreams"))))
+        self.assertEqual(combined, {k: own[0][k] + own[1][k] for k in (a, b)})
+        metrics = (yield admin_request(admin, b"GET", b"/metrics")).body.decode()
+        counted = {
+            sample.labels["server"]: sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+            if sample.name == "lbproxy_requests_total" and sample.labels["code"] == "2xx"
+        }
+        self.assertEqual(counted, {k: float(v) for k, v in combined.items()})
+
+        drain = f"/api/upstreams/web/servers/{a}/drain".encode()
+        answer = yield admin_request(admin, b"POST", drain, b"Authorization: Bearer s3cret\r\n")
+        self.assertEqual(answer.status, 200, answer.body)
+        for index in (1, 2):
+            states = yield _private(supervisor, index, "/api/upstreams")
+            self.assertEqual(states["web"]["servers"][0]["state"], "draining")
+        for _ in range(6):
+            self.assertEqual((yield get(port)).body, b"PORT B")
+
+        os.kill(supervisor.workers[1].pid, signal.SIGKILL)
+        yield self._until("was killed by SIGKILL")
+        status = json.loads((yield admin_request(admin, b"GET", b"/api/status")).body)
+        self.assertEqual(
+            [(w["worker"], w["answered"]) for w in status["lbproxy"]["workers"]],
+            [(1, False), (2, True)],
+        )
+        health = yield admin_request(admin, b"GET", b"/healthz")
+        self.assertEqual(health.status, 200, health.body)
+        yield self._until("worker 1: the operator's drain or maint applied again to 1 server(s)")
+        states = yield _private(supervisor, 1, "/api/upstreams")
+        self.assertEqual(states["web"]["servers"][0]["state"], "draining")
+
+
+def _private(supervisor: WorkerSupervisor, index: int, path: str) -> Deferred[Any]:
+    """
+    The JSON answer of worker C{index}'s own admin at C{path}.
+    """
+    agent = Agent.usingEndpointFactory(reactor, _UnixEndpoints(supervisor._admin_path(index)))
+    d = agent.request(b"GET", b"http://localhost" + path.encode())
+    return d.addCallback(readBody).addCallback(json.loads)
+
+
+@implementer(IAgentEndpointFactory)
+class _UnixEndpoints:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def endpointForURI(self, uri: Any) -> Any:
+        return UNIXClientEndpoint(reactor, self.path)
 
 
 async def _nothing() -> None:
