@@ -302,6 +302,9 @@ class ProxyExchange:
         """
         The current attempt ended: answered whole (C{complete}), or not.
         """
+        # Nothing to abandon any more; and the connection's abandon (a
+        # partial holding this exchange) would keep a reference cycle.
+        self._abandon = None
         server, self._server = self._server, None
         if server is None or self._pool is None:
             return
