@@ -195,6 +195,9 @@ class Pool:
         if added or removed:
             for observer in list(self._observers):
                 observer(change)
+        if self._queue:
+            # Requests waiting may fit a new server, or have none left.
+            self._queue.serve(sweep=True)
         return change
 
     def _forget_server(self, server: Server) -> None:
@@ -315,7 +318,7 @@ class Pool:
         self,
         tried: Container[Server],
         request: BalancedRequest | None,
-        resume: Callable[[Server], None],
+        resume: Callable[[Server | None], None],
         expire: Callable[[], None],
     ) -> Callable[[], None] | None:
         """
@@ -503,10 +506,18 @@ class Pool:
                 self._log.info(
                     "upstream {server} UP ({why})", server=server.address, why=why, pool=self.name
                 )
-        elif why != "operator":
-            self._log.warn(
-                "upstream {server} DOWN ({why})", server=server.address, why=why, pool=self.name
-            )
+        else:
+            if why != "operator":
+                self._log.warn(
+                    "upstream {server} DOWN ({why})",
+                    server=server.address,
+                    why=why,
+                    pool=self.name,
+                )
+            if self._queue:
+                # Requests waiting for it may have no server left to wait
+                # for: they are answered now, not at queue-timeout.
+                self._queue.serve(sweep=True)
 
 
 class _Unavailable:
