@@ -279,7 +279,7 @@ def retry_delay(failures: int, refresh: float) -> float:
     Seconds to the next lookup after C{failures} failed ones in a row:
     L{MIN_REFRESH}, doubled after each failure, at most C{refresh}.
     """
-    return min(MIN_REFRESH * 2 ** min(failures - 1, _MAX_DOUBLINGS), refresh)
+    return min(MIN_REFRESH * 2.0 ** min(failures - 1, _MAX_DOUBLINGS), refresh)
 
 
 def _family(host: str) -> int:
