@@ -95,6 +95,13 @@ class IBalancer(Interface):
     never seen (pools change on reload and with DNS), take time only from
     the clock they are given, and never do I/O: the same object runs in the
     proxy and on a simulator's virtual clock.
+
+    A strategy that keeps per-server state should also have a method
+    C{forget(server)}: the pool calls it when C{server} left the pool for
+    good (a DNS source no longer gives it) and no request to it is in
+    flight, so that the state does not grow as servers come and go.  It is
+    optional (not declared here, so that strategies written before it
+    still provide this interface): the pool looks for it with C{getattr}.
     """
 
     def pick(

@@ -138,3 +138,18 @@ class SimulateTests(SynchronousTestCase):
             f"lbproxy simulate: {path}: arrivals.rate: must be above 0, got -5\n",
         )
         self.assertEqual(self.stdout.getvalue(), "")
+
+    def test_hash_scenario(self) -> None:
+        """
+        A scenario comparing C{hash} (which simulated requests cannot key)
+        is one line naming it and status 1, not round robin's figures.
+        """
+        path = self.scenario(_SCENARIO.replace('"leastconn"', '"hash"'))
+        self.assertEqual(main(["simulate", path, "--jobs", "1"]), 1)
+        self.assertTrue(
+            self.stderr.getvalue().startswith(
+                f"lbproxy simulate: {path}: strategies[1]: balance: 'hash' cannot be simulated"
+            )
+        )
+        self.assertEqual(self.stderr.getvalue().count("\n"), 1)
+        self.assertEqual(self.stdout.getvalue(), "")

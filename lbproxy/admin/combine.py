@@ -25,12 +25,11 @@ then go down, which Prometheus's C{rate()} takes as a counter reset.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lbproxy import __version__
-from lbproxy.admin.core import Snapshot
+from lbproxy.admin.core import Snapshot, json_seconds
 from lbproxy.balancing.server import BOUNDS, bucket_percentiles
 
 __all__ = ["Answers", "combine", "combine_actions", "combine_servers", "readiness"]
@@ -72,13 +71,6 @@ def _sum_lists(lists: Iterable[list[int]]) -> list[int]:
         for i, count in enumerate(each):
             total[i] += count
     return total
-
-
-def _seconds(value: float | None) -> float | str | None:
-    # As lbproxy.admin.core writes a percentile: JSON has no infinity.
-    if value is not None and math.isinf(value):
-        return "+Inf"
-    return value
 
 
 def _state(servers: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
@@ -135,7 +127,7 @@ def combine_servers(servers: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]
         "last_minute": last_minute,
     }
     p50, p99 = bucket_percentiles(last_minute, (0.5, 0.99))
-    combined["p50"], combined["p99"] = _seconds(p50), _seconds(p99)
+    combined["p50"], combined["p99"] = json_seconds(p50), json_seconds(p99)
     checks = [server["last_check"] for server in datas if server["last_check"] is not None]
     combined["last_check"] = max(checks, key=lambda check: check["time"], default=None)
     combined.update(_state(servers))

@@ -45,7 +45,15 @@ from lbproxy.balancing.sources import SourceStatus
 from lbproxy.http.site import ProxySite
 from lbproxy.proxy.resource import BalancingProxyResource
 
-__all__ = ["ACTIONS", "AdminCore", "AdminError", "Snapshot", "server_data", "source_data"]
+__all__ = [
+    "ACTIONS",
+    "AdminCore",
+    "AdminError",
+    "Snapshot",
+    "json_seconds",
+    "server_data",
+    "source_data",
+]
 
 #: A snapshot: JSON-ready data (see the module docstring).
 Snapshot = dict[str, Any]
@@ -73,9 +81,13 @@ class AdminError(Exception):
         self.message = message
 
 
-def _seconds(value: float | None) -> float | str | None:
-    # JSON has no infinity: a percentile past the last bucket is "+Inf",
-    # as Prometheus writes that bucket.
+def json_seconds(value: float | None) -> float | str | None:
+    """
+    A percentile in seconds as JSON-ready data: JSON has no infinity, so a
+    percentile past the last bucket is C{"+Inf"}, as Prometheus writes
+    that bucket (also for the workers' combined page,
+    L{lbproxy.admin.combine}).
+    """
     if value is not None and math.isinf(value):
         return "+Inf"
     return value
@@ -122,8 +134,8 @@ def server_data(server: Server, idle_connections: int, now: float) -> dict[str, 
         "retries": stats.retries,
         "checks": {"passed": stats.checks_passed, "failed": stats.checks_failed},
         "last_check": last_check,
-        "p50": _seconds(p50),
-        "p99": _seconds(p99),
+        "p50": json_seconds(p50),
+        "p99": json_seconds(p99),
         "response_times": {
             "counts": list(latency.counts_since_start),
             "sum": latency.sum_since_start,

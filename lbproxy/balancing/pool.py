@@ -98,6 +98,8 @@ class Pool:
         self.servers: tuple[Server, ...] = tuple(Server(s) for s in config.servers)
         self.max_tries = config.tries
         self._balancer = balancer
+        # Optional (IBalancer): strategies written before it have none.
+        self._forget: Callable[[Server], None] | None = getattr(balancer, "forget", None)
         self._clock = clock
         self._next_readmit = _NEVER
         self._all_down_reported = False
@@ -178,6 +180,12 @@ class Pool:
             server.config, server.weight = config, config.weight
             servers.append(server)
         removed = tuple(server for key, server in current.items() if key not in wanted)
+        for server in removed:
+            # Forgotten now, or when its last request ends (that request
+            # would teach the strategy about it again).
+            server.left = True
+            if not server.active:
+                self._forget_server(server)
         self.servers = tuple(servers)
         self._arrange()
         self.max_tries = self.config.max_tries or len(self.servers)
@@ -187,7 +195,18 @@ class Pool:
         if added or removed:
             for observer in list(self._observers):
                 observer(change)
+        if self._queue:
+            # Requests waiting may fit a new server, or have none left.
+            self._queue.serve(sweep=True)
         return change
+
+    def _forget_server(self, server: Server) -> None:
+        """
+        Tell the strategy that C{server} left, so that it drops the state
+        it keeps for it (servers come and go with DNS without end).
+        """
+        if self._forget is not None:
+            self._forget(server)
 
     def found_servers(self, source: str) -> tuple[ServerConfig, ...]:
         """
@@ -299,7 +318,7 @@ class Pool:
         self,
         tried: Container[Server],
         request: BalancedRequest | None,
-        resume: Callable[[Server], None],
+        resume: Callable[[Server | None], None],
         expire: Callable[[], None],
     ) -> Callable[[], None] | None:
         """
@@ -464,6 +483,8 @@ class Pool:
         if elapsed is not None:
             stats.latency.record(self._clock.seconds(), elapsed)
         self._balancer.finished(server, elapsed if first_byte is None else first_byte)
+        if server.left and not server.active:
+            self._forget_server(server)
         if self._queue:
             self._queue.serve()
 
@@ -485,10 +506,18 @@ class Pool:
                 self._log.info(
                     "upstream {server} UP ({why})", server=server.address, why=why, pool=self.name
                 )
-        elif why != "operator":
-            self._log.warn(
-                "upstream {server} DOWN ({why})", server=server.address, why=why, pool=self.name
-            )
+        else:
+            if why != "operator":
+                self._log.warn(
+                    "upstream {server} DOWN ({why})",
+                    server=server.address,
+                    why=why,
+                    pool=self.name,
+                )
+            if self._queue:
+                # Requests waiting for it may have no server left to wait
+                # for: they are answered now, not at queue-timeout.
+                self._queue.serve(sweep=True)
 
 
 class _Unavailable:

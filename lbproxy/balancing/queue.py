@@ -46,6 +46,11 @@ class QueueOwner(Protocol):
         A server for a request, or L{None}.
         """
 
+    def must_wait(self) -> bool:
+        """
+        Whether the request the last pick found no server for should wait.
+        """
+
     def has_room(self) -> bool:
         """
         Whether any server in rotation is below its C{max-conns}.
@@ -69,7 +74,7 @@ class WaitQueue:
         self._waiting: OrderedDict[_Waiter, None] = OrderedDict()
         self._timer: IDelayedCall | None = None
         self._reported = False
-        self._serving = self._serve_again = False
+        self._serving = self._serve_again = self._sweep = False
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -78,7 +83,7 @@ class WaitQueue:
         self,
         tried: Container[Server],
         request: BalancedRequest | None,
-        resume: Callable[[Server], None],
+        resume: Callable[[Server | None], None],
         expire: Callable[[], None],
     ) -> Callable[[], None] | None:
         """
@@ -87,7 +92,9 @@ class WaitQueue:
 
         @param tried: servers it must not go to.
         @param request: the request (for sticky cookies and hashing).
-        @param resume: called with the server picked for it.
+        @param resume: called with the server picked for it, or with
+            L{None} when no server it may use is busy any more (all down or
+            gone): then it should decide again as a new request does.
         @param expire: called if no server was free for C{queue-timeout}
             seconds (the request is then out of the queue).
         @return: what takes it out of the queue (its client left), or
@@ -104,13 +111,19 @@ class WaitQueue:
             self._arm()
         return waiter.cancel
 
-    def serve(self) -> None:
+    def serve(self, sweep: bool = False) -> None:
         """
         Give waiting requests, oldest first, the servers that are free
-        (an attempt ended, a server came back).  Never runs twice at once:
-        a request resumed here may end its attempt at once (a refused
-        connection), which asks again.
+        (an attempt ended, a server came back), and let those with no
+        server left to wait for go on (every server they may use went down
+        or left): they get what a request arriving now gets, not a queue
+        timeout.  Never runs twice at once: a request resumed here may end
+        its attempt at once (a refused connection), which asks again.
+
+        @param sweep: a server left rotation: ask every waiting request,
+            not only while some server has room.
         """
+        self._sweep = self._sweep or sweep
         if self._serving:
             self._serve_again = True
             return
@@ -119,32 +132,42 @@ class WaitQueue:
             self._serve_again = True
             while self._serve_again:
                 self._serve_again = False
-                self._serve_waiters()
+                sweep, self._sweep = self._sweep, False
+                self._serve_waiters(sweep)
         finally:
             self._serving = False
         self._changed()
 
-    def _serve_waiters(self) -> None:
+    def _serve_waiters(self, sweep: bool) -> None:
         waiting, pool = self._waiting, self._pool
         while waiting:
-            waiter = next(iter(waiting))
-            server = pool.pick(waiter.tried, waiter.request)
-            if server is None:
+            if not self._serve_one(next(iter(waiting))):
                 break
-            del waiting[waiter]
-            waiter.resume_on(server)
         else:
             return
         # The oldest waits for a server only it may not use now (its sticky
         # server, or only ones it tried): later ones may fit elsewhere.
         for waiter in list(waiting)[1:]:
-            if not pool.has_room():
+            if not sweep and not pool.has_room():
                 return
             if waiter in waiting:
-                server = pool.pick(waiter.tried, waiter.request)
-                if server is not None:
-                    del waiting[waiter]
-                    waiter.resume_on(server)
+                self._serve_one(waiter)
+
+    def _serve_one(self, waiter: _Waiter) -> bool:
+        """
+        Take C{waiter} out with the server picked for it, or with none if
+        nothing it may use is at its C{max-conns} any more (down, gone):
+        then its request decides again, as a new one would (502 or 503).
+
+        @return: whether it left the queue.
+        """
+        pool = self._pool
+        server = pool.pick(waiter.tried, waiter.request)
+        if server is None and pool.must_wait():
+            return False
+        del self._waiting[waiter]
+        waiter.resume_on(server)
+        return True
 
     def remove(self, waiter: _Waiter) -> None:
         """
@@ -218,7 +241,7 @@ class _Waiter:
         queue: WaitQueue,
         tried: Container[Server],
         request: BalancedRequest | None,
-        resume: Callable[[Server], None],
+        resume: Callable[[Server | None], None],
         expire: Callable[[], None],
         deadline: float,
     ) -> None:
@@ -235,15 +258,19 @@ class _Waiter:
         """
         self._queue.remove(self)
 
-    def resume_on(self, server: Server) -> None:
+    def resume_on(self, server: Server | None) -> None:
         """
-        Go on with C{server} (already out of the queue).
+        Go on with C{server}, or decide again if L{None} (already out of
+        the queue).
         """
         try:
             self._resume(server)
         except Exception:
             # Another request's attempt ended here: keep it out of that one.
-            self._log.failure("resuming a queued request on {server}", server=server.address)
+            self._log.failure(
+                "resuming a queued request on {server}",
+                server=server.address if server is not None else "no server",
+            )
 
     def expire_now(self) -> None:
         """

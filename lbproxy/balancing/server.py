@@ -209,6 +209,7 @@ class Server:
         "check_failures",
         "fails",
         "fails_since",
+        "left",
     )
 
     def __init__(self, config: ServerConfig) -> None:
@@ -229,6 +230,9 @@ class Server:
         self.check_failures = 0
         self.fails = 0
         self.fails_since = 0.0
+        #: It left its pool (a DNS source no longer gives it): its
+        #: strategy forgets it once its last request ends.
+        self.left = False
 
     def __repr__(self) -> str:
         return f"<Server {self.address} {'up' if self.up else 'down'}>"

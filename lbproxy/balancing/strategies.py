@@ -17,7 +17,8 @@ they are registered under their C{--balance} names as plugins
 
 Adding a strategy is one class and one plugin naming it, here or in
 another distribution (L{lbproxy.balancing.registry}).  Every strategy keeps its per-server state in
-dicts keyed by server and tolerates servers it has never seen, reads time
+dicts keyed by server, tolerates servers it has never seen and drops a
+server's entries when told it left (C{forget}), reads time
 only from the clock it is given and randomness only from the L{Random} it
 is given, and does no I/O.  A server's weight divides its load in every
 strategy (as nginx's C{least_conn} and C{random} do), so weights mean the
@@ -104,6 +105,13 @@ class RoundRobin:
         """
         Nothing to learn; see L{IBalancer.finished}.
         """
+
+    def forget(self, server: Candidate) -> None:
+        """
+        Drop C{server}'s place in the rotation: it left the pool; see
+        L{IBalancer}.
+        """
+        self._current.pop(server, None)
 
 
 @implementer(IBalancer)
@@ -398,6 +406,12 @@ class PeakEwma:
             estimate = self._estimates[server] = _Estimate(now)
         estimate.observe(elapsed, now, self._decay)
 
+    def forget(self, server: Candidate) -> None:
+        """
+        Drop C{server}'s estimate: it left the pool; see L{IBalancer}.
+        """
+        self._estimates.pop(server, None)
+
 
 @implementer(IBalancer)
 class ConsistentHash:
@@ -463,3 +477,11 @@ class ConsistentHash:
         """
         Nothing to learn; see L{IBalancer.finished}.
         """
+
+    def forget(self, server: Candidate) -> None:
+        """
+        Drop C{server}'s place in the round robin of requests without a
+        key (the rings are rebuilt with the pool's new lists); see
+        L{IBalancer}.
+        """
+        self._fallback.forget(server)

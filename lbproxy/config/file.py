@@ -210,6 +210,14 @@ def _server(entry: Any, where: str, problems: _Problems) -> ServerConfig | DnsSo
     if not isinstance(address, str):
         problems.add(f"{where}.address", 'expected "HOST:PORT"')
         return None
+    if is_dns_address(address):
+        # As the string form (parse_upstream): the servers a name gives
+        # share its weight and backup flag, and nothing else.
+        refused = [key for key in ("max-conns", "down") if key in entry]
+        for key in refused:
+            problems.add(f"{where}.{key}", "not for a DNS name (a DNS name takes weight or backup)")
+        if refused:
+            return None
     weight = entry.get("weight", 1)
     if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
         problems.add(f"{where}.weight", f"expected a whole number, 1 or more, got {weight!r}")

@@ -36,7 +36,7 @@ from lbproxy.config.dns import DnsSource
 from lbproxy.config.servers import ServerConfig
 from lbproxy.discovery.lookup import Answer, LookupFailed, lookup, sorted_servers
 
-__all__ = ["MIN_REFRESH", "DnsWatcher", "Lookup", "resolving_with"]
+__all__ = ["MIN_REFRESH", "DnsWatcher", "Lookup", "resolving_with", "retry_delay"]
 
 #: The fewest seconds between two lookups of a source, whatever the TTL
 #: says (a TTL of 0 must not become a busy loop).
@@ -242,7 +242,7 @@ class DnsWatcher:
                 kept=kept,
             )
         # Sooner after the outage began, less often as it lasts.
-        self._schedule(min(MIN_REFRESH * 2 ** (self._failures - 1), self._refresh()))
+        self._schedule(retry_delay(self._failures, self._refresh()))
 
     def _refresh(self) -> float:
         return max(self.pool.config.dns_refresh, MIN_REFRESH)
@@ -266,6 +266,20 @@ class DnsWatcher:
             added=[server.address for server in change.added],
             removed=[server.address for server in change.removed],
         )
+
+
+#: The largest power of two in L{retry_delay}: 2 ** 1024 is no float (an
+#: OverflowError after ~1025 failed lookups in a row), and 2 ** 32 seconds
+#: is past any C{dns-refresh}.
+_MAX_DOUBLINGS = 32
+
+
+def retry_delay(failures: int, refresh: float) -> float:
+    """
+    Seconds to the next lookup after C{failures} failed ones in a row:
+    L{MIN_REFRESH}, doubled after each failure, at most C{refresh}.
+    """
+    return min(MIN_REFRESH * 2.0 ** min(failures - 1, _MAX_DOUBLINGS), refresh)
 
 
 def _family(host: str) -> int:

@@ -262,13 +262,18 @@ class ProxyExchange:
         else:
             self._abandon = cancel
 
-    def _dequeued(self, server: Server) -> None:
+    def _dequeued(self, server: Server | None) -> None:
         """
-        The pool's queue picked C{server} for this request.
+        The pool's queue picked C{server} for this request, or L{None}: no
+        server it may use is busy any more (down, gone), so it gets what a
+        new request gets (502 or 503) rather than a queue timeout.
         """
         self._abandon = None
         if self.state is State.WAITING:
-            self._send(server)
+            if server is None:
+                self._attempt()
+            else:
+                self._send(server)
 
     def _waited_too_long(self) -> None:
         """

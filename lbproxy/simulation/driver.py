@@ -242,8 +242,12 @@ class _Simulation:
             self._at(now + self.read_timeout, self._read_timed_out, request)
 
     def _wait(self, request: _Request) -> None:
-        def resume(server: Server) -> None:
-            self._send(request, server)
+        def resume(server: Server | None) -> None:
+            # None: nothing left to wait for (as ProxyExchange._dequeued).
+            if server is None:
+                self._attempt(request)
+            else:
+                self._send(request, server)
 
         def expire() -> None:
             self._answered_error(request)

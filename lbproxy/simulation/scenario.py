@@ -27,7 +27,9 @@ when requests arrive, and the strategies and settings to compare::
 
 A strategy named by a string is C{balance = NAME}; a table gives a name
 for the report and any pool options.  Every problem is one line naming
-the file and the key (L{ScenarioError}).
+the file and the key (L{ScenarioError}).  What keys on the request
+(C{balance = "hash"}, C{sticky-cookie}) is refused: simulated requests
+carry no address, path, header or cookie.
 """
 
 from __future__ import annotations
@@ -396,12 +398,38 @@ def _contenders(
         balance = config.pools[0].balance
         if balance not in installed_strategies():
             raise ScenarioError(f"{where}: balance: {unknown_strategy(balance)}")
+        sticky_where = where if "sticky-cookie" in options else f"{source}: settings"
+        _check_keyless(config, where, sticky_where)
         contenders.append(Contender(name, config))
     names = [c.name for c in contenders]
     for name in names:
         if names.count(name) > 1:
             raise ScenarioError(f"{source}: strategies: the name {name!r} is used twice")
     return tuple(contenders)
+
+
+def _check_keyless(config: Config, where: str, sticky_where: str) -> None:
+    """
+    Refuse what keys on the request: simulated requests carry no address,
+    path, header or cookie, so C{hash} and a sticky cookie would silently
+    run as round robin and their figures would say nothing about them.
+
+    @param where: the contender, for the message.
+    @param sticky_where: where its C{sticky-cookie} came from (the
+        contender or the settings).
+    """
+    pool = config.pools[0]
+    if pool.balance == "hash":
+        raise ScenarioError(
+            f"{where}: balance: 'hash' "
+            "cannot be simulated: simulated requests carry no address, path, header or "
+            "cookie to hash (it would run as round robin)"
+        )
+    if pool.sticky_cookie:
+        raise ScenarioError(
+            f"{sticky_where}: sticky-cookie: cannot be simulated: simulated requests carry "
+            "no cookie (it would change nothing)"
+        )
 
 
 def _config(data: dict[str, Any], where: str) -> Config:

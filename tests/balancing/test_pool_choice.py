@@ -360,7 +360,10 @@ class QueueTests(SynchronousTestCase):
         self.events: list[tuple[str, str]] = []
 
     def wait(self, name: str, tried: Container[Server] = (), request: object = None) -> object:
-        def resume(server: Server) -> None:
+        def resume(server: Server | None) -> None:
+            if server is None:
+                self.events.append((name, "none left"))
+                return
             self.events.append((name, server.config.host))
             self.pool.attempt_started(server, retry=False)
 
@@ -481,6 +484,46 @@ class QueueTests(SynchronousTestCase):
         self.assertEqual(self.events, [("new", "a")])
         self.pool.attempt_ended(self.b, 200, 0.1)
         self.assertEqual(self.events, [("new", "a"), ("retry", "b")])
+
+    def test_released_when_every_server_goes_down(self) -> None:
+        """
+        When every server it waits for goes down, a waiting request leaves
+        the queue at once with no server (to get what a new request gets),
+        not at C{queue-timeout}.
+        """
+        self.wait("first")
+        self.wait("second")
+        self.pool.set_admin(self.a, AdminState.MAINT)
+        self.assertEqual(self.events, [])
+        self.pool.set_admin(self.b, AdminState.MAINT)
+        self.assertEqual(self.events, [("first", "none left"), ("second", "none left")])
+        self.assertEqual((self.pool.waiting, self.clock.getDelayedCalls()), (0, []))
+
+    def test_released_when_ejected(self) -> None:
+        """
+        Passive ejection of the servers it waits for releases a waiting
+        request too.
+        """
+        self.wait("first")
+        for server in (self.a, self.b):
+            for _ in range(self.pool.config.max_fails):
+                self.pool.attempt_failed(server, "refused")
+        self.assertEqual(self.events, [("first", "none left")])
+
+    def test_only_those_with_nothing_left(self) -> None:
+        """
+        A server going down releases the requests that have no other busy
+        server to wait for (here one that tried the other), wherever they
+        are in the queue; the others wait on.
+        """
+        self.wait("new")
+        self.wait("retry", tried=[self.a])
+        self.wait("retry2", tried=[self.a])
+        self.pool.set_admin(self.b, AdminState.MAINT)
+        self.assertEqual(self.events, [("retry", "none left"), ("retry2", "none left")])
+        self.assertEqual(self.pool.waiting, 1)
+        self.pool.attempt_ended(self.a, 200, 0.1)
+        self.assertEqual(self.events[-1], ("new", "a"))
 
     def test_resumed_request_fails_at_once(self) -> None:
         """

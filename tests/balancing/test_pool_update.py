@@ -5,12 +5,17 @@ and go while the pool runs (fed by L{lbproxy.discovery}).
 
 from __future__ import annotations
 
+from collections.abc import Container, Sequence
+from random import Random
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from lbproxy.balancing.pool import Pool, Server, ServerChange
-from lbproxy.balancing.strategies import RoundRobin
+from lbproxy.balancing.strategies import ConsistentHash, LeastConn, PeakEwma, RoundRobin
 from lbproxy.config.model import DnsSource, PoolConfig, ServerConfig
+from lbproxy.interfaces import BalancedRequest, Candidate, IBalancer
 
 _SOURCE = "dns+a://app.internal:80"
 
@@ -186,3 +191,109 @@ class UpdateServersTests(SynchronousTestCase):
         pool.remove_observer(heard.append)
         pool.update_servers([], _SOURCE)
         self.assertEqual([_addresses(change.added) for change in heard], [["10.0.0.1:80"]])
+
+
+class StrategyStateTests(SynchronousTestCase):
+    """
+    A strategy's per-server state stays bounded while DNS servers come and
+    go: the pool tells it (C{forget}) about servers that left.
+    """
+
+    def _churn(self, balancer: IBalancer, rounds: int = 200) -> Pool:
+        """
+        C{rounds} updates, each giving two new addresses; every server
+        answers a request (so that each strategy learns about it).
+        """
+        config = PoolConfig("web", (), (DnsSource("a", "app.internal", 80),), health_check=False)
+        clock = Clock()
+        pool = Pool(config, balancer, clock)
+        for n in range(rounds):
+            pool.update_servers(
+                _at(f"10.1.{n // 250}.{n % 250}", f"10.2.{n // 250}.{n % 250}"), _SOURCE
+            )
+            for _ in range(3):
+                server = pool.pick()
+                assert server is not None
+                pool.attempt_started(server, retry=False)
+                clock.advance(0.01)
+                pool.attempt_ended(server, 200, 0.01)
+        return pool
+
+    def test_round_robin(self) -> None:
+        """
+        Round robin's rotation keeps no entry for servers that left.
+        """
+        balancer = RoundRobin()
+        pool = self._churn(balancer)
+        self.assertEqual(set(balancer._current), set(pool.servers))
+
+    def test_least_conn(self) -> None:
+        """
+        Least connections' tie rotation keeps no entry for servers that
+        left.
+        """
+        balancer = LeastConn()
+        pool = self._churn(balancer)
+        self.assertLessEqual(set(balancer._current), set(pool.servers))
+
+    def test_peak_ewma(self) -> None:
+        """
+        Peak EWMA keeps no estimate for servers that left.
+        """
+        balancer = PeakEwma(Clock(), rng=Random(1))
+        pool = self._churn(balancer)
+        self.assertLessEqual(set(balancer._estimates), set(pool.servers))
+        self.assertTrue(balancer._estimates)
+
+    def test_hash_fallback(self) -> None:
+        """
+        Consistent hashing's round robin (requests without a key) keeps no
+        entry for servers that left.
+        """
+        balancer = ConsistentHash("ip")
+        pool = self._churn(balancer)
+        self.assertLessEqual(set(balancer._fallback._current), set(pool.servers))
+
+    def test_forgotten_when_last_request_ends(self) -> None:
+        """
+        A server that leaves with a request in flight is forgotten when
+        that request ends, not before (its answer would teach the strategy
+        about it again).
+        """
+        balancer = PeakEwma(Clock(), rng=Random(1))
+        pool = Pool(
+            PoolConfig("web", (), (DnsSource("a", "app.internal", 80),), health_check=False),
+            balancer,
+            Clock(),
+        )
+        pool.update_servers(_at("10.0.0.1"), _SOURCE)
+        (server,) = pool.servers
+        pool.attempt_started(server, retry=False)
+        pool.update_servers(_at("10.0.0.2"), _SOURCE)
+        pool.attempt_ended(server, 200, 0.5)
+        self.assertNotIn(server, balancer._estimates)
+
+    def test_strategy_without_forget(self) -> None:
+        """
+        A strategy without C{forget} (written before it) still works as
+        servers come and go.
+        """
+
+        @implementer(IBalancer)
+        class First:
+            def pick(
+                self,
+                servers: Sequence[Candidate],
+                exclude: Container[Candidate],
+                request: BalancedRequest | None = None,
+            ) -> Candidate | None:
+                return next((s for s in servers if s.up and s not in exclude), None)
+
+            def started(self, server: Candidate) -> None:
+                pass
+
+            def finished(self, server: Candidate, elapsed: float | None) -> None:
+                pass
+
+        pool = self._churn(First(), rounds=3)
+        self.assertEqual(_addresses(pool.servers), ["10.1.0.2:80", "10.2.0.2:80"])

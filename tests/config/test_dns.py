@@ -180,6 +180,56 @@ class ParseDnsSourceTests(SynchronousTestCase):
         )
 
 
+class DnsTableTests(SynchronousTestCase):
+    """
+    A DNS name written as a table in a file takes the same parameters as
+    the string form.
+    """
+
+    def test_table_parameter_refused(self) -> None:
+        """
+        C{max-conns} and C{down} on a DNS name are named, each in one line,
+        not silently ignored.
+        """
+        error = self.assertRaises(
+            ConfigFileError,
+            parse_config,
+            {
+                "upstream": {
+                    "web": {
+                        "servers": [
+                            {"address": "dns+a://app:3000", "max-conns": 10},
+                            {"address": "dns+srv://_http._tcp.app", "down": True},
+                        ]
+                    }
+                }
+            },
+            "lb.toml",
+        )
+        self.assertEqual(
+            error.problems,
+            [
+                "lb.toml: upstream.web.servers[0].max-conns: not for a DNS name "
+                "(a DNS name takes weight or backup)",
+                "lb.toml: upstream.web.servers[1].down: not for a DNS name "
+                "(a DNS name takes weight or backup)",
+            ],
+        )
+
+    def test_table_weight_and_backup(self) -> None:
+        """
+        C{weight} and C{backup} in a table apply to every server it finds.
+        """
+        config = parse_config(
+            {
+                "upstream": {
+                    "web": {"servers": [{"address": "dns+a://b:2", "weight": 3, "backup": True}]}
+                }
+            }
+        )
+        self.assertEqual(config.pools[0].sources, (DnsSource("a", "b", 2, weight=3, backup=True),))
+
+
 class ParseResolverTests(SynchronousTestCase):
     """
     L{parse_resolver} reads the C{resolver} setting.

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbproxy.balancing.pool import Pool
 from lbproxy.balancing.strategies import RoundRobin
 from lbproxy.config.model import DnsSource, PoolConfig, ServerConfig
+from lbproxy.discovery import watcher as watcher_module
 from lbproxy.discovery.lookup import Answer, LookupFailed
 from lbproxy.discovery.watcher import DnsWatcher
 
@@ -300,6 +301,30 @@ class WatcherTests(SynchronousTestCase):
             delays.append(watcher.status.next_lookup - self.clock.seconds())
             self.clock.advance(delays[-1])
         self.assertEqual(delays, [1, 2, 4, 5, 5])
+
+    def test_long_outage(self) -> None:
+        """
+        Lookups go on every C{dns-refresh} however long the outage: the
+        back-off does not overflow after a thousand failures in a row.
+        """
+        self.watcher.start()
+        for _ in range(1100):
+            self.lookups.fail()
+            assert self.watcher.status.next_lookup is not None
+            self.clock.advance(self.watcher.status.next_lookup - self.clock.seconds())
+        self.assertEqual(self.lookups.count, 1101)
+        self.lookups.fail()
+        assert self.watcher.status.next_lookup is not None
+        self.assertEqual(self.watcher.status.next_lookup - self.clock.seconds(), 30.0)
+
+    def test_retry_delay_capped(self) -> None:
+        """
+        L{retry_delay} stops doubling long before floats overflow, and
+        never exceeds C{dns-refresh}.
+        """
+        self.assertEqual(watcher_module.retry_delay(10**6, 30.0), 30.0)
+        self.assertEqual(watcher_module.retry_delay(33, 1e12), 2.0**32)
+        self.assertEqual(watcher_module.retry_delay(10**6, 1e12), 2.0**32)
 
     def test_stop(self) -> None:
         """

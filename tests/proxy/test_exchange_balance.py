@@ -219,6 +219,25 @@ class QueueExchangeTests(_Base):
         self.assertIs(exchange.state, State.DONE)
         self.assertNotIn(exchange, self.proxy.exchanges)
 
+    def test_servers_down_while_waiting(self) -> None:
+        """
+        When every server goes down while a request waits, it gets at once
+        what a new request gets (503, no healthy upstream), not a queue
+        timeout 10 s later.
+        """
+        self.start()
+        self.start()
+        exchange, client = self.start()
+        self.assertIs(exchange.state, State.WAITING)
+        for server in self.pool.servers:
+            self.pool.attempt_failed(server, "test")
+        self.assertEqual(client.status, 503)
+        self.assertIn(b"no healthy upstream", client.written)
+        self.assertIs(exchange.state, State.DONE)
+        self.assertEqual((self.pool.waiting, self.clock.getDelayedCalls()), (0, []))
+        _, new = self.start()
+        self.assertEqual(new.written, client.written)
+
     def test_queue_full(self) -> None:
         """
         Beyond C{max-queue} waiting requests: 503 at once.

@@ -132,6 +132,31 @@ class ProblemTests(SynchronousTestCase):
             "ewma, hash, leastconn, random2, roundrobin)",
         )
 
+    def test_hash_refused(self) -> None:
+        """
+        C{hash} is refused, named: simulated requests have no key, so it
+        would run as round robin.
+        """
+        message = self.problem(strategies=["roundrobin", {"name": "h", "balance": "hash"}])
+        self.assertTrue(message.startswith("s.toml: strategies[1]: balance: 'hash' "), message)
+        self.assertIn("round robin", message)
+        self.assertIn("s.toml: strategies[0]: balance: 'hash'", self.problem(strategies=["hash"]))
+
+    def test_sticky_cookie_refused(self) -> None:
+        """
+        A sticky cookie is refused, named where it is set: simulated
+        requests carry no cookie.
+        """
+        message = self.problem(
+            strategies=["roundrobin", {"name": "s", "balance": "leastconn", "sticky-cookie": "lb"}]
+        )
+        self.assertTrue(message.startswith("s.toml: strategies[1]: sticky-cookie: "), message)
+        self.assertTrue(
+            self.problem(settings={"sticky-cookie": "lb"}).startswith(
+                "s.toml: settings: sticky-cookie: "
+            )
+        )
+
     def test_bad_setting(self) -> None:
         """
         A bad lbproxy option is named as the configuration file names it.
