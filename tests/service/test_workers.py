@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 from dataclasses import replace
 from typing import Any
 
@@ -165,6 +166,68 @@ class SharedListenerTests(TestCase):
         self.assertEqual(adopted.getHost().port, port.getHost().port)
         answered = yield _echo(port.getHost().port, b"hello")
         self.assertEqual(answered, b"hello")
+
+
+class InheritedUNIXTests(SynchronousTestCase):
+    """
+    A worker adopts a C{unix:} socket the supervisor bound as it is, and
+    leaves it to the others when it stops.
+    """
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.mkdir(directory)
+        self.path = os.path.join(directory, "lb.sock")
+        # As bind_shared leaves it: bound, mode set, listening, not blocking.
+        self.listening = socket.socket(socket.AF_UNIX)
+        self.addCleanup(self.listening.close)
+        self.listening.bind(self.path)
+        os.chmod(self.path, 0o660)
+        self.listening.listen(1)
+        self.listening.setblocking(False)
+        self.memory = MemoryReactorClock()
+        endpoint = inherited_endpoint(
+            self.memory, f"unix:{self.path}", os.dup(self.listening.fileno()), None
+        )
+        self.port = self.successResultOf(endpoint.listen(Factory.forProtocol(Protocol)))
+
+    def _connect(self) -> socket.socket:
+        client = socket.socket(socket.AF_UNIX)
+        self.addCleanup(client.close)
+        client.setblocking(False)
+        client.connect(self.path)
+        return client
+
+    def test_mode_kept(self) -> None:
+        """
+        The socket file keeps the supervisor's mode (Twisted's port would
+        make it 0666, and fail with EPERM after C{--uid}).
+        """
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o660)
+
+    def test_backlog_kept(self) -> None:
+        """
+        The socket keeps the supervisor's backlog (Twisted's port listens
+        again with 50): with a backlog of 1, the third connection waiting
+        is refused.
+        """
+        self._connect()
+        self._connect()
+        self.assertRaises(BlockingIOError, self._connect)
+
+    def test_stop_leaves_socket(self) -> None:
+        """
+        When the worker's port stops, the path stays and the socket still
+        accepts connections (for the other workers): no unlink, no
+        shutdown().
+        """
+        self.port.stopListening()
+        self.memory.advance(0)
+        self.assertNotIn(self.port, self.memory.getReaders())
+        self.assertTrue(os.path.exists(self.path))
+        self._connect()
+        accepted, _ = self.listening.accept()
+        accepted.close()
 
 
 class OneAcceptTests(SynchronousTestCase):
@@ -697,6 +760,61 @@ class WorkerProcessTests(TestCase):
         stops = [formatEvent(e) for e in self.events if "stopped:" in formatEvent(e)]
         self.assertEqual(len(stops), 2, stops)
         self.assertEqual(self._logged("stopped: exited with status 0"), 2, stops)
+
+    @inlineCallbacks
+    def test_unix_listener(self):
+        """
+        Two workers serve a C{unix:} listener with C{mode=660}: the socket
+        file keeps that mode, stays (and serves) while a worker stops and
+        is started again or is killed and started again, and is removed
+        when the supervisor stops.
+        """
+        _, _, app_port = start_app(self, "A")
+        directory = tempfile.mkdtemp(prefix="lbproxy-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        socket_path = os.path.join(directory, "lb.sock")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(_toml([app_port], f"unix:{socket_path}:mode=660", extra="workers = 2\n"))
+        supervisor = WorkerSupervisor(load_config(path), reactor)
+        supervisor.privilegedStartService()
+        previous = signal.getsignal(signal.SIGHUP)
+        supervisor.startService()
+        stopped = False
+
+        def stop() -> Any:
+            if not stopped:
+                return supervisor.stopService()
+
+        self.addCleanup(stop)
+        self.addCleanup(signal.signal, signal.SIGHUP, previous)
+        agent = Agent.usingEndpointFactory(reactor, _UnixEndpoints(socket_path))
+
+        def served() -> Deferred[bytes]:
+            return agent.request(b"GET", b"http://localhost/").addCallback(readBody)
+
+        yield self._until(" ready", 2)
+        self.assertEqual(os.stat(socket_path).st_mode & 0o777, 0o660)
+        for _ in range(4):
+            self.assertEqual((yield served()), b"PORT A")
+
+        supervisor.workers[2].transport.closeStdin()
+        yield self._until("worker 2 started", 2)
+        yield self._until(" ready", 3)
+        self.assertTrue(os.path.exists(socket_path))
+        for _ in range(4):
+            self.assertEqual((yield served()), b"PORT A")
+
+        os.kill(supervisor.workers[1].pid, signal.SIGKILL)
+        yield self._until("was killed by SIGKILL")
+        yield self._until(" ready", 4)
+        self.assertEqual(os.stat(socket_path).st_mode & 0o777, 0o660)
+        for _ in range(4):
+            self.assertEqual((yield served()), b"PORT A")
+
+        stopped = True
+        yield supervisor.stopService()
+        self.assertFalse(os.path.exists(socket_path))
 
     @inlineCallbacks
     def test_access_lines_in_twistd_log(self):
