@@ -153,7 +153,8 @@ class InheritedEndpoint:
     def __init__(self, reactor: Any, fd: int, tls: Any = None) -> None:
         """
         @param reactor: adopts the socket (C{IReactorSocket}).
-        @param fd: the listening socket's descriptor.
+        @param fd: the listening socket's descriptor, which the endpoint
+            owns: closed once adopted (the port works on a duplicate).
         @param tls: the context factory of an C{ssl:} listener; L{None}
             for plain TCP or a UNIX socket.
         """
@@ -182,6 +183,9 @@ class InheritedEndpoint:
             port = _OneAcceptTCPPort._fromListeningDescriptor(  # type: ignore[no-untyped-call]
                 self._reactor, self._fd, _family(self._fd), factory
             )
+        # _fromListeningDescriptor duplicated the descriptor (socket.fromfd):
+        # the inherited one would stay open, unused, as long as the worker.
+        os.close(self._fd)
         port.startListening()
         return port  # type: ignore[no-any-return]
 

@@ -160,7 +160,8 @@ class SharedListenerTests(TestCase):
         port = bind_shared(reactor, "tcp:0:interface=127.0.0.1")
         self.addCleanup(port.stopListening)
         self.assertNotIn(port, reactor.getReaders())
-        endpoint = inherited_endpoint(reactor, "tcp:0", port.fileno(), None)
+        # (A duplicate, as a worker inherits: the endpoint closes it.)
+        endpoint = inherited_endpoint(reactor, "tcp:0", os.dup(port.fileno()), None)
         adopted = yield endpoint.listen(Factory.forProtocol(_Echo))
         self.addCleanup(adopted.stopListening)
         self.assertEqual(adopted.getHost().port, port.getHost().port)
@@ -230,6 +231,29 @@ class InheritedUNIXTests(SynchronousTestCase):
         accepted.close()
 
 
+class InheritedDescriptorTests(SynchronousTestCase):
+    """
+    The inherited descriptor is not kept open beside the port's own.
+    """
+
+    def test_closed_once_adopted(self) -> None:
+        """
+        Once the endpoint listens, the descriptor it was given is closed.
+        """
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        listening.setblocking(False)
+        self.addCleanup(listening.close)
+        inherited = os.dup(listening.fileno())
+        memory = MemoryReactorClock()
+        endpoint = inherited_endpoint(memory, "tcp:0", inherited, None)
+        port = self.successResultOf(endpoint.listen(Factory.forProtocol(Protocol)))
+        self.addCleanup(port.stopListening)
+        error = self.assertRaises(OSError, os.fstat, inherited)
+        self.assertEqual(error.errno, errno.EBADF)
+
+
 class OneAcceptTests(SynchronousTestCase):
     """
     A worker accepts one connection each time its listening socket is
@@ -256,7 +280,7 @@ class OneAcceptTests(SynchronousTestCase):
                 return Protocol()
 
         memory = MemoryReactorClock()
-        endpoint = inherited_endpoint(memory, "tcp:0", listening.fileno(), None)
+        endpoint = inherited_endpoint(memory, "tcp:0", os.dup(listening.fileno()), None)
         port = self.successResultOf(endpoint.listen(Counting()))
         self.addCleanup(port.stopListening)
         port.doRead()
