@@ -339,6 +339,9 @@ class _ProcessReactor(MemoryReactorClock):
         super().__init__()
         self.spawned: list[tuple[Any, _FakeProcess, dict[int, Any]]] = []
 
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        self.callLater(0, f, *args, **kwargs)
+
     def spawnProcess(self, protocol: Any, executable: str, args: Any, env: Any, **kw: Any) -> Any:
         process = _FakeProcess(1000 + len(self.spawned))
         protocol.makeConnection(process)
@@ -568,6 +571,30 @@ class SupervisorTests(SynchronousTestCase):
         self.reactor.advance(60)
         self.assertEqual(len(self.reactor.spawned), 2)
         self.assertIn("worker 2 (pid 1001) stopped: exited with status 0", self._logged())
+
+    def test_sighup_while_stopping(self) -> None:
+        """
+        SIGHUP while the workers drain is ignored (logged once), not given
+        to the handler from before the start (under twistd C{SIG_DFL},
+        which would end the supervisor); that one is put back once every
+        worker has stopped.
+        """
+        before: list[int] = []
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+        signal.signal(signal.SIGHUP, lambda signum, frame: before.append(signum))
+        previous = signal.getsignal(signal.SIGHUP)
+        supervisor = self._start()
+        stopped = supervisor.stopService()
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.reactor.advance(0)
+        self.assertEqual(before, [])
+        self.assertEqual(self._logged().count("SIGHUP: reload ignored while stopping"), 1)
+        self.assertEqual([p.signals for _, p, _ in self.reactor.spawned], [["TERM"], ["TERM"]])
+        for protocol, process, _ in self.reactor.spawned:
+            _end(protocol, process, ProcessDone(0))
+        self.successResultOf(stopped)
+        self.assertIs(signal.getsignal(signal.SIGHUP), previous)
 
     def test_stop_kills_late(self) -> None:
         """
