@@ -20,7 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.error import (
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+    ReactorNotRunning,
+)
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -43,7 +49,7 @@ from lbproxy.service.workers import (
     restart_delay,
 )
 from lbproxy.tap import Options, makeService
-from lbproxy.worker import stderr_observer
+from lbproxy.worker import _SupervisorWatch, stderr_observer, take_signals
 from tests.admin.test_resource import admin_request
 from tests.service.test_service import _toml
 from tests.support import get, start_app
@@ -130,6 +136,60 @@ class StderrObserverTests(SynchronousTestCase):
             {"log_level": LogLevel.warn, "log_format": "a {x}\nb", "x": 1, "log_time": 0}
         )
         self.assertEqual(stream.getvalue(), "warn a 1\nwarn b\n")
+
+
+class _StoppingReactor:
+    """
+    A reactor's C{stop} as Twisted's: a second call raises.
+    """
+
+    running = True
+
+    def __init__(self) -> None:
+        self.stops = 0
+        self.calls: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def stop(self) -> None:
+        if self.stops:
+            raise ReactorNotRunning()
+        self.stops += 1
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        self.calls.append((f, args))
+
+
+class WorkerStopTests(SynchronousTestCase):
+    """
+    A worker stops once, whatever asks it to stop again meanwhile.
+    """
+
+    def test_supervisor_gone_while_stopping(self) -> None:
+        """
+        The supervisor's pipe closing while the worker stops already (its
+        SIGTERM) does not stop the reactor again.
+        """
+        reactor = _StoppingReactor()
+        reactor.stop()
+        _SupervisorWatch(reactor).connectionLost(Failure(CONNECTION_DONE))
+        self.assertEqual(reactor.stops, 1)
+
+    def test_signals(self) -> None:
+        """
+        Once running, a worker ignores SIGINT (its supervisor handles it)
+        and a second SIGTERM does not stop the reactor again.
+        """
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+        reactor = _StoppingReactor()
+        take_signals(reactor)
+        self.assertEqual(signal.getsignal(signal.SIGINT), signal.SIG_IGN)
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        handler(signal.SIGTERM, None)
+        handler(signal.SIGTERM, None)
+        for f, args in reactor.calls:
+            f(*args)
+        self.assertEqual(reactor.stops, 1)
 
 
 class _Echo(Protocol):
@@ -866,6 +926,33 @@ class WorkerProcessTests(TestCase):
         stopped = True
         yield supervisor.stopService()
         self.assertFalse(os.path.exists(socket_path))
+
+    @inlineCallbacks
+    def test_interrupt_then_terminate(self):
+        """
+        A worker sent SIGINT (Ctrl-C under C{twistd -n} reaches the whole
+        process group) and then SIGTERM (from its supervisor) stops once,
+        cleanly: no C{ReactorNotRunning} traceback.
+        """
+        _, _, app_port = start_app(self, "A")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(_toml([app_port], extra="workers = 2\n"))
+        supervisor = WorkerSupervisor(load_config(path), reactor)
+        supervisor.privilegedStartService()
+        previous = signal.getsignal(signal.SIGHUP)
+        supervisor.startService()
+        self.addCleanup(supervisor.stopService)
+        self.addCleanup(signal.signal, signal.SIGHUP, previous)
+        yield self._until(" ready", 2)
+        pid = supervisor.workers[1].pid
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+        yield self._until(f"worker 1 (pid {pid}) exited with status 0")
+        yield self._until(" ready", 3)
+        self.assertEqual(self._logged(f"worker 1 (pid {pid})"), 1)
+        self.assertEqual(self._logged("ReactorNotRunning"), 0)
+        self.assertEqual(self._logged("Traceback"), 0)
 
     @inlineCallbacks
     def test_access_lines_in_twistd_log(self):
