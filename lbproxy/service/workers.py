@@ -369,10 +369,10 @@ class WorkerSupervisor(MultiService):
         """
         if self._admin_dir is None:
             return self.config
+        # (A socket file left by a worker that was killed does not stop its
+        # replacement: Twisted's unix: endpoint removes it, its lock file
+        # naming a process that is gone.)
         path = self._admin_path(index)
-        if os.path.exists(path):
-            # Left by a worker that was killed: its replacement binds anew.
-            os.unlink(path)
         return replace(self.config, admin=f"unix:{path}", admin_token="", admin_token_file="")
 
     def _worker_admins(self) -> dict[int, WorkerAdmin]:

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 from dataclasses import replace
 from typing import Any
@@ -48,7 +49,7 @@ from lbproxy.service.workers import (
     read_setup,
     restart_delay,
 )
-from lbproxy.tap import Options, makeService
+from lbproxy.tap import Options, make_proxy_service, makeService
 from lbproxy.worker import _SupervisorWatch, stderr_observer, take_signals
 from tests.admin.test_resource import admin_request
 from tests.service.test_service import _toml
@@ -291,6 +292,39 @@ class InheritedUNIXTests(SynchronousTestCase):
         accepted.close()
 
 
+class StaleAdminSocketTests(TestCase):
+    """
+    A worker's private admin socket left by a worker that was killed (its
+    socket file, and its lock file naming a process that is gone) does not
+    stop the worker started in its place.
+    """
+
+    @inlineCallbacks
+    def test_replacement_binds(self):
+        """
+        The replacement's admin listens on the path and answers.
+        """
+        directory = tempfile.mkdtemp(prefix="lbproxy-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "worker-1.sock")
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(path)
+        stale.close()
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        # What twisted.python.lockfile leaves: a symlink to the owner's pid.
+        os.symlink(str(gone.pid), path + ".lock")
+        service, _ = make_proxy_service(replace(_config(), admin=f"unix:{path}"), reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        yield service.admin_port()
+        agent = Agent.usingEndpointFactory(reactor, _UnixEndpoints(path))
+        answer = yield agent.request(b"GET", b"http://localhost/healthz")
+        yield readBody(answer)
+        self.assertEqual(answer.code, 200)
+
+
 class InheritedDescriptorTests(SynchronousTestCase):
     """
     The inherited descriptor is not kept open beside the port's own.
@@ -298,20 +332,38 @@ class InheritedDescriptorTests(SynchronousTestCase):
 
     def test_closed_once_adopted(self) -> None:
         """
-        Once the endpoint listens, the descriptor it was given is closed.
+        Once the endpoint listens, the descriptor it was given is closed:
+        the socket is open twice (the test's and the port's), not three
+        times.
         """
         listening = socket.socket()
         listening.bind(("127.0.0.1", 0))
         listening.listen(8)
         listening.setblocking(False)
         self.addCleanup(listening.close)
-        inherited = os.dup(listening.fileno())
         memory = MemoryReactorClock()
-        endpoint = inherited_endpoint(memory, "tcp:0", inherited, None)
+        endpoint = inherited_endpoint(memory, "tcp:0", os.dup(listening.fileno()), None)
         port = self.successResultOf(endpoint.listen(Factory.forProtocol(Protocol)))
         self.addCleanup(port.stopListening)
-        error = self.assertRaises(OSError, os.fstat, inherited)
-        self.assertEqual(error.errno, errno.EBADF)
+        self.assertEqual(_open_descriptors(listening), 2)
+
+
+def _open_descriptors(skt: socket.socket) -> int:
+    """
+    How many of this process's descriptors are C{skt}'s socket (by its
+    inode, as /proc shows them).
+    """
+    target = os.readlink(f"/proc/self/fd/{skt.fileno()}")
+    return sum(
+        1 for fd in os.listdir("/proc/self/fd") if _readlink(f"/proc/self/fd/{fd}") == target
+    )
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
 
 
 class OneAcceptTests(SynchronousTestCase):
