@@ -22,6 +22,7 @@ from twisted.internet.endpoints import _parse as _parse_endpoint
 
 __all__ = [
     "SUBCLASSED",
+    "reserve_spare_descriptor",
     "listening_interface",
     "parse_endpoint",
     "send_now",
@@ -59,7 +60,15 @@ SUBCLASSED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # accepting one connection at a time (adoptStreamPort builds Twisted's
     # own Port, which accepts up to 100 at a time).
     ("twisted.internet.tcp", "Port", ("_fromListeningDescriptor", "numberAccepts")),
-    ("twisted.internet.unix", "Port", ("_fromListeningDescriptor",)),
+    # Its UNIX port starts without Twisted's chmod, second listen() and
+    # unlink of the supervisor's path (unix.Port.startListening does them
+    # even on an adopted socket), and stops without shutdown() of the shared
+    # socket; see reserve_spare_descriptor.
+    (
+        "twisted.internet.unix",
+        "Port",
+        ("_fromListeningDescriptor", "_preexistingSocket", "_bindPath", "_shouldShutdown"),
+    ),
 )
 
 _TCP = (tcp.Client, tcp.Server)
@@ -152,3 +161,12 @@ def listening_interface(endpoint: object) -> str | None:
     endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)
     interface = getattr(endpoint, "_interface", None)
     return interface if isinstance(interface, str) else None
+
+
+def reserve_spare_descriptor() -> None:
+    """
+    Keep the spare descriptor Twisted's ports close to accept and drop a
+    connection when the process runs out of descriptors (EMFILE), as
+    C{tcp.Port.startListening} does; for a port started another way.
+    """
+    tcp._reservedFD.reserve()

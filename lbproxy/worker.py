@@ -19,16 +19,19 @@ import signal
 import sys
 from typing import IO, Any
 
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
-from twisted.logger import ILogObserver, eventAsText, globalLogBeginner
+from twisted.logger import ILogObserver, Logger, eventAsText, globalLogBeginner
 from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
 from lbproxy.service.service import StartError
 from lbproxy.service.workers import READY, WorkerSetup, read_setup
 
-__all__ = ["main", "stderr_observer"]
+__all__ = ["main", "stderr_observer", "stop", "take_signals"]
+
+_log = Logger()
 
 
 def stderr_observer(stream: IO[str]) -> Any:
@@ -65,11 +68,41 @@ class _SupervisorWatch:
         return None
 
     def connectionLost(self, reason: Failure) -> None:
-        if self._reactor.running:
-            self._reactor.stop()
+        # (Perhaps while the worker drains after SIGTERM.)
+        stop(self._reactor)
 
     def logPrefix(self) -> str:
         return "supervisor"
+
+
+def stop(reactor: Any) -> None:
+    """
+    Stop the reactor unless it is stopping already: C{reactor.stop()}
+    again raises L{ReactorNotRunning}, a traceback in the log.
+    """
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
+
+
+def take_signals(reactor: Any) -> None:
+    """
+    Once the reactor runs (its own handlers installed): ignore SIGINT, and
+    stop on SIGTERM only if not stopping already.
+
+    Ctrl-C under C{twistd -n} sends SIGINT to the whole process group; the
+    supervisor handles it and sends SIGTERM to every worker, which would
+    then stop a second time.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def terminated(signum: int, frame: object) -> None:
+        # As Twisted's own handler: the work in the reactor's thread.
+        reactor.callFromThread(_log.info, "Received SIGTERM, shutting down.")
+        reactor.callFromThread(stop, reactor)
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def serve(setup: WorkerSetup, reactor: Any) -> None:
@@ -99,6 +132,7 @@ def serve(setup: WorkerSetup, reactor: Any) -> None:
         raise SystemExit(f"lbproxy: {e}") from None
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.addReader(_SupervisorWatch(reactor))
+    reactor.callWhenRunning(take_signals, reactor)
     # Now SIGHUP reloads (it would end a process that does not handle it).
     reactor.callWhenRunning(lambda: (sys.stderr.write(READY + "\n"), sys.stderr.flush()))
     reactor.run()

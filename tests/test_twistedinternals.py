@@ -19,6 +19,7 @@ from lbproxy.twistedinternals import (
     SUBCLASSED,
     listening_interface,
     parse_endpoint,
+    reserve_spare_descriptor,
     send_now,
     set_ssl_context_factory,
     ssl_context_factory,
@@ -47,6 +48,19 @@ class SubclassedTests(SynchronousTestCase):
                     hasattr(cls, attribute) or f"self.{attribute}" in text,
                     f"{module}.{name}.{attribute} is gone",
                 )
+
+
+class SpareDescriptorTests(SynchronousTestCase):
+    """
+    L{reserve_spare_descriptor} reaches Twisted's reservation.
+    """
+
+    def test_reserved(self) -> None:
+        """
+        After it, Twisted's spare descriptor is held.
+        """
+        reserve_spare_descriptor()
+        self.assertTrue(tcp._reservedFD.available())  # type: ignore[attr-defined]
 
 
 class TransportInternalsTests(TestCase):

@@ -23,6 +23,7 @@ busy worker, slower back to its event loop, takes fewer.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -35,8 +36,11 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from lbproxy.twistedinternals import reserve_spare_descriptor
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -149,7 +153,8 @@ class InheritedEndpoint:
     def __init__(self, reactor: Any, fd: int, tls: Any = None) -> None:
         """
         @param reactor: adopts the socket (C{IReactorSocket}).
-        @param fd: the listening socket's descriptor.
+        @param fd: the listening socket's descriptor, which the endpoint
+            owns: closed once adopted (the port works on a duplicate).
         @param tls: the context factory of an C{ssl:} listener; L{None}
             for plain TCP or a UNIX socket.
         """
@@ -178,6 +183,9 @@ class InheritedEndpoint:
             port = _OneAcceptTCPPort._fromListeningDescriptor(  # type: ignore[no-untyped-call]
                 self._reactor, self._fd, _family(self._fd), factory
             )
+        # _fromListeningDescriptor duplicated the descriptor (socket.fromfd):
+        # the inherited one would stay open, unused, as long as the worker.
+        os.close(self._fd)
         port.startListening()
         return port  # type: ignore[no-any-return]
 
@@ -195,8 +203,36 @@ class _OneAcceptTCPPort(tcp.Port):
 class _OneAcceptUNIXPort(unix.Port):
     """
     A UNIX socket port that accepts one connection each time it is
-    readable.
+    readable, on a socket the supervisor bound and listens on.
     """
+
+    def startListening(self) -> None:
+        # Twisted's unix.Port.startListening, given an adopted socket, still
+        # chmods the path (0666 unless told) and listens again with its own
+        # backlog (50): the supervisor already set the user's mode and
+        # nginx's backlog, and after --uid the chmod fails with EPERM.  So
+        # only the adopting part is done here, as tcp.Port.startListening
+        # does it for an adopted socket.
+        reserve_spare_descriptor()
+        skt = self._preexistingSocket
+        assert skt is not None, "built by _fromListeningDescriptor"
+        self._preexistingSocket = None
+        # No shutdown() when this port stops: on a listening socket it
+        # refuses every later connection, the other workers' too.
+        self._shouldShutdown = False
+        log.msg(f"{self._getLogPrefix(self.factory)} starting on {os.fsdecode(self._bindPath)!r}")
+        self.factory.doStart()  # type: ignore[union-attr]
+        self.connected = True
+        self.socket = skt
+        self.fileno = skt.fileno  # type: ignore[method-assign]
+        self.numberAccepts = 1
+        self.startReading()  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure) -> None:
+        # Not unix.Port.connectionLost, which unlinks the path: it is the
+        # supervisor's, removed when it stops; a worker that stops (or
+        # restarts) leaves it to the others still accepting.
+        tcp.Port.connectionLost(self, reason)
 
     def doRead(self) -> None:
         self.numberAccepts = 1

@@ -65,6 +65,7 @@ from lbproxy.service.listeners import (
     listener_kind,
     with_default_backlog,
 )
+from lbproxy.service.sighup import ignore_sighup_while_stopping
 from lbproxy.service.validate import read_token_file
 from lbproxy.twistedinternals import set_ssl_context_factory
 from lbproxy.upstream.client import UpstreamClient
@@ -684,9 +685,8 @@ class ProxyService(MultiService):
         probe failing.
         """
         self.admin.stopping = True
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        restore_sighup = ignore_sighup_while_stopping(self._reactor, self._previous_sighup)
+        self._previous_sighup = None
         listeners = list(self._listeners.values())
         if not self.running and self._admin_listener is not None:
             listeners.append(self._admin_listener)
@@ -700,10 +700,10 @@ class ProxyService(MultiService):
         )
         if not self.running:
             self._release_twistd_sink()
-            return listening.addCallback(lambda _: None)
+            return listening.addCallback(lambda _: restore_sighup())
         listening.addCallback(lambda _: self._drain())
         listening.addCallback(lambda _: self._stop_rest())
-        return listening
+        return listening.addBoth(restore_sighup)
 
     def _drain(self) -> Deferred[None]:
         in_flight = self.resource.in_flight

@@ -70,6 +70,7 @@ from lbproxy.config.options import Scope, needs_restart
 from lbproxy.http.accesslog import TwistdLog, open_sink
 from lbproxy.service.listeners import bind_shared, listen_error
 from lbproxy.service.service import StartError, admin_token
+from lbproxy.service.sighup import ignore_sighup_while_stopping
 
 __all__ = [
     "READY",
@@ -368,10 +369,10 @@ class WorkerSupervisor(MultiService):
         """
         if self._admin_dir is None:
             return self.config
+        # (A socket file left by a worker that was killed does not stop its
+        # replacement: Twisted's unix: endpoint removes it, its lock file
+        # naming a process that is gone.)
         path = self._admin_path(index)
-        if os.path.exists(path):
-            # Left by a worker that was killed: its replacement binds anew.
-            os.unlink(path)
         return replace(self.config, admin=f"unix:{path}", admin_token="", admin_token_file="")
 
     def _worker_admins(self) -> dict[int, WorkerAdmin]:
@@ -556,9 +557,8 @@ class WorkerSupervisor(MultiService):
         Stop every worker (SIGTERM: they drain), wait for them all, then
         close the listening sockets.
         """
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        restore_sighup = ignore_sighup_while_stopping(self._reactor, self._previous_sighup)
+        self._previous_sighup = None
         self._stopping = True
         self.admin.stopping = True
         for call in self._restarts.values():
@@ -566,7 +566,7 @@ class WorkerSupervisor(MultiService):
         self._restarts.clear()
         super().stopService()  # type: ignore[no-untyped-call]
         if not self.workers:
-            return self._close_ports().addCallback(lambda _: None)
+            return self._close_ports().addCallback(lambda _: restore_sighup())
         self._log.info("stopping {count} workers (SIGTERM)", count=len(self.workers))
         ended: Deferred[None] = Deferred()
         self._all_ended = ended
@@ -579,7 +579,7 @@ class WorkerSupervisor(MultiService):
                 kill.cancel()
             return self._close_ports()
 
-        return ended.addCallback(done)
+        return ended.addCallback(done).addBoth(restore_sighup)
 
     def _kill_all(self) -> None:
         for worker in self.workers.values():

@@ -420,6 +420,35 @@ class DrainTests(TestCase):
             self.assertIn('"GET /hold HTTP/1.1" 200', f.read())
 
     @inlineCallbacks
+    def test_sighup_while_draining(self):
+        """
+        SIGHUP while requests drain is ignored (logged once), not given to
+        the handler from before the start (under twistd C{SIG_DFL}, which
+        would end the process and cut the requests in flight); that one is
+        put back once stopped.
+        """
+        events = _collect_logs(self)
+        before: list[int] = []
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+        signal.signal(signal.SIGHUP, lambda signum, frame: before.append(signum))
+        previous = signal.getsignal(signal.SIGHUP)
+        app, service, proxy_port = yield self._start(5)
+        slow = get(proxy_port, b"/hold")
+        yield held_request(app)
+        stopped = service.stopService()
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGHUP)
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(before, [])
+        self.assertNoResult(stopped)
+        release_held(app)
+        yield stopped
+        self.assertEqual((yield slow).body, b"held by A")
+        self.assertIs(signal.getsignal(signal.SIGHUP), previous)
+        ignored = [e for e in events if "reload ignored while stopping" in formatEvent(e)]
+        self.assertEqual(len(ignored), 1)
+
+    @inlineCallbacks
     def test_drain_timeout(self):
         """
         A request still in flight after the drain timeout does not hold the

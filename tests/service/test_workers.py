@@ -12,6 +12,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import tempfile
 from dataclasses import replace
 from typing import Any
 
@@ -19,7 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.error import (
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+    ReactorNotRunning,
+)
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -41,8 +49,8 @@ from lbproxy.service.workers import (
     read_setup,
     restart_delay,
 )
-from lbproxy.tap import Options, makeService
-from lbproxy.worker import stderr_observer
+from lbproxy.tap import Options, make_proxy_service, makeService
+from lbproxy.worker import _SupervisorWatch, stderr_observer, take_signals
 from tests.admin.test_resource import admin_request
 from tests.service.test_service import _toml
 from tests.support import get, start_app
@@ -131,6 +139,60 @@ class StderrObserverTests(SynchronousTestCase):
         self.assertEqual(stream.getvalue(), "warn a 1\nwarn b\n")
 
 
+class _StoppingReactor:
+    """
+    A reactor's C{stop} as Twisted's: a second call raises.
+    """
+
+    running = True
+
+    def __init__(self) -> None:
+        self.stops = 0
+        self.calls: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def stop(self) -> None:
+        if self.stops:
+            raise ReactorNotRunning()
+        self.stops += 1
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        self.calls.append((f, args))
+
+
+class WorkerStopTests(SynchronousTestCase):
+    """
+    A worker stops once, whatever asks it to stop again meanwhile.
+    """
+
+    def test_supervisor_gone_while_stopping(self) -> None:
+        """
+        The supervisor's pipe closing while the worker stops already (its
+        SIGTERM) does not stop the reactor again.
+        """
+        reactor = _StoppingReactor()
+        reactor.stop()
+        _SupervisorWatch(reactor).connectionLost(Failure(CONNECTION_DONE))
+        self.assertEqual(reactor.stops, 1)
+
+    def test_signals(self) -> None:
+        """
+        Once running, a worker ignores SIGINT (its supervisor handles it)
+        and a second SIGTERM does not stop the reactor again.
+        """
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+        reactor = _StoppingReactor()
+        take_signals(reactor)
+        self.assertEqual(signal.getsignal(signal.SIGINT), signal.SIG_IGN)
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        handler(signal.SIGTERM, None)
+        handler(signal.SIGTERM, None)
+        for f, args in reactor.calls:
+            f(*args)
+        self.assertEqual(reactor.stops, 1)
+
+
 class _Echo(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(data)
@@ -159,12 +221,149 @@ class SharedListenerTests(TestCase):
         port = bind_shared(reactor, "tcp:0:interface=127.0.0.1")
         self.addCleanup(port.stopListening)
         self.assertNotIn(port, reactor.getReaders())
-        endpoint = inherited_endpoint(reactor, "tcp:0", port.fileno(), None)
+        # (A duplicate, as a worker inherits: the endpoint closes it.)
+        endpoint = inherited_endpoint(reactor, "tcp:0", os.dup(port.fileno()), None)
         adopted = yield endpoint.listen(Factory.forProtocol(_Echo))
         self.addCleanup(adopted.stopListening)
         self.assertEqual(adopted.getHost().port, port.getHost().port)
         answered = yield _echo(port.getHost().port, b"hello")
         self.assertEqual(answered, b"hello")
+
+
+class InheritedUNIXTests(SynchronousTestCase):
+    """
+    A worker adopts a C{unix:} socket the supervisor bound as it is, and
+    leaves it to the others when it stops.
+    """
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.mkdir(directory)
+        self.path = os.path.join(directory, "lb.sock")
+        # As bind_shared leaves it: bound, mode set, listening, not blocking.
+        self.listening = socket.socket(socket.AF_UNIX)
+        self.addCleanup(self.listening.close)
+        self.listening.bind(self.path)
+        os.chmod(self.path, 0o660)
+        self.listening.listen(1)
+        self.listening.setblocking(False)
+        self.memory = MemoryReactorClock()
+        endpoint = inherited_endpoint(
+            self.memory, f"unix:{self.path}", os.dup(self.listening.fileno()), None
+        )
+        self.port = self.successResultOf(endpoint.listen(Factory.forProtocol(Protocol)))
+
+    def _connect(self) -> socket.socket:
+        client = socket.socket(socket.AF_UNIX)
+        self.addCleanup(client.close)
+        client.setblocking(False)
+        client.connect(self.path)
+        return client
+
+    def test_mode_kept(self) -> None:
+        """
+        The socket file keeps the supervisor's mode (Twisted's port would
+        make it 0666, and fail with EPERM after C{--uid}).
+        """
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o660)
+
+    def test_backlog_kept(self) -> None:
+        """
+        The socket keeps the supervisor's backlog (Twisted's port listens
+        again with 50): with a backlog of 1, the third connection waiting
+        is refused.
+        """
+        self._connect()
+        self._connect()
+        self.assertRaises(BlockingIOError, self._connect)
+
+    def test_stop_leaves_socket(self) -> None:
+        """
+        When the worker's port stops, the path stays and the socket still
+        accepts connections (for the other workers): no unlink, no
+        shutdown().
+        """
+        self.port.stopListening()
+        self.memory.advance(0)
+        self.assertNotIn(self.port, self.memory.getReaders())
+        self.assertTrue(os.path.exists(self.path))
+        self._connect()
+        accepted, _ = self.listening.accept()
+        accepted.close()
+
+
+class StaleAdminSocketTests(TestCase):
+    """
+    A worker's private admin socket left by a worker that was killed (its
+    socket file, and its lock file naming a process that is gone) does not
+    stop the worker started in its place.
+    """
+
+    @inlineCallbacks
+    def test_replacement_binds(self):
+        """
+        The replacement's admin listens on the path and answers.
+        """
+        directory = tempfile.mkdtemp(prefix="lbproxy-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "worker-1.sock")
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(path)
+        stale.close()
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        # What twisted.python.lockfile leaves: a symlink to the owner's pid.
+        os.symlink(str(gone.pid), path + ".lock")
+        service, _ = make_proxy_service(replace(_config(), admin=f"unix:{path}"), reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        yield service.admin_port()
+        agent = Agent.usingEndpointFactory(reactor, _UnixEndpoints(path))
+        answer = yield agent.request(b"GET", b"http://localhost/healthz")
+        yield readBody(answer)
+        self.assertEqual(answer.code, 200)
+
+
+class InheritedDescriptorTests(SynchronousTestCase):
+    """
+    The inherited descriptor is not kept open beside the port's own.
+    """
+
+    def test_closed_once_adopted(self) -> None:
+        """
+        Once the endpoint listens, the descriptor it was given is closed:
+        the socket is open twice (the test's and the port's), not three
+        times.
+        """
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        listening.setblocking(False)
+        self.addCleanup(listening.close)
+        memory = MemoryReactorClock()
+        endpoint = inherited_endpoint(memory, "tcp:0", os.dup(listening.fileno()), None)
+        port = self.successResultOf(endpoint.listen(Factory.forProtocol(Protocol)))
+        self.addCleanup(port.stopListening)
+        self.assertEqual(_open_descriptors(listening), 2)
+
+
+def _open_descriptors(skt: socket.socket) -> int:
+    """
+    How many of this process's descriptors are C{skt}'s socket (by its
+    inode, as /proc shows them).
+    """
+    target = os.readlink(f"/proc/self/fd/{skt.fileno()}")
+    return sum(
+        1 for fd in os.listdir("/proc/self/fd") if _readlink(f"/proc/self/fd/{fd}") == target
+    )
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
 
 
 class OneAcceptTests(SynchronousTestCase):
@@ -193,7 +392,7 @@ class OneAcceptTests(SynchronousTestCase):
                 return Protocol()
 
         memory = MemoryReactorClock()
-        endpoint = inherited_endpoint(memory, "tcp:0", listening.fileno(), None)
+        endpoint = inherited_endpoint(memory, "tcp:0", os.dup(listening.fileno()), None)
         port = self.successResultOf(endpoint.listen(Counting()))
         self.addCleanup(port.stopListening)
         port.doRead()
@@ -251,6 +450,9 @@ class _ProcessReactor(MemoryReactorClock):
     def __init__(self) -> None:
         super().__init__()
         self.spawned: list[tuple[Any, _FakeProcess, dict[int, Any]]] = []
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        self.callLater(0, f, *args, **kwargs)
 
     def spawnProcess(self, protocol: Any, executable: str, args: Any, env: Any, **kw: Any) -> Any:
         process = _FakeProcess(1000 + len(self.spawned))
@@ -482,6 +684,30 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.spawned), 2)
         self.assertIn("worker 2 (pid 1001) stopped: exited with status 0", self._logged())
 
+    def test_sighup_while_stopping(self) -> None:
+        """
+        SIGHUP while the workers drain is ignored (logged once), not given
+        to the handler from before the start (under twistd C{SIG_DFL},
+        which would end the supervisor); that one is put back once every
+        worker has stopped.
+        """
+        before: list[int] = []
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+        signal.signal(signal.SIGHUP, lambda signum, frame: before.append(signum))
+        previous = signal.getsignal(signal.SIGHUP)
+        supervisor = self._start()
+        stopped = supervisor.stopService()
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.reactor.advance(0)
+        self.assertEqual(before, [])
+        self.assertEqual(self._logged().count("SIGHUP: reload ignored while stopping"), 1)
+        self.assertEqual([p.signals for _, p, _ in self.reactor.spawned], [["TERM"], ["TERM"]])
+        for protocol, process, _ in self.reactor.spawned:
+            _end(protocol, process, ProcessDone(0))
+        self.successResultOf(stopped)
+        self.assertIs(signal.getsignal(signal.SIGHUP), previous)
+
     def test_stop_kills_late(self) -> None:
         """
         A worker still running C{drain_timeout} + 5 s after SIGTERM is
@@ -697,6 +923,88 @@ class WorkerProcessTests(TestCase):
         stops = [formatEvent(e) for e in self.events if "stopped:" in formatEvent(e)]
         self.assertEqual(len(stops), 2, stops)
         self.assertEqual(self._logged("stopped: exited with status 0"), 2, stops)
+
+    @inlineCallbacks
+    def test_unix_listener(self):
+        """
+        Two workers serve a C{unix:} listener with C{mode=660}: the socket
+        file keeps that mode, stays (and serves) while a worker stops and
+        is started again or is killed and started again, and is removed
+        when the supervisor stops.
+        """
+        _, _, app_port = start_app(self, "A")
+        directory = tempfile.mkdtemp(prefix="lbproxy-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        socket_path = os.path.join(directory, "lb.sock")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(_toml([app_port], f"unix:{socket_path}:mode=660", extra="workers = 2\n"))
+        supervisor = WorkerSupervisor(load_config(path), reactor)
+        supervisor.privilegedStartService()
+        previous = signal.getsignal(signal.SIGHUP)
+        supervisor.startService()
+        stopped = False
+
+        def stop() -> Any:
+            if not stopped:
+                return supervisor.stopService()
+
+        self.addCleanup(stop)
+        self.addCleanup(signal.signal, signal.SIGHUP, previous)
+        agent = Agent.usingEndpointFactory(reactor, _UnixEndpoints(socket_path))
+
+        def served() -> Deferred[bytes]:
+            return agent.request(b"GET", b"http://localhost/").addCallback(readBody)
+
+        yield self._until(" ready", 2)
+        self.assertEqual(os.stat(socket_path).st_mode & 0o777, 0o660)
+        for _ in range(4):
+            self.assertEqual((yield served()), b"PORT A")
+
+        supervisor.workers[2].transport.closeStdin()
+        yield self._until("worker 2 started", 2)
+        yield self._until(" ready", 3)
+        self.assertTrue(os.path.exists(socket_path))
+        for _ in range(4):
+            self.assertEqual((yield served()), b"PORT A")
+
+        os.kill(supervisor.workers[1].pid, signal.SIGKILL)
+        yield self._until("was killed by SIGKILL")
+        yield self._until(" ready", 4)
+        self.assertEqual(os.stat(socket_path).st_mode & 0o777, 0o660)
+        for _ in range(4):
+            self.assertEqual((yield served()), b"PORT A")
+
+        stopped = True
+        yield supervisor.stopService()
+        self.assertFalse(os.path.exists(socket_path))
+
+    @inlineCallbacks
+    def test_interrupt_then_terminate(self):
+        """
+        A worker sent SIGINT (Ctrl-C under C{twistd -n} reaches the whole
+        process group) and then SIGTERM (from its supervisor) stops once,
+        cleanly: no C{ReactorNotRunning} traceback.
+        """
+        _, _, app_port = start_app(self, "A")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(_toml([app_port], extra="workers = 2\n"))
+        supervisor = WorkerSupervisor(load_config(path), reactor)
+        supervisor.privilegedStartService()
+        previous = signal.getsignal(signal.SIGHUP)
+        supervisor.startService()
+        self.addCleanup(supervisor.stopService)
+        self.addCleanup(signal.signal, signal.SIGHUP, previous)
+        yield self._until(" ready", 2)
+        pid = supervisor.workers[1].pid
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+        yield self._until(f"worker 1 (pid {pid}) exited with status 0")
+        yield self._until(" ready", 3)
+        self.assertEqual(self._logged(f"worker 1 (pid {pid})"), 1)
+        self.assertEqual(self._logged("ReactorNotRunning"), 0)
+        self.assertEqual(self._logged("Traceback"), 0)
 
     @inlineCallbacks
     def test_access_lines_in_twistd_log(self):
