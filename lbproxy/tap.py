@@ -10,6 +10,7 @@ services (listeners, the upstream client's housekeeping).
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, cast
 
@@ -29,7 +30,7 @@ from lbproxy.http.site import ProxySite
 from lbproxy.proxy.resource import BalancingProxyResource
 from lbproxy.service.service import ProxyService, build_router, summary
 from lbproxy.service.twistdlog import TwistdLogAppends
-from lbproxy.service.validate import check_config, load_checked
+from lbproxy.service.validate import check_config, load_checked, rechecked
 from lbproxy.service.workers import WorkerSupervisor
 from lbproxy.tools.demo import listen_demo_apps
 from lbproxy.upstream.client import UpstreamClient
@@ -157,6 +158,18 @@ def build_site(
     return site, client
 
 
+def _loader(config: Config, config_path: str | None, reactor: Any) -> Callable[[], Config]:
+    """
+    What a SIGHUP loads: the file, checked as C{lbproxy check} and the
+    start check it; without one, the command line's configuration checked
+    again (its files read anew: L{rechecked}).
+    """
+    if config_path is not None:
+        path = config_path
+        return lambda: load_checked(path, reactor)
+    return lambda: rechecked(config, reactor)
+
+
 def make_proxy_service(
     config: Config,
     reactor: Any,
@@ -182,8 +195,7 @@ def make_proxy_service(
     """
     config, demo_ports = _with_demo_apps(config, reactor)
     site, client = build_site(config, reactor, open_log=False)
-    # A reload checks the file as lbproxy check and the start do.
-    load = (lambda: load_checked(config_path, reactor)) if config_path else None
+    load = _loader(config, config_path, reactor)
     service = ProxyService(
         config,
         reactor,
@@ -242,11 +254,10 @@ def make_supervisor(
     servers, if any, run here).  Parameters as L{make_proxy_service}'s.
     """
     config, demo_ports = _with_demo_apps(config, reactor)
-    load = (lambda: load_checked(config_path, reactor)) if config_path else None
     # The workers get the demo servers' addresses, not --demo.
-    supervisor = WorkerSupervisor(
-        replace(config, demo=False), reactor, load, config_path, daemon, twistd_log
-    )
+    config = replace(config, demo=False)
+    load = _loader(config, config_path, reactor)
+    supervisor = WorkerSupervisor(config, reactor, load, config_path, daemon, twistd_log)
     if twistd_log is not None and twistd_log.path is not None:
         # Workers append access lines to twistd's own log file.
         TwistdLogAppends(twistd_log.path, reactor).setServiceParent(supervisor)

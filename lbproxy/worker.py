@@ -111,9 +111,9 @@ def serve(setup: WorkerSetup, reactor: Any) -> None:
 
     @raise SystemExit: if it cannot start.
     """
-    if setup.config_path is None:
-        # Nothing to reload; a stray SIGHUP must not end the worker.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Until its service handles SIGHUP (a reload of the file, or of the
+    # command line's options), one must not end the worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Imported here: lbproxy.tap imports the whole proxy, which the
     # worker needs only once its setup has been read.
     from lbproxy.tap import make_proxy_service

@@ -158,10 +158,11 @@ class ProxyService(MultiService):
         @param reactor: what listens, connects and times.
         @param site: the site to listen with.
         @param client: the upstream client the site's resource sends with.
-        @param load: reads the configuration anew for a reload (from the
-            C{--config} file), raising L{lbproxy.config.model.ConfigError} or
-            L{lbproxy.config.file.ConfigFileError}; L{None} if there is no
-            file to reload.
+        @param load: reads the configuration anew for a reload (the
+            C{--config} file, or the command line's options checked again),
+            raising L{lbproxy.config.model.ConfigError} or
+            L{lbproxy.config.file.ConfigFileError}; L{None}: SIGHUP is left
+            alone (tests).
         @param daemon: twistd daemonises (no C{-n}): a failed start raises
             L{StartError}, not L{SystemExit}; see L{_cannot_start}.
         @param open_sink: opens where the access lines of an

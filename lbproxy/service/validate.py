@@ -211,6 +211,22 @@ def load_checked(path: str, reactor: Any) -> Config:
     return config
 
 
+def rechecked(config: Config, reactor: Any) -> Config:
+    """
+    The command line's configuration, checked again: what a SIGHUP
+    reloads when there is no file (C{--config}).  The options cannot
+    change, but what they name on disk is read anew (certificates, the
+    admin token file, the access log file that logrotate moved away), as
+    nginx reads its files again on SIGHUP.
+
+    @raise ConfigFileError: listing every problem, each naming its option.
+    """
+    problems = check_config(config, reactor)
+    if problems:
+        raise ConfigFileError([problem.as_option() for problem in problems])
+    return config
+
+
 def _listener_problem(reactor: Any, description: str) -> str | None:
     # Imported here: lbproxy.service.service imports the site and the whole proxy,
     # which C{lbproxy check} does not need otherwise.

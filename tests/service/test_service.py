@@ -1134,3 +1134,40 @@ class BalancingReloadTests(TestCase):
                 "'fastest' (expected one of ewma, hash, leastconn, random2, roundrobin)"
             ],
         )
+
+
+class CommandLineReloadTests(TestCase):
+    """
+    Without C{--config}, a reload (SIGHUP) applies the command line's
+    options again: nothing changes, but the access log file is reopened,
+    so that logrotate can move it away and send SIGHUP.
+    """
+
+    @inlineCallbacks
+    def test_access_log_reopened(self):
+        """
+        After the access log file was moved away, a reload opens a new one
+        at its path, where the next requests are logged.
+        """
+        from lbproxy.config.model import Config, PoolConfig, ServerConfig
+
+        _, _, app_port = start_app(self, "A")
+        access_log = os.path.abspath(self.mktemp())
+        pool = PoolConfig("default", (ServerConfig("127.0.0.1", app_port),), health_check=False)
+        config = Config(pools=(pool,), access_log=access_log, listen=("tcp:0:interface=127.0.0.1",))
+        service, site = make_proxy_service(config, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        port = (yield service.listening_ports())[0].getHost().port
+        self.assertEqual((yield get(port)).body, b"PORT A")
+        site.access_log.flush()
+        os.rename(access_log, access_log + ".1")
+        applied = yield service.reload()
+        self.assertTrue(applied)
+        self.assertEqual((yield get(port)).body, b"PORT A")
+        self.assertEqual((yield get(port)).body, b"PORT A")
+        site.access_log.flush()
+        with open(access_log + ".1") as f:
+            self.assertEqual(f.read().count('"GET / HTTP/1.1" 200'), 1)
+        with open(access_log) as f:
+            self.assertEqual(f.read().count('"GET / HTTP/1.1" 200'), 2)
