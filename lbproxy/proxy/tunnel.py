@@ -74,7 +74,6 @@ from zope.interface import implementer
 
 from lbproxy.http.request import ClientRequest, Header
 from lbproxy.interfaces import TunnelEnd
-from lbproxy.proxy.headers import end_to_end
 from lbproxy.twistedinternals import send_now
 
 __all__ = ["CLOSE_GRACE", "Tunnel", "open_tunnel", "switch_headers"]
@@ -385,17 +384,19 @@ class Tunnel:
         self._timer = self.clock.callLater(deadline - now, self._check_time)
 
 
-def switch_headers(headers: list[Header]) -> list[Header]:
+def switch_headers(headers: list[Header], relayed: list[Header]) -> list[Header]:
     """
     The headers of the C{101} the client gets: the app server's
     C{Upgrade} with C{Connection: upgrade} (hop-by-hop, so lbproxy says
-    them for its own hop), then the server's end-to-end headers
-    (C{Sec-WebSocket-Accept} ...).
+    them for its own hop), then what any answer relays.
 
     @param headers: the app server's C{101} headers.
+    @param relayed: the headers every answer gets (the server's
+        end-to-end ones, C{Sec-WebSocket-Accept} ..., and lbproxy's:
+        L{lbproxy.proxy.exchange.ProxyExchange}).
     """
     upgrade = b", ".join(value for name, value in headers if name.lower() == b"upgrade")
-    return [(b"Upgrade", upgrade), (b"Connection", b"upgrade"), *end_to_end(headers)]
+    return [(b"Upgrade", upgrade), (b"Connection", b"upgrade"), *relayed]
 
 
 def open_tunnel(
@@ -414,7 +415,8 @@ def open_tunnel(
 
     @param request: the client's upgrade request.
     @param reason: the app server's reason phrase.
-    @param headers: the app server's headers.
+    @param headers: the C{101}'s headers, for the client
+        (L{switch_headers}).
     @param upstream: the app server's connection, switched.
     @param clock: what times the tunnel.
     @param timeout: the tunnel timeout, in seconds.
@@ -422,7 +424,7 @@ def open_tunnel(
         was written.
     @param label: names the tunnel in log lines.
     """
-    client = request.switch_protocols(reason, switch_headers(headers))
+    client = request.switch_protocols(reason, headers)
 
     def closed(tunnel: Tunnel) -> None:
         request.tunnel_closed(tunnel.bytes_to_client, tunnel.bytes_from_client, tunnel.seconds)
