@@ -263,8 +263,10 @@ class HTTP11Connection(Protocol):
             return
         self._reading = _Reading.CLOSING
         self._cancel_timer()
-        if self._tunnel is not None:
-            self._tunnel.tunnel_lost(reason)
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            # Nothing follows; the tunnel's side refers to this connection.
+            tunnel.tunnel_lost(reason)
             return
         request, self._request = self._request, None
         if request is None or request.finished:
@@ -274,6 +276,8 @@ class HTTP11Connection(Protocol):
             request.body.detach()
         if request.exchange is not None:
             request.exchange.client_gone()
+            # Over (DONE): the exchange and this request refer to each other.
+            request.exchange = None
         if not request.answer_started:
             request.status = 499  # nginx's "client closed request"
         self.settings.access_log.request_done(request)

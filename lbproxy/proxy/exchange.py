@@ -520,6 +520,8 @@ class ProxyExchange:
         """
         if self.state is not State.TUNNEL:
             return
+        # The tunnel holds this exchange (its on_closed): no cycle left.
+        self._tunnel = None
         server, self._server = self._server, None
         if server is not None and self._pool is not None:
             self._pool.attempt_ended(server, 101, None)

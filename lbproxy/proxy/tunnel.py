@@ -108,7 +108,6 @@ class _Side:
         "name",
         "transport",
         "half_close",
-        "other",
         "received",
         "reading",
         "writing",
@@ -118,11 +117,11 @@ class _Side:
     )
 
     def __init__(self, tunnel: Tunnel, end: TunnelEnd, name: str) -> None:
-        self._tunnel = tunnel
+        # Until the tunnel is over (part).
+        self._tunnel: Tunnel | None = tunnel
         self.name = name
         self.transport = end.transport
         self.half_close = end.half_close
-        self.other = self  # the tunnel pairs the sides
         self.received = 0
         self.reading = True
         self.writing = True
@@ -138,8 +137,10 @@ class _Side:
         """
         self.received += len(data)
         tunnel = self._tunnel
+        if tunnel is None:
+            return
         tunnel.last_activity = tunnel.clock.seconds()
-        other = self.other
+        other = tunnel.upstream if tunnel.client is self else tunnel.client
         if other.writing:
             send_now(other.transport, data)
 
@@ -147,13 +148,30 @@ class _Side:
         """
         This end's peer sent a FIN.
         """
-        self._tunnel._read_closed(self)
+        if self._tunnel is not None:
+            self._tunnel._read_closed(self)
 
     def tunnel_lost(self, reason: Failure) -> None:
         """
         This end's connection closed.
         """
-        self._tunnel._lost(self)
+        if self._tunnel is not None:
+            self._tunnel._lost(self)
+
+    @property
+    def other(self) -> _Side:
+        """
+        The tunnel's other side (only while the tunnel is not over).
+        """
+        tunnel = self._tunnel
+        assert tunnel is not None
+        return tunnel.upstream if tunnel.client is self else tunnel.client
+
+    def part(self) -> None:
+        """
+        The tunnel is over: forget it, so that nothing refers back to it.
+        """
+        self._tunnel = None
 
     # IPushProducer: the other end's transport is full, or took it all.
 
@@ -226,8 +244,6 @@ class Tunnel:
         self._on_closed = on_closed
         self.client = _Side(self, client, "client")
         self.upstream = _Side(self, upstream, "app server")
-        self.client.other = self.upstream
-        self.upstream.other = self.client
         self.opened = self.last_activity = clock.seconds()
         self.closed_at: float | None = None
         self._closing_since: float | None = None
@@ -344,7 +360,13 @@ class Tunnel:
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
-        self._on_closed(self)
+        on_closed, self._on_closed = self._on_closed, _closed_already
+        on_closed(self)
+        # Over: the sides, which refer to this tunnel and to each other,
+        # let go (late events find nothing to do), so that reference
+        # counting frees them, not the cyclic collector.
+        for side in (self.client, self.upstream):
+            side.part()
 
     # The one timer: the tunnel timeout, then the grace of a close.
 
@@ -382,6 +404,12 @@ class Tunnel:
                 self.close()
                 return
         self._timer = self.clock.callLater(deadline - now, self._check_time)
+
+
+def _closed_already(tunnel: Tunnel) -> None:
+    """
+    A tunnel's C{on_closed} once called: it is called only once.
+    """
 
 
 def switch_headers(headers: list[Header], relayed: list[Header]) -> list[Header]:

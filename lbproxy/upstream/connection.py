@@ -453,9 +453,11 @@ class UpstreamConnection(Protocol):
         """
         state, self.state = self.state, CLOSED
         self._client.connection_closed(self)
-        if self._receiver is not None:
-            # A tunnel's end, however it closed.
-            self._receiver.tunnel_lost(reason)
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            # A tunnel's end, however it closed; nothing follows (and the
+            # tunnel's side, which refers to this connection, is let go).
+            receiver.tunnel_lost(reason)
             return
         if state is READING_TO_CLOSE:
             # The body was delimited by the end of the connection.
@@ -539,6 +541,9 @@ class UpstreamConnection(Protocol):
         use the function L{send} returns, bound to their exchange.)
         """
         self._sink = None
+        # (Twisted's connector keeps this connection in a reference cycle
+        # until the collector runs: it must not keep the request too.)
+        self._request = None
         self._stop_body(keep=False)
         self._cancel_timer()
         if self.state is not CLOSED:
