@@ -17,14 +17,19 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, _WrappingProtocol
 from twisted.internet.endpoints import _parse as _parse_endpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import connectionDone
+from zope.interface import alsoProvides
 
 __all__ = [
     "SUBCLASSED",
-    "reserve_spare_descriptor",
+    "close_after_fin",
     "listening_interface",
     "parse_endpoint",
+    "pass_fin_through",
+    "reserve_spare_descriptor",
     "send_now",
     "set_ssl_context_factory",
     "ssl_context_factory",
@@ -69,6 +74,8 @@ SUBCLASSED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "Port",
         ("_fromListeningDescriptor", "_preexistingSocket", "_bindPath", "_shouldShutdown"),
     ),
+    # pass_fin_through, below.
+    ("twisted.internet.endpoints", "_WrappingProtocol", ("_wrappedProtocol",)),
 )
 
 _TCP = (tcp.Client, tcp.Server)
@@ -102,6 +109,44 @@ def send_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def close_after_fin(transport: Any) -> None:
+    """
+    Close a connection whose peer sent a FIN exactly as Twisted closes it
+    for a protocol that is not half-closeable: at once, its protocol's
+    C{connectionLost} told C{connectionDone}, unsent bytes dropped.
+
+    A protocol class declares C{IHalfCloseableProtocol} once for all its
+    connections, since a wrapper (an endpoint's C{_WrappingProtocol})
+    decides when it is built whether to pass a FIN on; the connections
+    that do not want it (HTTP, not a tunnel) call this from
+    C{readConnectionLost}.  It calls the transport's C{connectionLost},
+    which is what C{tcp.Connection.readConnectionLost} calls (no public
+    API closes at once with C{ConnectionDone}: C{loseConnection} waits a
+    reactor turn for the buffer, C{abortConnection} reports
+    C{ConnectionAborted}).
+    """
+    if isinstance(transport, tcp.Connection):
+        transport.connectionLost(connectionDone)
+    else:
+        transport.loseConnection()
+
+
+def pass_fin_through(transport: Any, protocol: object) -> None:
+    """
+    Make sure a FIN on C{transport} reaches C{protocol}'s
+    C{readConnectionLost} when an endpoint wrapped it in its
+    C{_WrappingProtocol} (every client endpoint does).  That wrapper copies
+    C{IHalfCloseableProtocol}, C{IFileDescriptorReceiver} and
+    C{IHandshakeListener} from the protocol with C{directlyProvides}, one
+    at a time, so each replaces the one before: a protocol that is also a
+    handshake listener gets a wrapper that is not half-closeable, and TCP
+    reports its FIN as the close.
+    """
+    wrapper = getattr(transport, "protocol", None)
+    if isinstance(wrapper, _WrappingProtocol) and wrapper._wrappedProtocol is protocol:
+        alsoProvides(wrapper, IHalfCloseableProtocol)
 
 
 def unsent_bytes(transport: object) -> int | None:

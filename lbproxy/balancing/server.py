@@ -39,7 +39,6 @@ class AdminState(enum.Enum):
 #: one more bucket holds the longer ones).  Also the C{le} bounds of the
 #: Prometheus histogram (L{lbproxy.admin.metrics}).
 BOUNDS = tuple(2**i / 4000 for i in range(19))
-_BOUNDS = BOUNDS
 
 
 class LatencyWindow:
@@ -61,8 +60,8 @@ class LatencyWindow:
     def __init__(self, span: int = 60) -> None:
         self.span = span
         self._seconds = [-1] * span
-        self._counts = [[0] * (len(_BOUNDS) + 1) for _ in range(span)]
-        self.counts_since_start = [0] * (len(_BOUNDS) + 1)
+        self._counts = [[0] * (len(BOUNDS) + 1) for _ in range(span)]
+        self.counts_since_start = [0] * (len(BOUNDS) + 1)
         self.sum_since_start = 0.0
 
     def record(self, now: float, seconds: float) -> None:
@@ -77,7 +76,7 @@ class LatencyWindow:
             for i in range(len(counts)):
                 counts[i] = 0
         # The first bound at or above it (bisect: this runs per answer).
-        bucket = bisect.bisect_left(_BOUNDS, seconds)
+        bucket = bisect.bisect_left(BOUNDS, seconds)
         counts[bucket] += 1
         self.counts_since_start[bucket] += 1
         self.sum_since_start += seconds
@@ -88,7 +87,7 @@ class LatencyWindow:
         L{percentiles} reads; summable across processes).
         """
         oldest = int(now) - self.span
-        totals = [0] * (len(_BOUNDS) + 1)
+        totals = [0] * (len(BOUNDS) + 1)
         for second, counts in zip(self._seconds, self._counts, strict=True):
             if second > oldest:
                 for i, count in enumerate(counts):
@@ -120,7 +119,7 @@ def bucket_percentiles(totals: Sequence[int], wanted: Sequence[float]) -> list[f
         for i, each in enumerate(totals):
             seen += each
             if seen >= target:
-                results.append(_BOUNDS[i] if i < len(_BOUNDS) else math.inf)
+                results.append(BOUNDS[i] if i < len(BOUNDS) else math.inf)
                 break
     return results
 

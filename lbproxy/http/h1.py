@@ -61,7 +61,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import alsoProvides, implementer
+from zope.interface import implementer
 
 from lbproxy.http.chunked import ChunkedDecoder, IdentityDecoder
 from lbproxy.http.framing import (
@@ -74,7 +74,7 @@ from lbproxy.http.framing import (
 from lbproxy.http.h1request import HTTP11Request
 from lbproxy.http.settings import ConnectionHost, ConnectionSettings
 from lbproxy.interfaces import IStreamTransport, TunnelReceiver
-from lbproxy.twistedinternals import send_now, unsent_bytes
+from lbproxy.twistedinternals import close_after_fin, send_now, unsent_bytes
 from lbproxy.upstream.body import StreamingBody
 from lbproxy.upstream.upgrade import upgrade_offer
 
@@ -138,7 +138,9 @@ class _BodyReader:
         self._connection.resume_reading("body")
 
 
-@implementer(IPushProducer)
+# IHalfCloseableProtocol on the class, not added once a tunnel opens: a
+# wrapping protocol decides when it is built whether to pass a FIN on.
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class HTTP11Connection(Protocol):
     """
     One HTTP/1.x client connection; see the module docstring.
@@ -261,8 +263,10 @@ class HTTP11Connection(Protocol):
             return
         self._reading = _Reading.CLOSING
         self._cancel_timer()
-        if self._tunnel is not None:
-            self._tunnel.tunnel_lost(reason)
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            # Nothing follows; the tunnel's side refers to this connection.
+            tunnel.tunnel_lost(reason)
             return
         request, self._request = self._request, None
         if request is None or request.finished:
@@ -272,6 +276,8 @@ class HTTP11Connection(Protocol):
             request.body.detach()
         if request.exchange is not None:
             request.exchange.client_gone()
+            # Over (DONE): the exchange and this request refer to each other.
+            request.exchange = None
         if not request.answer_started:
             request.status = 499  # nginx's "client closed request"
         self.settings.access_log.request_done(request)
@@ -609,10 +615,6 @@ class HTTP11Connection(Protocol):
             return
         # As _first_tls_data: reads go straight to the tunnel, past HTTP.
         self.dataReceived = receiver.tunnel_data  # type: ignore[method-assign]
-        if self.half_close:
-            # Twisted reports a FIN as readConnectionLost only to a protocol
-            # providing this; an HTTP connection closes on a FIN, as before.
-            alsoProvides(self, IHalfCloseableProtocol)
         if self._pauses:
             # Paused for pipelined bytes, which are the tunnel's.
             self._pauses = _NO_PAUSES
@@ -623,10 +625,13 @@ class HTTP11Connection(Protocol):
 
     def readConnectionLost(self) -> None:
         """
-        The client half-closed its tunnel: the tunnel passes it on.
+        The client sent a FIN: a tunnel passes it on; an HTTP connection
+        closes, as one that is not half-closeable.
         """
         if self._tunnel is not None:
             self._tunnel.tunnel_read_closed()
+        else:
+            close_after_fin(self.transport)
 
     def writeConnectionLost(self) -> None:
         """

@@ -297,6 +297,8 @@ class HTTP11Request:
         self.finished = True
         self.bytes_sent = bytes_sent
         self._connection.settings.access_log.tunnel_done(self, seconds, bytes_received)
+        # As for an answered request: the exchange refers to this request.
+        self.exchange = None
 
     def respond_text(self, status: int, reason: bytes, text: bytes) -> None:
         """

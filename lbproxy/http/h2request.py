@@ -165,6 +165,9 @@ class H2Request(server.Request):
         stream answered early is reset by the connection afterwards).
         """
         self._log_once()
+        # The exchange is over (it finishes the answer): it and this
+        # request refer to each other, a cycle left to the collector.
+        self.exchange = None
         if self.producer is not None:
             # The exchange, registered by respond(): done producing.
             self.unregisterProducer()
@@ -180,12 +183,14 @@ class H2Request(server.Request):
         """
         self._stop_timer()
         super().connectionLost(reason)
-        if self.exchange is not None:
-            self.exchange.client_gone()
-        if not self._logged and self.exchange is not None:
-            if not self.startedWriting:
-                self.code = 499  # nginx's "client closed request"
-            self._log_once()
+        # Over (DONE) once told: no cycle left with this request.
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.client_gone()
+            if not self._logged:
+                if not self.startedWriting:
+                    self.code = 499  # nginx's "client closed request"
+                self._log_once()
 
     def processingFailed(self, reason: Failure) -> Any:
         """

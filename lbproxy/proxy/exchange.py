@@ -70,7 +70,7 @@ from lbproxy.interfaces import TunnelEnd
 from lbproxy.proxy.headers import REPLACED_DOWNSTREAM, end_to_end, upstream_request_headers
 from lbproxy.proxy.requestid import request_id_for
 from lbproxy.proxy.retry import Next, after_failure
-from lbproxy.proxy.tunnel import Tunnel, open_tunnel
+from lbproxy.proxy.tunnel import Tunnel, open_tunnel, switch_headers
 from lbproxy.upstream.body import StreamingBody
 from lbproxy.upstream.client import UpstreamClient
 from lbproxy.upstream.connection import UpstreamRequest, serialize_request_head
@@ -386,6 +386,20 @@ class ProxyExchange:
         if self.state is not State.WAITING:
             return
         self._producer = producer
+        relayed = self._relayed_headers(status, headers)
+        self._request.respond(status, reason, relayed, self)
+        # The answer has started: a later failure resets the client.  (A
+        # failure above, a bug, still gets the client a plain 502.)
+        self.state = State.RELAYING
+
+    def _relayed_headers(self, status: int, headers: list[Header]) -> list[Header]:
+        """
+        The app server's head arrived: note its status and time, and
+        return what the client gets of its headers, a C{101}'s included:
+        the end-to-end ones, the request's C{X-Request-Id} in place of any
+        the app server sent, and a sticky cookie naming the server if the
+        pool has one.
+        """
         self._status = status
         record = self._record
         record.upstream_status = status
@@ -398,10 +412,7 @@ class ProxyExchange:
             cookie = pool.sticky.set_cookie(server, request, request.secure)
             if cookie is not None:
                 relayed.append((b"Set-Cookie", cookie))
-        self._request.respond(status, reason, relayed, self)
-        # The answer has started: a later failure resets the client.  (A
-        # failure above, a bug, still gets the client a plain 502.)
-        self.state = State.RELAYING
+        return relayed
 
     def response_body(self, data: bytes) -> None:
         """
@@ -488,14 +499,14 @@ class ProxyExchange:
             connection.transport.abortConnection()
             return
         self._abandon = None
-        self._status = 101
+        relayed = self._relayed_headers(101, headers)
         self.state = State.TUNNEL
         request = self._request
         resource = self._resource
         self._tunnel = open_tunnel(
             request,
             reason,
-            headers,
+            switch_headers(headers, relayed),
             connection,
             resource.client.clock,
             resource.tunnel_timeout,
@@ -514,6 +525,8 @@ class ProxyExchange:
         """
         if self.state is not State.TUNNEL:
             return
+        # The tunnel holds this exchange (its on_closed): no cycle left.
+        self._tunnel = None
         server, self._server = self._server, None
         if server is not None and self._pool is not None:
             self._pool.attempt_ended(server, 101, None)

@@ -74,7 +74,6 @@ from zope.interface import implementer
 
 from lbproxy.http.request import ClientRequest, Header
 from lbproxy.interfaces import TunnelEnd
-from lbproxy.proxy.headers import end_to_end
 from lbproxy.twistedinternals import send_now
 
 __all__ = ["CLOSE_GRACE", "Tunnel", "open_tunnel", "switch_headers"]
@@ -109,7 +108,6 @@ class _Side:
         "name",
         "transport",
         "half_close",
-        "other",
         "received",
         "reading",
         "writing",
@@ -119,11 +117,11 @@ class _Side:
     )
 
     def __init__(self, tunnel: Tunnel, end: TunnelEnd, name: str) -> None:
-        self._tunnel = tunnel
+        # Until the tunnel is over (part).
+        self._tunnel: Tunnel | None = tunnel
         self.name = name
         self.transport = end.transport
         self.half_close = end.half_close
-        self.other = self  # the tunnel pairs the sides
         self.received = 0
         self.reading = True
         self.writing = True
@@ -139,8 +137,10 @@ class _Side:
         """
         self.received += len(data)
         tunnel = self._tunnel
+        if tunnel is None:
+            return
         tunnel.last_activity = tunnel.clock.seconds()
-        other = self.other
+        other = tunnel.upstream if tunnel.client is self else tunnel.client
         if other.writing:
             send_now(other.transport, data)
 
@@ -148,13 +148,30 @@ class _Side:
         """
         This end's peer sent a FIN.
         """
-        self._tunnel._read_closed(self)
+        if self._tunnel is not None:
+            self._tunnel._read_closed(self)
 
     def tunnel_lost(self, reason: Failure) -> None:
         """
         This end's connection closed.
         """
-        self._tunnel._lost(self)
+        if self._tunnel is not None:
+            self._tunnel._lost(self)
+
+    @property
+    def other(self) -> _Side:
+        """
+        The tunnel's other side (only while the tunnel is not over).
+        """
+        tunnel = self._tunnel
+        assert tunnel is not None
+        return tunnel.upstream if tunnel.client is self else tunnel.client
+
+    def part(self) -> None:
+        """
+        The tunnel is over: forget it, so that nothing refers back to it.
+        """
+        self._tunnel = None
 
     # IPushProducer: the other end's transport is full, or took it all.
 
@@ -227,8 +244,6 @@ class Tunnel:
         self._on_closed = on_closed
         self.client = _Side(self, client, "client")
         self.upstream = _Side(self, upstream, "app server")
-        self.client.other = self.upstream
-        self.upstream.other = self.client
         self.opened = self.last_activity = clock.seconds()
         self.closed_at: float | None = None
         self._closing_since: float | None = None
@@ -345,7 +360,13 @@ class Tunnel:
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
-        self._on_closed(self)
+        on_closed, self._on_closed = self._on_closed, _closed_already
+        on_closed(self)
+        # Over: the sides, which refer to this tunnel and to each other,
+        # let go (late events find nothing to do), so that reference
+        # counting frees them, not the cyclic collector.
+        for side in (self.client, self.upstream):
+            side.part()
 
     # The one timer: the tunnel timeout, then the grace of a close.
 
@@ -385,17 +406,25 @@ class Tunnel:
         self._timer = self.clock.callLater(deadline - now, self._check_time)
 
 
-def switch_headers(headers: list[Header]) -> list[Header]:
+def _closed_already(tunnel: Tunnel) -> None:
+    """
+    A tunnel's C{on_closed} once called: it is called only once.
+    """
+
+
+def switch_headers(headers: list[Header], relayed: list[Header]) -> list[Header]:
     """
     The headers of the C{101} the client gets: the app server's
     C{Upgrade} with C{Connection: upgrade} (hop-by-hop, so lbproxy says
-    them for its own hop), then the server's end-to-end headers
-    (C{Sec-WebSocket-Accept} ...).
+    them for its own hop), then what any answer relays.
 
     @param headers: the app server's C{101} headers.
+    @param relayed: the headers every answer gets (the server's
+        end-to-end ones, C{Sec-WebSocket-Accept} ..., and lbproxy's:
+        L{lbproxy.proxy.exchange.ProxyExchange}).
     """
     upgrade = b", ".join(value for name, value in headers if name.lower() == b"upgrade")
-    return [(b"Upgrade", upgrade), (b"Connection", b"upgrade"), *end_to_end(headers)]
+    return [(b"Upgrade", upgrade), (b"Connection", b"upgrade"), *relayed]
 
 
 def open_tunnel(
@@ -414,7 +443,8 @@ def open_tunnel(
 
     @param request: the client's upgrade request.
     @param reason: the app server's reason phrase.
-    @param headers: the app server's headers.
+    @param headers: the C{101}'s headers, for the client
+        (L{switch_headers}).
     @param upstream: the app server's connection, switched.
     @param clock: what times the tunnel.
     @param timeout: the tunnel timeout, in seconds.
@@ -422,7 +452,7 @@ def open_tunnel(
         was written.
     @param label: names the tunnel in log lines.
     """
-    client = request.switch_protocols(reason, switch_headers(headers))
+    client = request.switch_protocols(reason, headers)
 
     def closed(tunnel: Tunnel) -> None:
         request.tunnel_closed(tunnel.bytes_to_client, tunnel.bytes_from_client, tunnel.seconds)

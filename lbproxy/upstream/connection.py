@@ -44,7 +44,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import alsoProvides, implementer
+from zope.interface import implementer
 
 from lbproxy.config.servers import ServerConfig
 from lbproxy.errors import (
@@ -57,6 +57,7 @@ from lbproxy.errors import (
     UpstreamError,
 )
 from lbproxy.interfaces import IStreamTransport, TunnelReceiver
+from lbproxy.twistedinternals import close_after_fin, pass_fin_through
 from lbproxy.upstream.body import StreamingBody
 from lbproxy.upstream.tls import tls_failure_text
 from lbproxy.upstream.upgrade import switch_refusal
@@ -267,7 +268,11 @@ _READING = (READING_BODY, READING_HEAD, READING_TO_CLOSE)
 _BETWEEN_EXCHANGES = (IDLE, CLOSING, CLOSED)
 
 
-@implementer(IPushProducer, IHandshakeListener)
+# IHalfCloseableProtocol on the class, not added once a tunnel opens: the
+# endpoints that connect to app servers wrap the protocol in a
+# _WrappingProtocol, which decides when it is built whether to pass a FIN on
+# (and needs pass_fin_through to keep it, see connectionMade).
+@implementer(IPushProducer, IHandshakeListener, IHalfCloseableProtocol)
 class UpstreamConnection(Protocol):
     """
     One keep-alive HTTP/1.1 connection to an app server.
@@ -371,6 +376,9 @@ class UpstreamConnection(Protocol):
         self.state = HANDSHAKING if INegotiated.providedBy(self.transport) else IDLE
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
+        # A tunnel's FIN must reach readConnectionLost through the
+        # endpoint's wrapper (an HTTP connection then closes, as before).
+        pass_fin_through(self.transport, self)
 
     def handshakeCompleted(self) -> None:
         """
@@ -445,9 +453,11 @@ class UpstreamConnection(Protocol):
         """
         state, self.state = self.state, CLOSED
         self._client.connection_closed(self)
-        if self._receiver is not None:
-            # A tunnel's end, however it closed.
-            self._receiver.tunnel_lost(reason)
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            # A tunnel's end, however it closed; nothing follows (and the
+            # tunnel's side, which refers to this connection, is let go).
+            receiver.tunnel_lost(reason)
             return
         if state is READING_TO_CLOSE:
             # The body was delimited by the end of the connection.
@@ -531,6 +541,9 @@ class UpstreamConnection(Protocol):
         use the function L{send} returns, bound to their exchange.)
         """
         self._sink = None
+        # (Twisted's connector keeps this connection in a reference cycle
+        # until the collector runs: it must not keep the request too.)
+        self._request = None
         self._stop_body(keep=False)
         self._cancel_timer()
         if self.state is not CLOSED:
@@ -602,20 +615,20 @@ class UpstreamConnection(Protocol):
         followed the 101.
         """
         self._receiver = receiver
-        if self.half_close:
-            # Twisted reports a FIN as readConnectionLost only to a protocol
-            # providing this; before the tunnel a FIN closes, as it should.
-            alsoProvides(self, IHalfCloseableProtocol)
         rest, self._tunnel_rest = self._tunnel_rest, b""
         if rest:
             receiver.tunnel_data(rest)
 
     def readConnectionLost(self) -> None:
         """
-        The app server half-closed its tunnel: the tunnel passes it on.
+        The app server sent a FIN: a tunnel passes it on; on an HTTP
+        connection it is the close, as for a protocol that is not
+        half-closeable.
         """
         if self._receiver is not None:
             self._receiver.tunnel_read_closed()
+        else:
+            close_after_fin(self.transport)
 
     def writeConnectionLost(self) -> None:
         """

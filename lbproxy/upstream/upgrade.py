@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from lbproxy.http.framing import connection_tokens
+
 __all__ = ["protocol_names", "switch_refusal", "upgrade_offer"]
 
 Header = tuple[bytes, bytes]
@@ -69,15 +71,15 @@ def switch_refusal(offer: bytes | None, headers: Iterable[Header]) -> str | None
     if offer is None:
         return "101 Switching Protocols to a request that did not ask to upgrade"
     upgrade: list[bytes] = []
-    connection: set[bytes] = set()
+    connection: list[bytes] = []
     for name, value in headers:
         lower = name.lower()
         if lower == b"upgrade":
             upgrade.append(value)
         elif lower == b"connection":
-            connection.update(token.strip().lower() for token in value.split(b","))
+            connection.append(value)
     chosen = protocol_names(upgrade)
-    if not chosen or b"upgrade" not in connection:
+    if not chosen or b"upgrade" not in connection_tokens(connection):
         return "101 Switching Protocols without Upgrade and Connection: upgrade"
     if not chosen <= protocol_names([offer]):
         return "101 Switching Protocols to a protocol the client did not ask for"

@@ -19,7 +19,7 @@ from lbproxy.errors import ConnectFailed
 from lbproxy.proxy.exchange import ProxyExchange, State
 from lbproxy.proxy.resource import BalancingProxyResource
 from lbproxy.service.service import build_router
-from tests.proxy.fakes import FakeClientRequest, FakeProducer, FakeUpstreamClient
+from tests.proxy.fakes import FakeClientRequest, FakeEnd, FakeProducer, FakeUpstreamClient
 
 
 def _resource(
@@ -82,6 +82,15 @@ class StickyExchangeTests(_Base):
         self.assertEqual(
             self.cookies(client), [b"app=1", b"lb=" + self.ids[0] + b"; Path=/; HttpOnly"]
         )
+
+    def test_cookie_on_101(self) -> None:
+        """
+        A 101 that opens a tunnel names its server too.
+        """
+        _, client = self.start(upgrade=b"websocket")
+        switched = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
+        self.upstream.sent[0].sink.response_switched(b"Switching Protocols", switched, FakeEnd())
+        self.assertEqual(self.cookies(client), [b"lb=" + self.ids[0] + b"; Path=/; HttpOnly"])
 
     def test_secure(self) -> None:
         """

@@ -219,8 +219,9 @@ class OpenTunnelTests(SynchronousTestCase):
     def test_switch_headers(self) -> None:
         """
         The client's 101 carries the server's C{Upgrade} with
-        C{Connection: upgrade}, and the server's end-to-end headers; the
-        server's other hop-by-hop headers are dropped.
+        C{Connection: upgrade}, then the headers relayed (the exchange
+        drops the server's other hop-by-hop headers:
+        L{ExchangeTunnelTests.test_101_gets_the_request_id}).
         """
         headers = [
             (b"Upgrade", b"websocket"),
@@ -229,13 +230,10 @@ class OpenTunnelTests(SynchronousTestCase):
             (b"Keep-Alive", b"timeout=5"),
             (b"Sec-WebSocket-Accept", b"abc="),
         ]
+        relayed = [(b"Sec-WebSocket-Accept", b"abc="), (b"X-Request-Id", b"id")]
         self.assertEqual(
-            switch_headers(headers),
-            [
-                (b"Upgrade", b"websocket"),
-                (b"Connection", b"upgrade"),
-                (b"Sec-WebSocket-Accept", b"abc="),
-            ],
+            switch_headers(headers, relayed),
+            [(b"Upgrade", b"websocket"), (b"Connection", b"upgrade"), *relayed],
         )
 
     def test_logged_at_close(self) -> None:
@@ -250,7 +248,7 @@ class OpenTunnelTests(SynchronousTestCase):
         open_tunnel(
             request,
             b"Switching Protocols",
-            [(b"Upgrade", b"websocket"), (b"Connection", b"upgrade")],
+            switch_headers([(b"Upgrade", b"websocket")], []),
             upstream,
             clock,
             60.0,
@@ -259,7 +257,7 @@ class OpenTunnelTests(SynchronousTestCase):
         )
         self.assertEqual(
             request.answer,
-            (101, b"Switching Protocols", switch_headers([(b"Upgrade", b"websocket")])),
+            (101, b"Switching Protocols", switch_headers([(b"Upgrade", b"websocket")], [])),
         )
         request.end.receiver.tunnel_data(b"abc")
         upstream.receiver.tunnel_data(b"de")
@@ -360,6 +358,44 @@ class ExchangeTunnelTests(SynchronousTestCase):
         self.assertEqual(server.stats.failures, 0)
         self.assertEqual(server.stats.latency.percentiles(self.clock.seconds(), [0.5]), [None])
         self.assertEqual(client.tunnel_log, (5, 0, 30.0))
+
+    def test_101_gets_the_request_id(self) -> None:
+        """
+        The client's 101 carries the request's C{X-Request-Id}, once, in
+        place of the app server's own, and no hop-by-hop header the app
+        server's C{Connection} named; as every other answer does.
+        """
+        exchange, client = self.start()
+        connection = FakeEnd()
+        switched = [
+            (b"Upgrade", b"websocket"),
+            (b"Connection", b"Upgrade, X-Hop"),
+            (b"X-Hop", b"1"),
+            (b"X-Request-Id", b"forged"),
+            (b"Sec-WebSocket-Accept", b"abc="),
+        ]
+        self.upstream.sent[0].sink.response_switched(b"Switching Protocols", switched, connection)
+        assert client.answer is not None and client.record is not None
+        headers = client.answer[2]
+        self.assertEqual(
+            [value for name, value in headers if name.lower() == b"x-request-id"],
+            [client.record.request_id],
+        )
+        self.assertNotIn(b"x-hop", [name.lower() for name, _ in headers])
+        self.assertIn((b"Sec-WebSocket-Accept", b"abc="), headers)
+
+    def test_101_recorded(self) -> None:
+        """
+        The access log's record of a tunnel has the app server's status,
+        101, and when its head came.
+        """
+        self.clock.advance(1)
+        exchange, client = self.start()
+        self.clock.advance(0.25)
+        self.upstream.sent[0].sink.response_switched(b"Switching Protocols", _SWITCHED, FakeEnd())
+        assert client.record is not None
+        self.assertEqual(client.record.upstream_status, 101)
+        self.assertEqual(client.record.header_time, 0.25)
 
     def test_drain_aborts_tunnels(self) -> None:
         """

@@ -530,6 +530,70 @@ class _HalfClosingClient(_Peer):
         self.done.callback(self.received)
 
 
+@implementer(IHalfCloseableProtocol)
+class _FinningApp(_Peer):
+    """
+    An app server that answers a 101 with its last message and its FIN
+    (C{shutdown(SHUT_WR)}), then keeps reading until the client's FIN.
+
+    @ivar fin: fires with what came after the 101's request once the
+        client's FIN arrived.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.fin: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.received and b"\r\n\r\n" in data and not hasattr(self, "switched"):
+            self.switched = True
+            self.transport.write(_SWITCH + b"my last message")
+            self.transport.loseWriteConnection()
+            data = data.split(b"\r\n\r\n", 1)[1]
+        self.received += data
+
+    def readConnectionLost(self) -> None:
+        # (Both ways ended: this close is at once, so report first.)
+        self.fin.callback(self.received)
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        if not self.fin.called:
+            self.fin.errback(AssertionError("closed without a FIN first"))
+
+
+@implementer(IHalfCloseableProtocol)
+class _ClientAfterFin(_Peer):
+    """
+    Sends an upgrade request; when the app server's FIN arrives (its
+    C{readConnectionLost}, not a close), sends more and its own FIN.
+
+    @ivar eof: fires with what came before the FIN.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.eof: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(_UPGRADE)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def readConnectionLost(self) -> None:
+        self.transport.write(b"still talking after your FIN")
+        self.transport.loseWriteConnection()
+        self.eof.callback(self.received)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
 class _Always101(Protocol):
     """
     An app server that answers any request with a 101.
@@ -597,6 +661,24 @@ class RawTunnelTests(TestCase):
         self.assertEqual(before_fin, b"hello")
         received = yield client.done
         self.assertTrue(received.endswith(b"\r\n\r\ngoodbye after your FIN"), received)
+
+    @inlineCallbacks
+    def test_half_close_from_the_app_server(self):
+        """
+        Over plain TCP the app server's FIN reaches the client as a FIN, not
+        as a close: the client can still send, and the app server, which
+        keeps reading after its FIN, gets it.
+        """
+        app = _FinningApp()
+        app_port = listen(self, Factory.forProtocol(lambda: app))
+        self.addCleanup(app.close_now)
+        proxy_port, _, _ = start_proxy(self, [app_port])
+        client = _ClientAfterFin()
+        _connect(self, proxy_port, client)
+        before_eof = yield client.eof
+        self.assertTrue(before_eof.endswith(b"\r\n\r\nmy last message"), before_eof)
+        after_fin = yield app.fin
+        self.assertEqual(after_fin, b"still talking after your FIN")
 
     @inlineCallbacks
     def test_101_to_a_plain_request_is_502(self):

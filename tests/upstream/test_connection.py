@@ -1178,11 +1178,22 @@ class SwitchTests(SynchronousTestCase):
     def test_half_close_on_tcp_only(self) -> None:
         """
         Only a plain TCP connection passes a FIN on; another transport
-        (here a L{StringTransport}) does not declare it can.
+        (here a L{StringTransport}) does not declare it can.  (The class
+        provides C{IHalfCloseableProtocol}, for the endpoints' wrapper,
+        which looks once; L{test_fin_closes_http} says what a FIN does
+        outside a tunnel.)
         """
         self._switch()
         self.assertFalse(self.connection.half_close)
-        self.assertFalse(IHalfCloseableProtocol.providedBy(self.connection))
+        self.assertTrue(IHalfCloseableProtocol.providedBy(self.connection))
+
+    def test_fin_closes_http(self) -> None:
+        """
+        Outside a tunnel, the app server's FIN closes the connection, as
+        for a protocol that is not half-closeable.
+        """
+        self.connection.readConnectionLost()
+        self.assertTrue(self.transport.disconnecting)
 
     def test_bug_opening_the_tunnel(self) -> None:
         """
