@@ -8,10 +8,11 @@ import io
 import json
 import sys
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from lbproxy import __version__
 from lbproxy.cli import main
+from tests.simulation.test_report import NO_MATPLOTLIB
 
 
 class MainTests(SynchronousTestCase):
@@ -122,6 +123,8 @@ class SimulateTests(SynchronousTestCase):
         """
         C{--plot} writes a PNG.
         """
+        if NO_MATPLOTLIB is not None:
+            raise SkipTest(NO_MATPLOTLIB)
         path = self.mktemp() + ".png"
         self.assertEqual(main(["simulate", self.scenario(), "--plot", path, "--jobs", "1"]), 0)
         with open(path, "rb") as f:
