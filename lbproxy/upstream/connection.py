@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from enum import Enum, auto
 from functools import partial
-from typing import Any
 from typing import Protocol as TypingProtocol
 
 import httptools
@@ -57,7 +56,7 @@ from lbproxy.errors import (
     UpstreamError,
 )
 from lbproxy.interfaces import IStreamTransport, TunnelReceiver
-from lbproxy.twistedinternals import close_after_fin, pass_fin_through
+from lbproxy.twistedinternals import close_after_fin, pass_fin_through, send_now
 from lbproxy.upstream.body import StreamingBody
 from lbproxy.upstream.tls import tls_failure_text
 from lbproxy.upstream.upgrade import switch_refusal
@@ -508,9 +507,9 @@ class UpstreamConnection(Protocol):
             self.state = AWAITING
         body = request.body
         if isinstance(body, bytes):
-            _send_now(self.transport, request.head + body if body else request.head)
+            send_now(self.transport, request.head + body if body else request.head)
             return abandon
-        _send_now(self.transport, request.head)
+        send_now(self.transport, request.head)
         self._body = body
         if self.state is HANDSHAKING:
             # TLS holds what is written until its handshake is done, and a
@@ -830,35 +829,6 @@ class UpstreamConnection(Protocol):
             self._timer = self._clock.callLater(remaining, self._check_read_timeout)
             return
         self._fail(ReadTimeout(f"no answer for {timeout:g} s (read timeout)"))
-
-
-def _send_now(transport: Any, data: bytes) -> None:
-    """
-    Write C{data}, straight to the socket when nothing is queued before it.
-
-    Twisted's TCP transport always queues a write and sends it on the next
-    reactor turn, which costs two C{epoll_ctl} calls and a turn per request;
-    a request head almost always fits the socket buffer, so lbproxy tries
-    C{send} first and queues only what the kernel did not take.  This reads
-    the transport's queue attributes, so it is limited to plain
-    L{tcp.Client} transports (others just C{write}).
-    """
-    if (
-        type(transport) is tcp.Client
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._tempDataLen
-        and transport.offset == len(transport.dataBuffer)
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            # EAGAIN, or an error the transport will find and report itself.
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
 
 
 def _delimited_by_eof(status: int, headers: list[Header]) -> bool:
