@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Container, Sequence
 from random import Random
+from typing import Self
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
@@ -64,9 +65,10 @@ class RoundRobin:
         self._current: dict[Candidate, int] = {}
 
     @classmethod
-    def from_config(cls, config: PoolConfig, clock: IReactorTime, rng: Random) -> RoundRobin:
+    def from_config(cls, config: PoolConfig, clock: IReactorTime, rng: Random) -> Self:
         """
-        The strategy of a pool (what its plugin makes).
+        The strategy of a pool (what its plugin makes); L{LeastConn}
+        inherits it.
         """
         return cls()
 
@@ -123,13 +125,6 @@ class LeastConn(RoundRobin):
     requests vary in cost or a server may turn slow: requests pile up on a
     slow server, so it gets fewer new ones.
     """
-
-    @classmethod
-    def from_config(cls, config: PoolConfig, clock: IReactorTime, rng: Random) -> LeastConn:
-        """
-        The strategy of a pool (what its plugin makes).
-        """
-        return cls()
 
     def pick(
         self,
